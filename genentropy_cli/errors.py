@@ -1,0 +1,34 @@
+"""Errors that the CLI turns into one-line messages and exit codes."""
+
+from __future__ import annotations
+
+
+class GenentropyError(Exception):
+    """Base class; ``exit_code`` is the CLI's exit status for it."""
+
+    exit_code = 1
+
+
+class InputError(GenentropyError):
+    """Bad usage or input (a path, a latent size, an option value): exit status 2."""
+
+    exit_code = 2
+
+
+class EstimationError(GenentropyError):
+    """A failure while running (a non-finite sample, a decoder error): exit status 1."""
+
+    exit_code = 1
+
+
+class NonFiniteSampleError(EstimationError):
+    """A per-sample entropy term is NaN or infinite."""
+
+    def __init__(self, sample_index: int, scale: float | None = None):
+        self.sample_index = sample_index
+        where = f" at scale {scale:g}" if scale is not None else ""
+        super().__init__(
+            f"sample {sample_index} gave a non-finite entropy term{where}; "
+            "check the decoder for NaN/inf outputs, or pass --skip-nonfinite to drop "
+            "such samples (their count is reported)"
+        )
