@@ -16,6 +16,7 @@ import torch
 
 from .errors import InputError
 from .latents import LatentSpec, distribution_label, make_latent_spec, parse_distribution
+from .specs import build_from_spec, latent_metadata, load_state_into, read_safetensors
 
 METADATA_FILE = "genentropy.json"
 """Name of the extra file in a TorchScript archive that records the latent spec."""
@@ -45,14 +46,36 @@ def _check_file(path: str | Path) -> Path:
     return file
 
 
+SUPPORTED_FORMATS = "TorchScript (.pt, .pth, .ts) or self-describing safetensors (.safetensors)"
+
+
+def _looks_like_safetensors(file: Path) -> bool:
+    """safetensors: an 8-byte little-endian header length, then a JSON header."""
+    with file.open("rb") as handle:
+        head = handle.read(9)
+    return len(head) == 9 and head[8:9] == b"{" and int.from_bytes(head[:8], "little") < 100 * 1024**2
+
+
 def load_model(path: str | Path) -> LoadedModel:
-    """Load a decoder by content: TorchScript archives (scripted or traced)."""
+    """Load a decoder, choosing the format by content: TorchScript archives (scripted or
+    traced) or safetensors files with an embedded spec."""
     file = _check_file(path)
+    if file.suffix == ".safetensors" or _looks_like_safetensors(file):
+        return load_safetensors_model(file)
     if not zipfile.is_zipfile(file):
-        raise InputError(
-            f"{file} is not a model genentropy can load: expected a TorchScript archive "
-            f"({', '.join(TORCHSCRIPT_SUFFIXES)})"
-        )
+        raise InputError(f"{file} is not a model genentropy can load: expected {SUPPORTED_FORMATS}")
+    return load_torchscript(file)
+
+
+def load_safetensors_model(file: Path) -> LoadedModel:
+    tensors, spec = read_safetensors(file)
+    if spec is None:
+        raise InputError(f"{file} holds weights but no spec; embed one with genentropy_cli.specs.save_safetensors")
+    module = load_state_into(build_from_spec(spec), tensors, str(file))
+    return LoadedModel(module, str(file), "safetensors", {**latent_metadata(spec), "spec": spec})
+
+
+def load_torchscript(file: Path) -> LoadedModel:
     extra_files = {METADATA_FILE: ""}
     try:
         module = torch.jit.load(str(file), map_location="cpu", _extra_files=extra_files)
