@@ -37,3 +37,14 @@ CONFIDENCE_Z_95: float = 1.959963984540054
 """Two-sided 95% quantile of the standard normal, for the confidence interval."""
 
 SUPPORTED_DTYPES: tuple[str, ...] = ("float32", "float64")
+
+INSPECT_PROBE_LATENTS: int = 4
+"""Latents whose Jacobians ``inspect`` probes (singular values, rank at s)."""
+
+INSPECT_TIMING_BATCH: int = 64
+INSPECT_TIMING_REPEATS: int = 3
+"""``inspect`` times the best of this many forward passes of this many latents."""
+
+CONVERT_OUTPUT_TOLERANCE: float = 1e-9
+"""``convert`` checks its result: outputs on probe latents (float64) may differ from the
+source's by at most this, relative to the largest output magnitude (+1)."""

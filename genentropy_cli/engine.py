@@ -38,10 +38,12 @@ from .errors import EstimationError, InputError, NonFiniteSampleError
 from .jacobian import (
     DecoderFn,
     batched_jacobian,
+    copy_with_fresh_torchscript,
     flat_decoder,
     fresh_torchscript_copy,
     is_torchscript,
     replicated_jacobian,
+    torchscript_parts,
     torchscript_safe,
 )
 from .latents import LatentDistribution, LatentSpec, LatentStream, distribution_label, make_latent_spec
@@ -192,7 +194,8 @@ def prepare_decoder(
     if torchscript:
         module = fresh_torchscript_copy(decoder)
     elif isinstance(decoder, torch.nn.Module):
-        module = copy.deepcopy(decoder)
+        torchscript = bool(torchscript_parts(decoder))  # e.g. an output transform around TorchScript
+        module = copy_with_fresh_torchscript(decoder)
     elif callable(decoder):
         module = decoder
     else:
@@ -207,6 +210,8 @@ def prepare_decoder(
     try:
         with torch.no_grad(), (torchscript_safe() if torchscript else nullcontext()):
             output = module(probe)
+    except InputError:
+        raise
     except Exception as error:  # the decoder's own message says what it expected
         shape = "x".join(str(size) for size in latent.shape)
         raise InputError(
@@ -216,7 +221,7 @@ def prepare_decoder(
     if not isinstance(output, torch.Tensor):
         raise InputError(
             f"the decoder returned a {type(output).__name__}, not a tensor; "
-            "wrap it so that it returns one output tensor"
+            "pick one output with --output-select KEY|INDEX, or wrap it so that it returns one tensor"
         )
     if output.dim() == 0 or output.shape[0] != 2:
         raise InputError(

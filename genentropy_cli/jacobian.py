@@ -9,6 +9,7 @@ primal pass runs once per chunk: the cost is close to (d + 1) plain forward pass
 
 from __future__ import annotations
 
+import copy
 import io
 from contextlib import contextmanager
 from typing import Callable, Iterator
@@ -34,6 +35,27 @@ def fresh_torchscript_copy(decoder: torch.jit.ScriptModule) -> torch.jit.ScriptM
     torch.jit.save(decoder, buffer)
     buffer.seek(0)
     return torch.jit.load(buffer, map_location="cpu")
+
+
+def torchscript_parts(module: torch.nn.Module) -> list[torch.jit.ScriptModule]:
+    """The outermost TorchScript submodules of a Python module (e.g. a wrapper around one)."""
+    found: list[torch.jit.ScriptModule] = []
+
+    def visit(node: torch.nn.Module) -> None:
+        for child in node.children():
+            if is_torchscript(child):
+                found.append(child)
+            else:
+                visit(child)
+
+    visit(module)
+    return found
+
+
+def copy_with_fresh_torchscript(module: torch.nn.Module) -> torch.nn.Module:
+    """A deep copy in which every TorchScript part is a fresh reload (``fresh_torchscript_copy``)."""
+    memo = {id(part): fresh_torchscript_copy(part) for part in torchscript_parts(module)}
+    return copy.deepcopy(module, memo)
 
 
 @contextmanager
