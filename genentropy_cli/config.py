@@ -92,7 +92,7 @@ def read_config_file(path: str | Path, command_name: str | None = None) -> dict:
     if "genentropy_version" in content and isinstance(content.get("configuration"), Mapping):
         recorded = content["configuration"]
         if command_name and recorded.get("command") not in (None, command_name):
-            raise InputError(f"{file} records a `{recorded.get('command')}` run, not `{command_name}`")
+            raise InputError(f"{file} records a run of `{recorded.get('command')}`, not `{command_name}`")
         return dict(recorded.get("options") or {})
     return dict(content)
 

@@ -30,7 +30,7 @@ class ExportedDecoder(nn.Module):
     """A loaded torch.export program as a decoder: (B, *latent_shape) -> (B, ...).
 
     ``train()``/``eval()`` leave the graph as exported (eval mode: ``load_exported`` refuses
-    programs that update buffers, i.e. were exported in training mode).
+    programs exported in training mode).
     """
 
     def __init__(self, program_module: nn.Module):
@@ -77,6 +77,21 @@ def _input_shape(program: torch.export.ExportedProgram) -> tuple | None:
     return None
 
 
+def _training_mode_ops(program: torch.export.ExportedProgram) -> list[str]:
+    """What in the graph behaves as in training mode: batch norm on batch statistics, active
+    dropout, updated buffers. Such a decoder's output depends on the rest of the batch."""
+    found = [f"it updates buffer {name}" for name in program.graph_signature.buffers_to_mutate.values()]
+    for node in program.graph.nodes:
+        if node.op != "call_function":
+            continue
+        name = str(node.target)
+        if "batch_norm" in name and ("legit.default" in name or (len(node.args) > 5 and node.args[5] is True)):
+            found.append("batch norm uses batch statistics")
+        elif "dropout" in name and len(node.args) > 2 and node.args[2] is True:
+            found.append("dropout is active")
+    return found
+
+
 def load_exported(file: Path) -> tuple[ExportedDecoder, dict, dict]:
     """The decoder, its recorded metadata, and where each metadata entry came from.
 
@@ -91,11 +106,10 @@ def load_exported(file: Path) -> tuple[ExportedDecoder, dict, dict]:
         raise InputError(f"{file} is not a loadable torch.export program ({reason})") from None
     metadata = parse_metadata(extra_files[METADATA_FILE], file)
     origins = {key: "metadata" for key in metadata}
-    mutated = list(program.graph_signature.buffers_to_mutate.values())
-    if mutated:
+    training = _training_mode_ops(program)
+    if training:
         raise InputError(
-            f"{file} was exported in training mode (it updates buffers such as {mutated[0]}); "
-            "call model.eval() before torch.export.export"
+            f"{file} was exported in training mode ({training[0]}); call model.eval() before torch.export.export"
         )
     shape = _input_shape(program)
     if shape is not None and len(shape) >= 2:

@@ -81,14 +81,17 @@ def batched_jacobian(
     latents: torch.Tensor,
     tangent_chunk: int | None = None,
     with_outputs: bool = False,
+    max_columns: int | None = None,
 ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
     """Jacobians of ``flat_fn`` at each row of ``latents`` (B, d), returned as (d, B, D).
 
     Entry [j, b, :] is d output / d z_j at sample b. ``tangent_chunk`` bounds how many
     tangent directions are pushed through the decoder at once (None: all d). With
     ``with_outputs`` the decoder outputs (B, D), computed on the way, come back too.
+    ``max_columns`` computes only the first columns (a cheap check that the method works).
     """
     batch, dim = latents.shape
+    columns_wanted = dim if max_columns is None else max(1, min(int(max_columns), dim))
     directions = torch.eye(dim, dtype=latents.dtype, device=latents.device)
     tangents = directions.unsqueeze(1).expand(dim, batch, dim)
 
@@ -99,8 +102,8 @@ def batched_jacobian(
     chunk = dim if tangent_chunk is None else max(1, min(int(tangent_chunk), dim))
     pieces = []
     outputs = None
-    for first in range(0, dim, chunk):
-        piece, output = vmap(column, out_dims=(0, None))(tangents[first : first + chunk])
+    for first in range(0, columns_wanted, chunk):
+        piece, output = vmap(column, out_dims=(0, None))(tangents[first : min(first + chunk, columns_wanted)])
         pieces.append(piece)
         outputs = output if outputs is None else outputs
     columns = pieces[0] if len(pieces) == 1 else torch.cat(pieces, dim=0)
@@ -112,6 +115,7 @@ def replicated_jacobian(
     latents: torch.Tensor,
     tangent_chunk: int | None = None,
     with_outputs: bool = False,
+    max_columns: int | None = None,
 ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
     """Same result as ``batched_jacobian`` without vmap, for decoders with ops vmap lacks.
 
@@ -122,8 +126,9 @@ def replicated_jacobian(
     chunk = dim if tangent_chunk is None else max(1, min(int(tangent_chunk), dim))
     columns = []
     outputs = None
-    for first in range(0, dim, chunk):
-        count = min(chunk, dim - first)
+    columns_wanted = dim if max_columns is None else max(1, min(int(max_columns), dim))
+    for first in range(0, columns_wanted, chunk):
+        count = min(chunk, columns_wanted - first)
         repeated = latents.repeat(count, 1)
         tangent = torch.zeros_like(repeated)
         rows = torch.arange(count * batch, device=latents.device)
