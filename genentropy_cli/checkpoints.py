@@ -15,16 +15,11 @@ from typing import Any, Sequence
 
 import torch
 
-from .errors import InputError
+from .errors import InputError, first_line
 from .specs import import_paths
 
 PICKLE_WARNING = ("loading a pickled module runs code named in {file}; do this only for files you trust, and "
                   "convert it once: genentropy convert {file} model.safetensors --trust-pickle")
-
-
-def _first_line(error: BaseException) -> str:
-    text = str(error).strip().splitlines()
-    return text[0] if text else type(error).__name__
 
 
 def _refusal(file: Path, error: BaseException) -> InputError:
@@ -45,13 +40,13 @@ def load_checkpoint(file: Path, trust_pickle: bool = False, code_path: Sequence[
         if not trust_pickle:
             raise _refusal(file, error) from None
     except Exception as error:  # truncated or corrupt file
-        raise InputError(f"{file} is not a loadable torch.save checkpoint ({_first_line(error)})") from None
+        raise InputError(f"{file} is not a loadable torch.save checkpoint ({first_line(error)})") from None
     with import_paths(code_path):
         try:
             return torch.load(str(file), map_location="cpu", weights_only=False), True
         except (ImportError, AttributeError) as error:
             raise InputError(
-                f"{file} names code that cannot be imported ({_first_line(error)}); add its directory with --code-path DIR"
+                f"{file} names code that cannot be imported ({first_line(error)}); add its directory with --code-path DIR"
             ) from None
         except Exception as error:
-            raise InputError(f"{file} is not a loadable pickle ({_first_line(error)})") from None
+            raise InputError(f"{file} is not a loadable pickle ({first_line(error)})") from None

@@ -30,9 +30,9 @@ from pathlib import Path
 from typing import Any, Mapping
 
 import typer
-import yaml
 
 from .errors import InputError
+from .specs import read_yaml_file
 
 CONFIG_FLAG = "--config"
 _META_KEY = "genentropy.config_file"
@@ -78,13 +78,7 @@ def option_keys(command: Any) -> dict[str, Parameter]:
 def read_config_file(path: str | Path, command_name: str | None = None) -> dict:
     """The option values a config file holds (a YAML mapping, or a genentropy JSON result)."""
     file = Path(path)
-    if not file.is_file():
-        raise InputError(f"config file not found: {file}")
-    try:
-        content = yaml.safe_load(file.read_text())
-    except (yaml.YAMLError, UnicodeDecodeError) as error:
-        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        raise InputError(f"{file} is not valid YAML ({reason})") from None
+    content = read_yaml_file(file, "config file")
     if content is None:
         return {}
     if not isinstance(content, Mapping):

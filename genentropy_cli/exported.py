@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .errors import InputError
+from .errors import InputError, first_line
 from .latents import LatentSpec
 from .metadata import METADATA_FILE, metadata_record, parse_metadata
 
@@ -102,8 +102,7 @@ def load_exported(file: Path) -> tuple[ExportedDecoder, dict, dict]:
     try:
         program = torch.export.load(str(file), extra_files=extra_files)
     except Exception as error:  # corrupt archive, or a different format inside
-        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        raise InputError(f"{file} is not a loadable torch.export program ({reason})") from None
+        raise InputError(f"{file} is not a loadable torch.export program ({first_line(error)})") from None
     metadata = parse_metadata(extra_files[METADATA_FILE], file)
     origins = {key: "metadata" for key in metadata}
     training = _training_mode_ops(program)

@@ -27,7 +27,7 @@ from typing import Any, Sequence
 import torch
 
 from .checkpoints import PICKLE_WARNING, load_checkpoint
-from .errors import InputError
+from .errors import InputError, first_line
 from .exported import PT2_SUFFIX, load_exported
 from .latents import LatentSpec, make_latent_spec, parse_distribution
 from .metadata import METADATA_FILE, metadata_record, parse_metadata
@@ -211,8 +211,7 @@ def load_torchscript(file: Path) -> LoadedModel:
     try:
         module = torch.jit.load(str(file), map_location="cpu", _extra_files=extra_files)
     except Exception as error:  # corrupt archive, or a zip that is not TorchScript
-        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        raise InputError(f"{file} is not a loadable TorchScript model ({reason})") from None
+        raise InputError(f"{file} is not a loadable TorchScript model ({first_line(error)})") from None
     metadata = parse_metadata(extra_files[METADATA_FILE], file)
     return LoadedModel(module, str(file), "torchscript", metadata, {key: "metadata" for key in metadata})
 

@@ -31,7 +31,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from .architectures import ARCHITECTURES
-from .errors import InputError
+from .errors import InputError, first_line
 
 SPEC_METADATA_KEY = "genentropy_spec"
 SPEC_KEYS: tuple[str, ...] = ("architecture", "import", "kwargs", "latent", "output", "weights", "description")
@@ -77,17 +77,20 @@ def has_architecture(spec: Mapping | None) -> bool:
     return bool(spec) and ("architecture" in spec or "import" in spec)
 
 
-def read_spec_file(path: str | Path) -> dict:
-    """Read and validate a YAML (or JSON) spec file."""
+def read_yaml_file(path: str | Path, what: str) -> Any:
+    """The content of a YAML (or JSON) file; a missing or malformed file is a one-line error."""
     file = Path(path)
     if not file.is_file():
-        raise InputError(f"spec file not found: {file}")
+        raise InputError(f"{what} not found: {file}")
     try:
-        spec = yaml.safe_load(file.read_text())
+        return yaml.safe_load(file.read_text())
     except (yaml.YAMLError, UnicodeDecodeError) as error:
-        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        raise InputError(f"{file} is not valid YAML ({reason})") from None
-    return validate_spec(spec, str(file))
+        raise InputError(f"{file} is not valid YAML ({first_line(error)})") from None
+
+
+def read_spec_file(path: str | Path) -> dict:
+    """Read and validate a YAML (or JSON) spec file."""
+    return validate_spec(read_yaml_file(path, "spec file"), str(path))
 
 
 def write_spec_file(spec: dict, path: str | Path) -> Path:

@@ -8,7 +8,7 @@
   sidecar YAML, and a whole pickled module that is refused without --trust-pickle).
   All give the same estimate.
 - tiny_decoder.*: user code loaded by import path (--code-path sample_models/user_code).
-- dcgan_tiny.safetensors: the DCGAN 64x64 generator (latent 100x1x1, tanh output) with ngf=1.
+- dcgan_tiny.safetensors: the DCGAN 64x64 generator (latent 100x1x1, tanh output) with ngf=2.
 
 The trained decoders (VAE, GANs) come from scripts/train_sample_models.py instead.
 """
@@ -44,7 +44,7 @@ TINY_DECODER_SPEC = {
 }
 DCGAN_TINY_SPEC = {
     "architecture": "dcgan-64",
-    "kwargs": {"latent_dim": 100, "ngf": 1, "nc": 3},
+    "kwargs": {"latent_dim": 100, "ngf": 2, "nc": 3},
     "latent": {"shape": [100, 1, 1], "distribution": "normal"},
 }
 
