@@ -8,7 +8,15 @@ from typing import Annotated, Callable, List, Optional
 import typer
 
 from . import __version__
-from .defaults import DEFAULT_DEVICE, DEFAULT_DTYPE, DEFAULT_NUM_SAMPLES, DEFAULT_SCALES, DEFAULT_SEED
+from .defaults import (
+    DEFAULT_AGREEMENT_SE,
+    DEFAULT_DEVICE,
+    DEFAULT_DTYPE,
+    DEFAULT_NUM_SAMPLES,
+    DEFAULT_SCALES,
+    DEFAULT_SEED,
+    DEFAULT_SWEEP_SCALES,
+)
 from .engine import estimate_entropy
 from .errors import GenentropyError, InputError
 from .latents import parse_latent_shape
@@ -145,6 +153,79 @@ def estimate(
             reporting.print_json(document)
         else:
             reporting.stdout_console.print(reporting.estimate_table(result, loaded.path))
+
+    run_guarded(body)
+
+
+ScalesOption = Annotated[
+    Optional[str],
+    typer.Option("--scales", help="Comma-separated scales, e.g. " + ",".join(f"{s:g}" for s in DEFAULT_SWEEP_SCALES)
+                 + " (the default, Table 1's)."),
+]
+ReferenceOption = Annotated[
+    Optional[str],
+    typer.Option("--reference", help="Known true entropy: a number, an expression such as 'log(2*pi)', "
+                 "half-sphere, sphere, or model (the value the model file records)."),
+]
+ToleranceOption = Annotated[
+    float, typer.Option("--tolerance-se", help="Scales agree when their estimates differ by at most this many "
+                        "combined standard errors.")
+]
+PlotOption = Annotated[
+    Optional[str], typer.Option("--plot", help="Also draw entropy vs s to this image (e.g. sweep.png); needs "
+                                "matplotlib: pip install 'genentropy[plot]'.")
+]
+
+
+@app.command("sweep-scale")
+def sweep_scale_command(
+    model: ModelArgument,
+    latent_dim: LatentDimOption = None,
+    latent_shape: LatentShapeOption = None,
+    latent_distribution: LatentDistributionOption = None,
+    scales: ScalesOption = None,
+    reference: ReferenceOption = None,
+    tolerance_se: ToleranceOption = DEFAULT_AGREEMENT_SE,
+    num_samples: NumSamplesOption = DEFAULT_NUM_SAMPLES,
+    batch_size: BatchSizeOption = None,
+    tangent_chunk: TangentChunkOption = None,
+    device: DeviceOption = DEFAULT_DEVICE,
+    dtype: DtypeOption = DEFAULT_DTYPE,
+    seed: SeedOption = DEFAULT_SEED,
+    skip_nonfinite: SkipNonfiniteOption = False,
+    json_output: JsonOption = False,
+    output: OutputOption = None,
+    plot: PlotOption = None,
+    quiet: QuietOption = False,
+) -> None:
+    """Estimate H_s at several scales in one pass and check convergence as s -> 0 (Table 1)."""
+    from . import plotting, sweep_report
+    from .sweep import parse_reference, parse_scales, sweep_scale
+
+    def body() -> None:
+        scale_values = parse_scales(scales) if scales is not None else DEFAULT_SWEEP_SCALES
+        if plot:
+            plotting.check_plot_target(plot)  # before the estimate, not after it
+        loaded, spec, _ = load_with_latent(model, latent_dim, latent_shape, latent_distribution)
+        known = parse_reference(reference, loaded.metadata) if reference is not None else None
+        with reporting.progress_bar("sweeping", sorted(scale_values, reverse=True), enabled=not quiet) as progress:
+            sweep = sweep_scale(
+                loaded.decoder, spec, scale_values, reference=known, tolerance_se=tolerance_se,
+                n_samples=num_samples, batch_size=batch_size, device=device, dtype=dtype, seed=seed,
+                progress=progress, skip_nonfinite=skip_nonfinite, tangent_chunk=tangent_chunk,
+            )
+        document = sweep.to_dict(model=loaded.describe())
+        if output:
+            reporting.write_json(document, output)
+        if plot:
+            plotting.plot_sweep(sweep, plot, title=loaded.path)
+        note = reporting.nonfinite_note(sweep.result)
+        if note:
+            reporting.warn(note)
+        if json_output:
+            reporting.print_json(document)
+        else:
+            reporting.stdout_console.print(sweep_report.render_sweep(sweep, loaded.path))
 
     run_guarded(body)
 
