@@ -6,6 +6,7 @@ import sys
 from typing import Annotated, Callable, List, Optional
 
 import typer
+from rich.markup import escape
 
 from . import __version__
 from .defaults import (
@@ -71,7 +72,7 @@ def run_guarded(action: Callable[[], None]) -> None:
     except GenentropyError as error:
         if _state["debug"]:
             raise
-        reporting.stderr_console.print(f"[red]error:[/red] {error}", soft_wrap=True, markup=True)
+        reporting.stderr_console.print(f"[red]error:[/red] {escape(str(error))}", soft_wrap=True, markup=True)
         raise typer.Exit(error.exit_code) from None
     except KeyboardInterrupt:
         reporting.stderr_console.print("[red]interrupted[/red]")
@@ -83,7 +84,7 @@ def run_guarded(action: Callable[[], None]) -> None:
             raise
         message = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         reporting.stderr_console.print(
-            f"[red]error:[/red] unexpected failure: {type(error).__name__}: {message} (rerun with --debug for the traceback)",
+            f"[red]error:[/red] unexpected failure: {type(error).__name__}: {escape(message)} (rerun with --debug for the traceback)",
             soft_wrap=True,
         )
         raise typer.Exit(1) from None

@@ -15,12 +15,13 @@ from __future__ import annotations
 import ast
 import math
 import operator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping, Sequence
 
 from .defaults import DEFAULT_AGREEMENT_SE, DEFAULT_SWEEP_SCALES
-from .engine import EntropyResult, ScaleEstimate, estimate_entropy, validate_scales
+from .engine import EntropyResult, SampleTerms, ScaleEstimate, estimate_entropy, validate_scales
 from .errors import InputError
+from .logdet import collapsed_directions
 from .references import NAMED_REFERENCES
 
 # ------------------------------------------------------------------------------ scales
@@ -256,12 +257,35 @@ def assess_convergence(estimates: Sequence[ScaleEstimate],
 
 
 @dataclass
+class CollapseCounter:
+    """Per scale, how many (finite) samples have an eigenvalue of J^T J below s^2: the latents
+    where the regularisation really changes the log-determinant. When only a handful of
+    samples do, the bias at that s comes from rare latents and the standard error can
+    understate the error (docs/reproducing-table-1.md)."""
+
+    scales: tuple[float, ...]
+    counts: list[int] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self.counts = [0] * len(self.scales)
+
+    def add(self, terms: SampleTerms) -> None:
+        finite = terms.entropy_terms.isfinite().all(dim=1)
+        below = collapsed_directions(terms.eigenvalues[finite], self.scales) > 0
+        for index, count in enumerate(below.sum(dim=0).tolist()):
+            self.counts[index] += int(count)
+
+
+@dataclass
 class SweepResult:
-    """The engine's result over all scales, with the reference and the convergence verdict."""
+    """The engine's result over all scales, with the reference and the convergence verdict.
+    ``collapsed_samples[i]`` counts the samples with an eigenvalue of J^T J below
+    ``estimates[i].scale`` squared (CollapseCounter)."""
 
     result: EntropyResult
     reference: Reference | None
     convergence: Convergence
+    collapsed_samples: tuple[int, ...] = ()
 
     @property
     def estimates(self) -> list[ScaleEstimate]:
@@ -287,6 +311,8 @@ class SweepResult:
                                 for item in self.reference_comparisons()],
             }
         document["convergence"] = self.convergence.to_dict()
+        document["collapsed_samples"] = [{"scale": item.scale, "count": count}
+                                         for item, count in zip(self.estimates, self.collapsed_samples)]
         return document
 
 
@@ -305,5 +331,13 @@ def sweep_scale(
     ordered = sweep_order(scales)
     known = as_reference(reference)
     check_tolerance(tolerance_se)
-    result = estimate_entropy(decoder, latent, scales=ordered, **estimate_options)
-    return SweepResult(result, known, assess_convergence(result.estimates, tolerance_se))
+    counter = CollapseCounter(ordered)
+    user_on_batch = estimate_options.pop("on_batch", None)
+
+    def on_batch(indices: Any, latents: Any, terms: SampleTerms) -> None:
+        counter.add(terms)
+        if user_on_batch is not None:
+            user_on_batch(indices, latents, terms)
+
+    result = estimate_entropy(decoder, latent, scales=ordered, on_batch=on_batch, **estimate_options)
+    return SweepResult(result, known, assess_convergence(result.estimates, tolerance_se), tuple(counter.counts))

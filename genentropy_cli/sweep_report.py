@@ -56,7 +56,9 @@ def sweep_table(sweep: SweepResult, model_path: str) -> Table:
             f"latent {latent_label(result)}, D = {result.output_dim}, N = {estimates[0].num_samples:,}; "
             f"{settings['device']}, {settings['dtype']}, seed {settings['seed']}; {result.elapsed_seconds:.1f} s, "
             f"one pass for all scales. {described}Entropy in nats; Std = per-sample std; "
-            f"Std. error = Std / sqrt(N); agrees = within {convergence.tolerance_se:g} combined standard errors."
+            f"Std. error = Std / sqrt(N); λ_min < s² = samples where J^T J has an eigenvalue below s² (if few, "
+            "rare latents carry the bias at that s and the std. error may understate it); agrees = within "
+            f"{convergence.tolerance_se:g} combined standard errors."
         ),
     )
     table.add_column("", justify="left", style="bold", no_wrap=True)
@@ -76,6 +78,8 @@ def sweep_table(sweep: SweepResult, model_path: str) -> Table:
         differences = {item.scale: item for item in sweep.reference_comparisons()}
         add("H - ref.", [format_difference(differences[item.scale].difference) for item in estimates])
         add("(H - ref.) / se", [format_signed_stderrs(differences[item.scale]) for item in estimates])
+    if sweep.collapsed_samples:
+        add("λ_min < s²", [f"{count:,}" for count in sweep.collapsed_samples])
     add("Δ to next s", [format_difference(item.difference) for item in convergence.successive] + ["-"])
     add("Next s agrees", [agreement_cell(item, convergence.tolerance_se) for item in convergence.successive]
         + ["-"])
