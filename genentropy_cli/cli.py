@@ -18,7 +18,7 @@ from .defaults import (
     DEFAULT_SEED,
     DEFAULT_SWEEP_SCALES,
 )
-from .engine import estimate_entropy
+from .engine import EntropyResult, estimate_entropy
 from .errors import GenentropyError, InputError
 from .latents import parse_latent_shape
 from .loading import load_model, resolve_latent_spec
@@ -98,6 +98,21 @@ def load_with_latent(model: str, latent_dim: Optional[int], latent_shape: Option
     return loaded, spec, origin
 
 
+def emit_result(document: dict, result: EntropyResult, output: Optional[str], json_output: bool,
+                render: Callable[[], object]) -> None:
+    """A command's results: the JSON file (--output), a note on dropped samples (stderr), then
+    the JSON document or the rendered table on stdout."""
+    if output:
+        reporting.write_json(document, output)
+    note = reporting.nonfinite_note(result)
+    if note:
+        reporting.warn(note)
+    if json_output:
+        reporting.print_json(document)
+    else:
+        reporting.stdout_console.print(render())
+
+
 def _version_callback(value: bool) -> None:
     if value:
         print(f"genentropy {__version__}")
@@ -145,15 +160,7 @@ def estimate(
                 skip_nonfinite=skip_nonfinite, tangent_chunk=tangent_chunk,
             )
         document = result.to_dict("estimate", model=loaded.describe())
-        if output:
-            reporting.write_json(document, output)
-        note = reporting.nonfinite_note(result)
-        if note:
-            reporting.warn(note)
-        if json_output:
-            reporting.print_json(document)
-        else:
-            reporting.stdout_console.print(reporting.estimate_table(result, loaded.path))
+        emit_result(document, result, output, json_output, lambda: reporting.estimate_table(result, loaded.path))
 
     run_guarded(body)
 
@@ -215,18 +222,10 @@ def sweep_scale_command(
                 n_samples=num_samples, batch_size=batch_size, device=device, dtype=dtype, seed=seed,
                 progress=progress, skip_nonfinite=skip_nonfinite, tangent_chunk=tangent_chunk,
             )
-        document = sweep.to_dict(model=loaded.describe())
-        if output:
-            reporting.write_json(document, output)
         if plot:
             plotting.plot_sweep(sweep, plot, title=loaded.path)
-        note = reporting.nonfinite_note(sweep.result)
-        if note:
-            reporting.warn(note)
-        if json_output:
-            reporting.print_json(document)
-        else:
-            reporting.stdout_console.print(sweep_report.render_sweep(sweep, loaded.path))
+        emit_result(sweep.to_dict(model=loaded.describe()), sweep.result, output, json_output,
+                    lambda: sweep_report.render_sweep(sweep, loaded.path))
 
     run_guarded(body)
 

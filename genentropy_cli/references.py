@@ -74,6 +74,25 @@ class HalfSphereGaussianCDF(nn.Module):
         return torch.stack([ring_radius * torch.cos(angle), ring_radius * torch.sin(angle), -lower], dim=1)
 
 
+def half_sphere_gaussian_cdf_log_spectrum(latents: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """log eigenvalues of J^T J of HalfSphereGaussianCDF at latents (B, 2), in closed form:
+    lambda_1 = Phi'(z1)^2 / (1 - h^2), lambda_2 = (2 pi Phi'(z2))^2 (1 - h^2), with
+    1 - h^2 = Phi(-z1) (1 + Phi(z1)); their product is (2 pi p(z))^2 (float64, log-space)."""
+    z = latents.to(torch.float64)
+    log_pdf = -0.5 * z * z - 0.5 * math.log(2.0 * math.pi)
+    log_ring_squared = torch.special.log_ndtr(-z[:, 0]) + torch.log1p(torch.special.ndtr(z[:, 0]))
+    return (2.0 * log_pdf[:, 0] - log_ring_squared,
+            2.0 * math.log(2.0 * math.pi) + 2.0 * log_pdf[:, 1] + log_ring_squared)
+
+
+def regularisation_bias_terms(log_eigenvalues: Sequence[torch.Tensor], scale: float) -> torch.Tensor:
+    """Per sample, b = 1/2 sum_j log(1 + s^2 / lambda_j) >= 0: what the scale s adds to a term
+    whose unregularised value is exact (computed in log-space, safe for tiny lambda)."""
+    log_squared_scale = 2.0 * math.log(scale)
+    zero = torch.zeros(())
+    return 0.5 * sum(torch.logaddexp(zero.to(values), log_squared_scale - values) for values in log_eigenvalues)
+
+
 NAMED_REFERENCES: dict[str, tuple[float, str]] = {
     "half-sphere": (HALF_SPHERE_ENTROPY, "uniform on the unit half-sphere, log(2 pi)"),
     "sphere": (math.log(4.0 * math.pi), "uniform on the unit sphere, log(4 pi)"),

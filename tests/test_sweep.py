@@ -6,7 +6,6 @@ import json
 import math
 import re
 import sys
-from pathlib import Path
 
 import pytest
 import torch
@@ -24,9 +23,7 @@ from genentropy_cli.sweep import (
     parse_reference,
     parse_scales,
 )
-
-ROOT = Path(__file__).resolve().parent.parent
-HALF_SPHERE = ROOT / "sample_models" / "half_sphere.pt"
+from test_cli import HALF_SPHERE, assert_one_line_error
 
 
 # ----------------------------------------------------------------------------- parsing
@@ -257,8 +254,6 @@ def test_without_reference_json_has_null_reference(run_cli):
     (["--plot", "sweep.unknownformat"], "unknown image type"),
 ])
 def test_bad_input_is_one_line_exit_2(run_cli, args, fragment):
-    from test_cli import assert_one_line_error
-
     assert_one_line_error(run_cli("sweep-scale", HALF_SPHERE, "-n", "100", *args), fragment)
 
 
@@ -277,8 +272,6 @@ def test_plot_without_matplotlib_fails_fast_with_install_hint(run_cli, tmp_path,
     for name in [name for name in sys.modules if name == "matplotlib" or name.startswith("matplotlib.")]:
         monkeypatch.delitem(sys.modules, name)
     monkeypatch.setitem(sys.modules, "matplotlib", None)  # import matplotlib -> ImportError
-    from test_cli import assert_one_line_error
-
     result = run_cli("sweep-scale", HALF_SPHERE, "-n", "100", "--plot", tmp_path / "sweep.png")
     assert_one_line_error(result, "needs matplotlib", "pip install 'genentropy[plot]'")
     assert not (tmp_path / "sweep.png").exists()
