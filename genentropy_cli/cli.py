@@ -167,8 +167,8 @@ def estimate(
 
 ScalesOption = Annotated[
     Optional[str],
-    typer.Option("--scales", help="Comma-separated scales, e.g. " + ",".join(f"{s:g}" for s in DEFAULT_SWEEP_SCALES)
-                 + " (the default, Table 1's)."),
+    typer.Option("--scales", help="Comma-separated scales (default "
+                 + ",".join(f"{s:.0e}".replace("e-0", "e-") for s in DEFAULT_SWEEP_SCALES) + ", Table 1's)."),
 ]
 ReferenceOption = Annotated[
     Optional[str],
@@ -181,7 +181,7 @@ ToleranceOption = Annotated[
 ]
 PlotOption = Annotated[
     Optional[str], typer.Option("--plot", help="Also draw entropy vs s to this image (e.g. sweep.png); needs "
-                                "matplotlib: pip install 'genentropy[plot]'.")
+                                "matplotlib: pip install 'genentropy\\[plot]'.")
 ]
 
 
