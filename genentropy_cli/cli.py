@@ -6,10 +6,19 @@ import sys
 from typing import Annotated, Callable, List, Optional
 
 import typer
+from rich.markup import escape
 
 from . import __version__
-from .defaults import DEFAULT_DEVICE, DEFAULT_DTYPE, DEFAULT_NUM_SAMPLES, DEFAULT_SCALES, DEFAULT_SEED
-from .engine import estimate_entropy
+from .defaults import (
+    DEFAULT_AGREEMENT_SE,
+    DEFAULT_DEVICE,
+    DEFAULT_DTYPE,
+    DEFAULT_NUM_SAMPLES,
+    DEFAULT_SCALES,
+    DEFAULT_SEED,
+    DEFAULT_SWEEP_SCALES,
+)
+from .engine import EntropyResult, estimate_entropy
 from .errors import GenentropyError, InputError
 from .latents import parse_latent_shape
 from .loading import load_model, resolve_latent_spec
@@ -63,7 +72,7 @@ def run_guarded(action: Callable[[], None]) -> None:
     except GenentropyError as error:
         if _state["debug"]:
             raise
-        reporting.stderr_console.print(f"[red]error:[/red] {error}", soft_wrap=True, markup=True)
+        reporting.stderr_console.print(f"[red]error:[/red] {escape(str(error))}", soft_wrap=True, markup=True)
         raise typer.Exit(error.exit_code) from None
     except KeyboardInterrupt:
         reporting.stderr_console.print("[red]interrupted[/red]")
@@ -75,7 +84,7 @@ def run_guarded(action: Callable[[], None]) -> None:
             raise
         message = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         reporting.stderr_console.print(
-            f"[red]error:[/red] unexpected failure: {type(error).__name__}: {message} (rerun with --debug for the traceback)",
+            f"[red]error:[/red] unexpected failure: {type(error).__name__}: {escape(message)} (rerun with --debug for the traceback)",
             soft_wrap=True,
         )
         raise typer.Exit(1) from None
@@ -87,6 +96,21 @@ def load_with_latent(model: str, latent_dim: Optional[int], latent_shape: Option
     shape = parse_latent_shape(latent_shape) if latent_shape is not None else None
     spec, origin = resolve_latent_spec(loaded, latent_dim, shape, latent_distribution)
     return loaded, spec, origin
+
+
+def emit_result(document: dict, result: EntropyResult, output: Optional[str], json_output: bool,
+                render: Callable[[], object]) -> None:
+    """A command's results: the JSON file (--output), a note on dropped samples (stderr), then
+    the JSON document or the rendered table on stdout."""
+    if output:
+        reporting.write_json(document, output)
+    note = reporting.nonfinite_note(result)
+    if note:
+        reporting.warn(note)
+    if json_output:
+        reporting.print_json(document)
+    else:
+        reporting.stdout_console.print(render())
 
 
 def _version_callback(value: bool) -> None:
@@ -136,15 +160,72 @@ def estimate(
                 skip_nonfinite=skip_nonfinite, tangent_chunk=tangent_chunk,
             )
         document = result.to_dict("estimate", model=loaded.describe())
-        if output:
-            reporting.write_json(document, output)
-        note = reporting.nonfinite_note(result)
-        if note:
-            reporting.warn(note)
-        if json_output:
-            reporting.print_json(document)
-        else:
-            reporting.stdout_console.print(reporting.estimate_table(result, loaded.path))
+        emit_result(document, result, output, json_output, lambda: reporting.estimate_table(result, loaded.path))
+
+    run_guarded(body)
+
+
+ScalesOption = Annotated[
+    Optional[str],
+    typer.Option("--scales", help="Comma-separated scales (default "
+                 + ",".join(f"{s:.0e}".replace("e-0", "e-") for s in DEFAULT_SWEEP_SCALES) + ", Table 1's)."),
+]
+ReferenceOption = Annotated[
+    Optional[str],
+    typer.Option("--reference", help="Known true entropy: a number, an expression such as 'log(2*pi)', "
+                 "half-sphere, sphere, or model (the value the model file records)."),
+]
+ToleranceOption = Annotated[
+    float, typer.Option("--tolerance-se", help="Scales agree when their estimates differ by at most this many "
+                        "combined standard errors.")
+]
+PlotOption = Annotated[
+    Optional[str], typer.Option("--plot", help="Also draw entropy vs s to this image (e.g. sweep.png); needs "
+                                "matplotlib: pip install 'genentropy\\[plot]'.")
+]
+
+
+@app.command("sweep-scale")
+def sweep_scale_command(
+    model: ModelArgument,
+    latent_dim: LatentDimOption = None,
+    latent_shape: LatentShapeOption = None,
+    latent_distribution: LatentDistributionOption = None,
+    scales: ScalesOption = None,
+    reference: ReferenceOption = None,
+    tolerance_se: ToleranceOption = DEFAULT_AGREEMENT_SE,
+    num_samples: NumSamplesOption = DEFAULT_NUM_SAMPLES,
+    batch_size: BatchSizeOption = None,
+    tangent_chunk: TangentChunkOption = None,
+    device: DeviceOption = DEFAULT_DEVICE,
+    dtype: DtypeOption = DEFAULT_DTYPE,
+    seed: SeedOption = DEFAULT_SEED,
+    skip_nonfinite: SkipNonfiniteOption = False,
+    json_output: JsonOption = False,
+    output: OutputOption = None,
+    plot: PlotOption = None,
+    quiet: QuietOption = False,
+) -> None:
+    """Estimate H_s at several scales in one pass and check convergence as s -> 0 (Table 1)."""
+    from . import plotting, sweep_report
+    from .sweep import parse_reference, parse_scales, sweep_scale
+
+    def body() -> None:
+        scale_values = parse_scales(scales) if scales is not None else DEFAULT_SWEEP_SCALES
+        if plot:
+            plotting.check_plot_target(plot)  # before the estimate, not after it
+        loaded, spec, _ = load_with_latent(model, latent_dim, latent_shape, latent_distribution)
+        known = parse_reference(reference, loaded.metadata) if reference is not None else None
+        with reporting.progress_bar("sweeping", sorted(scale_values, reverse=True), enabled=not quiet) as progress:
+            sweep = sweep_scale(
+                loaded.decoder, spec, scale_values, reference=known, tolerance_se=tolerance_se,
+                n_samples=num_samples, batch_size=batch_size, device=device, dtype=dtype, seed=seed,
+                progress=progress, skip_nonfinite=skip_nonfinite, tangent_chunk=tangent_chunk,
+            )
+        if plot:
+            plotting.plot_sweep(sweep, plot, title=loaded.path)
+        emit_result(sweep.to_dict(model=loaded.describe()), sweep.result, output, json_output,
+                    lambda: sweep_report.render_sweep(sweep, loaded.path))
 
     run_guarded(body)
 

@@ -8,6 +8,10 @@ DEFAULT_SCALES: tuple[float, ...] = (1e-4,)
 DEFAULT_SWEEP_SCALES: tuple[float, ...] = (1e-1, 1e-2, 1e-3, 1e-4)
 """The scales of the paper's Table 1, used by ``sweep-scale``."""
 
+DEFAULT_AGREEMENT_SE: float = 3.0
+"""``sweep-scale``: two scales agree when their estimates differ by at most this many combined
+standard errors, sqrt(se_a^2 + se_b^2)."""
+
 DEFAULT_NUM_SAMPLES: int = 50_000
 DEFAULT_SEED: int = 0
 DEFAULT_DEVICE: str = "auto"
