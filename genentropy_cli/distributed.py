@@ -12,11 +12,11 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from typing import Any, Sequence, TypeVar
+from typing import Any, Callable, Sequence, TypeVar
 
 import torch
 
-from .errors import InputError
+from .errors import EstimationError, GenentropyError, InputError
 
 Item = TypeVar("Item")
 
@@ -60,10 +60,36 @@ class ProcessGroup:
         torch.distributed.broadcast_object_list(box, src=0)
         return box[0]
 
+    def run_on_main(self, action: Callable[[], Item]) -> Item:
+        """``action()`` on rank 0; its value, or the error it raised, on every rank (so that no
+        rank waits forever for one that failed)."""
+        outcome: Any = None
+        if self.is_main:
+            try:
+                outcome = ("value", action())
+            except GenentropyError as error:
+                if self.world_size == 1:
+                    raise
+                outcome = ("error", shareable_error(error))
+        outcome = self.broadcast(outcome)
+        if outcome[0] == "error":
+            raise_shared_error(outcome[1])
+        return outcome[1]
+
     def close(self) -> None:
         if self.owns_group and torch.distributed.is_initialized():
             torch.distributed.destroy_process_group()
         self.owns_group = False
+
+
+def shareable_error(error: GenentropyError) -> tuple[int, str]:
+    """An error as (exit status, message), to send to the other ranks."""
+    return error.exit_code, str(error)
+
+
+def raise_shared_error(shared: tuple[int, str]) -> None:
+    code, text = shared
+    raise (InputError if code == InputError.exit_code else EstimationError)(text)
 
 
 def rank_device(requested: str, local_rank: int) -> str:

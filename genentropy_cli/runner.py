@@ -29,7 +29,15 @@ from .defaults import (
     TARGET_STDERR_MIN_SAMPLES,
 )
 from .checkpoint import check_same_settings, decoder_fingerprint, load_checkpoint, save_checkpoint
-from .distributed import ProcessGroup, deal_round_robin, join_process_group, launched_by_torchrun, rank_device
+from .distributed import (
+    ProcessGroup,
+    deal_round_robin,
+    join_process_group,
+    launched_by_torchrun,
+    raise_shared_error,
+    rank_device,
+    shareable_error,
+)
 from .engine import (
     BatchCallback,
     EntropyResult,
@@ -157,8 +165,7 @@ class BatchMessage:
 def _fail_from(messages: Sequence[BatchMessage]) -> None:
     for message in messages:
         if message.error is not None:
-            code, text = message.error
-            raise (InputError if code == InputError.exit_code else EstimationError)(text)
+            raise_shared_error(message.error)
 
 
 class EstimateRun:
@@ -188,6 +195,7 @@ class EstimateRun:
         self.elapsed_before = 0.0
         self.resumed_from = 0
         self.interrupted = False
+        self._defining_settings: dict | None = None
 
     def _ranked(self, log: LogCallback) -> LogCallback:
         if self.group.world_size == 1:
@@ -198,6 +206,11 @@ class EstimateRun:
 
     def defining_settings(self) -> dict:
         """The settings a checkpoint must share with the run that resumes it."""
+        if self._defining_settings is None:
+            self._defining_settings = self._collect_defining_settings()
+        return self._defining_settings
+
+    def _collect_defining_settings(self) -> dict:
         options = self.options
         settings = {
             "model": decoder_fingerprint(self.decoder),
@@ -222,7 +235,7 @@ class EstimateRun:
         path = self.options.checkpoint
         if path is None:
             return None
-        loaded = self.group.broadcast(load_checkpoint(path) if self.group.is_main else None)
+        loaded = self.group.run_on_main(lambda: load_checkpoint(path))
         if loaded is None:
             return None
         saved_settings, meta, arrays = loaded
@@ -256,11 +269,8 @@ class EstimateRun:
         count = min(int(self.options.probe_samples), self.num_samples)
         if self.probe is not None or count == 0:
             return
-        probe = None
-        if self.group.is_main:
-            latents = self.stream.range(0, count)
-            probe = measure_precision(self.decoder, self.prepared, latents, self.scales, self.sizes.chunk)
-        self.probe = self.group.broadcast(probe)
+        self.probe = self.group.run_on_main(lambda: measure_precision(
+            self.decoder, self.prepared, self.stream.range(0, count), self.scales, self.sizes.chunk))
 
     def next_message(self, batcher: SpanBatcher) -> BatchMessage:
         """Compute this rank's next batch (none once its share is done or a stop was asked)."""
@@ -280,7 +290,7 @@ class EstimateRun:
         except GenentropyError as error:
             if self.group.world_size == 1:
                 raise
-            return BatchMessage(done=True, error=(error.exit_code, str(error)))
+            return BatchMessage(done=True, error=shareable_error(error))
         if self.options.on_batch is not None:
             self.options.on_batch(indices, latents, terms)
         rows = SampleRows.from_terms(terms, self.scales)

@@ -16,23 +16,24 @@ import genentropy_cli.runner as runner
 from genentropy_cli.cli import main
 
 
-def install(signal_name: str, after_batches: int) -> None:
-    original = runner.compute_sample_terms
+def signalling_after(compute, signal_name: str, after_batches: int):
+    """``compute`` (runner.compute_sample_terms) that sends this process ``signal_name`` once it
+    has computed ``after_batches`` batches."""
     calls = [0]
 
     def counting(*args, **kwargs):
-        terms = original(*args, **kwargs)
+        terms = compute(*args, **kwargs)
         calls[0] += 1
         if calls[0] == after_batches:
             os.kill(os.getpid(), getattr(signal, signal_name))
         return terms
 
-    runner.compute_sample_terms = counting
+    return counting
 
 
 if __name__ == "__main__":
     name, count, separator, *arguments = sys.argv[1:]
     assert separator == "--"
-    install(name, int(count))
+    runner.compute_sample_terms = signalling_after(runner.compute_sample_terms, name, int(count))
     sys.argv = ["genentropy", *arguments]
     main()

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import signal
 
 import numpy as np
@@ -13,6 +12,7 @@ import genentropy_cli.runner as runner
 from genentropy_cli import estimate_entropy
 from genentropy_cli.checkpoint import load_checkpoint
 from genentropy_cli.errors import InputError
+from interrupt_harness import signalling_after
 from longrun_support import (
     assert_same_estimates,
     parse_json,
@@ -72,26 +72,11 @@ def test_sigkill_leaves_a_checkpoint_that_resumes(tmp_path, run_cli):
     assert (tmp_path / "rows.csv").read_text() == (tmp_path / "reference.csv").read_text()
 
 
-def sigterm_after(monkeypatch, batches: int) -> None:
-    """Send SIGTERM to this process once ``batches`` batches are computed (in-process)."""
-    original = runner.compute_sample_terms
-    calls = [0]
-
-    def counting(*args, **kwargs):
-        terms = original(*args, **kwargs)
-        calls[0] += 1
-        if calls[0] == batches:
-            os.kill(os.getpid(), signal.SIGTERM)
-        return terms
-
-    monkeypatch.setattr(runner, "compute_sample_terms", counting)
-
-
 def test_sigterm_in_the_api_returns_a_partial_result_and_float32_resume_is_exact(tmp_path, monkeypatch):
     decoder = small_mlp()
     kwargs = dict(scales=[1e-2], n_samples=1500, batch_size=64, seed=3, checkpoint=tmp_path / "c.npz",
                   handle_signals=True, log=lambda message: None)
-    sigterm_after(monkeypatch, 4)
+    monkeypatch.setattr(runner, "compute_sample_terms", signalling_after(runner.compute_sample_terms, "SIGTERM", 4))
     partial = estimate_entropy(decoder, 4, **kwargs)
     assert partial.partial and partial.stop_reason == "interrupted"
     assert partial.estimates[0].num_samples == 256
