@@ -7,9 +7,11 @@ import math
 import numpy as np
 import pytest
 
+import genentropy_cli.runner as runner
 from genentropy_cli import estimate_entropy
 from genentropy_cli.stats import RunningMoments
 from genentropy_cli.stopping import first_index_meeting_target
+from interrupt_harness import signalling_after
 from longrun_support import linear_terms, linear_decoder, save_small_mlp
 
 SIGMAS = (2.0, 1.0, 0.5)
@@ -42,6 +44,20 @@ def test_target_stderr_stops_within_one_batch_of_the_first_point_it_holds(batch_
     for index, item in enumerate(result.estimates):
         assert item.entropy == pytest.approx(values[:expected, index].mean(), rel=1e-12)
         assert item.std == pytest.approx(values[:expected, index].std(ddof=1), rel=1e-10)
+
+
+def test_an_interrupted_adaptive_run_resumes_to_the_same_stopping_point(tmp_path, monkeypatch):
+    kwargs = dict(scales=SCALES, n_samples=6000, batch_size=100, dtype="float64", target_stderr=0.025,
+                  min_samples=1000, log=lambda message: None)
+    reference = estimate_entropy(linear_decoder(SIGMAS), 3, **kwargs)
+    monkeypatch.setattr(runner, "compute_sample_terms", signalling_after(runner.compute_sample_terms, "SIGTERM", 12))
+    partial = estimate_entropy(linear_decoder(SIGMAS), 3, checkpoint=tmp_path / "c.npz", handle_signals=True, **kwargs)
+    monkeypatch.undo()
+    assert partial.partial and partial.estimates[0].num_samples == 1200
+    resumed = estimate_entropy(linear_decoder(SIGMAS), 3, checkpoint=tmp_path / "c.npz", **kwargs)
+    assert resumed.stop_reason == "target_stderr"
+    assert [item.num_samples for item in resumed.estimates] == [item.num_samples for item in reference.estimates]
+    assert [item.entropy for item in resumed.estimates] == [item.entropy for item in reference.estimates]
 
 
 def test_the_cap_ends_the_run_when_the_target_is_out_of_reach(run_cli, tmp_path):

@@ -52,8 +52,8 @@ def test_ledger_total_does_not_depend_on_arrival_order_or_batching():
     rng = np.random.default_rng(0)
     values = rng.normal(5.0, 2.0, size=(10 * 16 + 5, 2))
 
-    def run(batch: int, world: int) -> RunLedger:
-        ledger = RunLedger(len(values), 16, [1.0, 2.0])
+    def run(batch: int, world: int, target: float | None = None) -> RunLedger:
+        ledger = RunLedger(len(values), 16, [1.0, 2.0], target_stderr=target, min_samples=20)
         spans = [(block, 0, ledger.block_length(block)) for block in range(ledger.num_blocks)]
         shares = [deal_round_robin(spans, rank, world) for rank in range(world)]
         pending = [[(block, start) for block, _, stop in share for start in range(0, stop, batch)] for share in shares]
@@ -65,8 +65,9 @@ def test_ledger_total_does_not_depend_on_arrival_order_or_batching():
                     first = block * 16 + start
                     ledger.record(block, start, rows_for(values[first : first + stop - start]))
             ledger.advance()
-        assert ledger.finished
-        return ledger
+            if ledger.finished:
+                return ledger
+        raise AssertionError("the ledger never finished")
 
     reference = run(batch=16, world=1)
     for batch, world in ((3, 1), (5, 2), (16, 3), (7, 4)):
@@ -76,6 +77,13 @@ def test_ledger_total_does_not_depend_on_arrival_order_or_batching():
         assert np.array_equal(ledger.prefix.m2, reference.prefix.m2)
     np.testing.assert_allclose(reference.prefix.mean, values.mean(axis=0), rtol=1e-14)
     np.testing.assert_allclose(reference.prefix.std, values.std(axis=0, ddof=1), rtol=1e-13)
+
+    stopped = run(batch=16, world=1, target=0.25)  # the target stops it inside block 3 or so
+    assert stopped.stop_at is not None and 20 <= stopped.stop_at < len(values)
+    for batch, world in ((3, 1), (5, 2), (7, 4)):
+        ledger = run(batch, world, target=0.25)
+        assert ledger.stop_at == stopped.stop_at
+        assert np.array_equal(ledger.prefix.mean, stopped.prefix.mean)
 
 
 def test_blocks_are_dealt_round_robin():
