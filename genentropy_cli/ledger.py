@@ -25,7 +25,7 @@ import numpy as np
 
 from .errors import NonFiniteSampleError
 from .logdet import collapsed_directions
-from .stats import RunningMoments
+from .stats import LogHistogram, RunningMoments
 from .stopping import first_index_meeting_target
 
 MAX_LISTED_NONFINITE = 100
@@ -84,8 +84,8 @@ class SampleSummary:
     num_scales: int
     count: int = 0
     collapsed_sum: np.ndarray = field(default=None)  # type: ignore[assignment]
-    sigma_min: list[np.ndarray] = field(default_factory=list)
-    sigma_max: list[np.ndarray] = field(default_factory=list)
+    sigma_min: LogHistogram = field(default_factory=LogHistogram)
+    sigma_max: LogHistogram = field(default_factory=LogHistogram)
     num_nonfinite: int = 0
     nonfinite_indices: list[int] = field(default_factory=list)
 
@@ -101,21 +101,19 @@ class SampleSummary:
         self.nonfinite_indices.extend(int(index) for index in bad[: max(room, 0)])
         self.count += int(finite.sum())
         self.collapsed_sum = self.collapsed_sum + rows.collapsed[finite].sum(axis=0)
-        self.sigma_min.append(rows.sigma_min[finite])
-        self.sigma_max.append(rows.sigma_max[finite])
+        self.sigma_min.add(rows.sigma_min[finite])
+        self.sigma_max.add(rows.sigma_max[finite])
 
     def copy(self) -> "SampleSummary":
-        return SampleSummary(self.num_scales, self.count, self.collapsed_sum.copy(), list(self.sigma_min),
-                             list(self.sigma_max), self.num_nonfinite, list(self.nonfinite_indices))
+        return SampleSummary(self.num_scales, self.count, self.collapsed_sum.copy(), self.sigma_min.copy(),
+                             self.sigma_max.copy(), self.num_nonfinite, list(self.nonfinite_indices))
 
     def diagnostics(self, scales: Sequence[float]) -> dict:
-        smallest = np.concatenate(self.sigma_min) if self.sigma_min else np.zeros(0)
-        largest = np.concatenate(self.sigma_max) if self.sigma_max else np.zeros(0)
         return {
-            "smallest_singular_value": float(smallest.min()) if smallest.size else None,
-            "largest_singular_value": float(largest.max()) if largest.size else None,
-            "smallest_singular_value_quantiles": _quantiles(smallest),
-            "largest_singular_value_quantiles": _quantiles(largest),
+            "smallest_singular_value": self.sigma_min.quantile(0.0),
+            "largest_singular_value": self.sigma_max.quantile(1.0),
+            "smallest_singular_value_quantiles": _quantiles(self.sigma_min),
+            "largest_singular_value_quantiles": _quantiles(self.sigma_max),
             "mean_collapsed_directions": {
                 f"{scale:g}": (float(total) / self.count if self.count else None)
                 for scale, total in zip(scales, self.collapsed_sum)
@@ -124,26 +122,26 @@ class SampleSummary:
 
     def to_state(self) -> tuple[dict, dict[str, np.ndarray]]:
         meta = {"count": self.count, "num_nonfinite": self.num_nonfinite,
-                "nonfinite_indices": list(self.nonfinite_indices)}
+                "nonfinite_indices": list(self.nonfinite_indices),
+                "sigma_extremes": [self.sigma_min.minimum, self.sigma_min.maximum,
+                                   self.sigma_max.minimum, self.sigma_max.maximum]}
         arrays = {"summary_collapsed_sum": self.collapsed_sum,
-                  "summary_sigma_min": _joined(self.sigma_min), "summary_sigma_max": _joined(self.sigma_max)}
+                  "summary_sigma_min": self.sigma_min.counts, "summary_sigma_max": self.sigma_max.counts}
         return meta, arrays
 
     @classmethod
     def from_state(cls, num_scales: int, meta: dict, arrays: dict[str, np.ndarray]) -> "SampleSummary":
+        low_min, low_max, high_min, high_max = (float(value) for value in meta["sigma_extremes"])
         return cls(num_scales, int(meta["count"]), np.asarray(arrays["summary_collapsed_sum"], dtype=np.int64),
-                   [np.asarray(arrays["summary_sigma_min"])], [np.asarray(arrays["summary_sigma_max"])],
+                   LogHistogram(np.asarray(arrays["summary_sigma_min"], dtype=np.int64), low_min, low_max),
+                   LogHistogram(np.asarray(arrays["summary_sigma_max"], dtype=np.int64), high_min, high_max),
                    int(meta["num_nonfinite"]), [int(index) for index in meta["nonfinite_indices"]])
 
 
-def _joined(pieces: list[np.ndarray]) -> np.ndarray:
-    return np.concatenate(pieces) if pieces else np.zeros(0)
-
-
-def _quantiles(values: np.ndarray) -> dict | None:
-    if values.size == 0:
+def _quantiles(histogram: LogHistogram) -> dict | None:
+    if histogram.total == 0:
         return None
-    return {name: float(np.quantile(values, level)) for name, level in SINGULAR_VALUE_QUANTILES.items()}
+    return {name: histogram.quantile(level) for name, level in SINGULAR_VALUE_QUANTILES.items()}
 
 
 @dataclass
