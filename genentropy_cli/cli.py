@@ -10,6 +10,7 @@ from rich.markup import escape
 
 from . import __version__
 from .defaults import (
+    CHECKPOINT_INTERVAL_SECONDS,
     DEFAULT_AGREEMENT_SE,
     DEFAULT_DEVICE,
     DEFAULT_DTYPE,
@@ -17,7 +18,11 @@ from .defaults import (
     DEFAULT_SCALES,
     DEFAULT_SEED,
     DEFAULT_SWEEP_SCALES,
+    INTERRUPTED_EXIT_CODE,
+    PRECISION_PROBE_SAMPLES,
+    TARGET_STDERR_MIN_SAMPLES,
 )
+from .distributed import launch_rank
 from .engine import EntropyResult, estimate_entropy
 from .errors import GenentropyError, InputError
 from .latents import parse_latent_shape
@@ -55,7 +60,9 @@ TangentChunkOption = Annotated[
     Optional[int], typer.Option("--tangent-chunk", help="Jacobian columns per decoder call (default: automatic).")
 ]
 DeviceOption = Annotated[str, typer.Option("--device", help="auto, cpu, cuda or cuda:N.")]
-DtypeOption = Annotated[str, typer.Option("--dtype", help="Decoder compute dtype: float32 or float64.")]
+DtypeOption = Annotated[
+    str, typer.Option("--dtype", help="Decoder compute dtype: float64, float32, bfloat16 or float16 (Gram and statistics stay float64).")
+]
 SeedOption = Annotated[int, typer.Option("--seed", help="Seed of the latent sequence.")]
 SkipNonfiniteOption = Annotated[
     bool, typer.Option("--skip-nonfinite", help="Drop samples with NaN/inf terms (their count is reported).")
@@ -63,6 +70,30 @@ SkipNonfiniteOption = Annotated[
 JsonOption = Annotated[bool, typer.Option("--json", help="Print one JSON document on stdout instead of a table.")]
 OutputOption = Annotated[Optional[str], typer.Option("--output", "-o", help="Also write the JSON result to this file.")]
 QuietOption = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar or notes on stderr.")]
+TargetStderrOption = Annotated[
+    Optional[float],
+    typer.Option("--target-stderr", help="Stop once the standard error is at most this at every scale (-n is the cap)."),
+]
+MinSamplesOption = Annotated[
+    int, typer.Option("--min-samples", help="With --target-stderr: never stop before this many samples.")
+]
+CheckpointOption = Annotated[
+    Optional[str],
+    typer.Option("--checkpoint", help="Save progress to FILE (atomically) and resume from it when rerun."),
+]
+CheckpointEveryOption = Annotated[
+    float, typer.Option("--checkpoint-every", help="Seconds between checkpoint writes.")
+]
+PerSampleOption = Annotated[
+    Optional[str],
+    typer.Option("--per-sample", help="Write per-sample rows to FILE (.npy, .csv or .jsonl)."),
+]
+SaveLatentsOption = Annotated[
+    bool, typer.Option("--save-latents", help="With --per-sample: also save each sample's latent.")
+]
+ProbeSamplesOption = Annotated[
+    int, typer.Option("--probe-samples", help="First samples also computed in float64 to check --dtype (0: off).")
+]
 
 
 def run_guarded(action: Callable[[], None]) -> None:
@@ -99,18 +130,22 @@ def load_with_latent(model: str, latent_dim: Optional[int], latent_shape: Option
 
 
 def emit_result(document: dict, result: EntropyResult, output: Optional[str], json_output: bool,
-                render: Callable[[], object]) -> None:
-    """A command's results: the JSON file (--output), a note on dropped samples (stderr), then
-    the JSON document or the rendered table on stdout."""
+                render: Callable[[], object], quiet: bool = False) -> None:
+    """A command's results: the JSON file (--output), notes on dropped samples, a partial
+    result or a resumed run (stderr), then the JSON document or the rendered tables on stdout."""
     if output:
         reporting.write_json(document, output)
-    note = reporting.nonfinite_note(result)
-    if note:
-        reporting.warn(note)
+    for note in (reporting.nonfinite_note(result), reporting.partial_note(result)):
+        if note:
+            reporting.warn(note)
+    if not quiet and result.diagnostics.get("resumed_from_samples"):
+        reporting.info(f"resumed from the checkpoint at {result.diagnostics['resumed_from_samples']} samples")
     if json_output:
         reporting.print_json(document)
-    else:
-        reporting.stdout_console.print(render())
+        return
+    rendered = render()
+    for renderable in rendered if isinstance(rendered, (list, tuple)) else [rendered]:
+        reporting.stdout_console.print(renderable)
 
 
 def _version_callback(value: bool) -> None:
@@ -147,20 +182,39 @@ def estimate(
     json_output: JsonOption = False,
     output: OutputOption = None,
     quiet: QuietOption = False,
+    target_stderr: TargetStderrOption = None,
+    min_samples: MinSamplesOption = TARGET_STDERR_MIN_SAMPLES,
+    checkpoint: CheckpointOption = None,
+    checkpoint_every: CheckpointEveryOption = CHECKPOINT_INTERVAL_SECONDS,
+    per_sample: PerSampleOption = None,
+    save_latents: SaveLatentsOption = False,
+    probe_samples: ProbeSamplesOption = PRECISION_PROBE_SAMPLES,
 ) -> None:
-    """Estimate the entropy H_s = mean of -log p(z) + 1/2 log det(J^T J + s^2 I)."""
+    """Estimate the entropy H_s = mean of -log p(z) + 1/2 log det(J^T J + s^2 I).
+
+    Under torchrun the ranks share the samples and rank 0 alone prints. Ctrl-C saves the
+    checkpoint, prints the partial result and exits 130.
+    """
 
     def body() -> None:
         scales = tuple(scale) if scale else DEFAULT_SCALES
+        main_rank = launch_rank() == 0
         loaded, spec, _ = load_with_latent(model, latent_dim, latent_shape, latent_distribution)
-        with reporting.progress_bar("estimating", scales, enabled=not quiet) as progress:
+        with reporting.progress_bar("estimating", scales, enabled=not quiet and main_rank) as progress:
             result = estimate_entropy(
                 loaded.decoder, spec, scales=scales, n_samples=num_samples, batch_size=batch_size,
                 device=device, dtype=dtype, seed=seed, progress=progress,
                 skip_nonfinite=skip_nonfinite, tangent_chunk=tangent_chunk,
+                target_stderr=target_stderr, min_samples=min_samples, checkpoint=checkpoint,
+                checkpoint_every=checkpoint_every, per_sample=per_sample, save_latents=save_latents,
+                probe_samples=probe_samples, handle_signals=True, log=reporting.warn,
             )
-        document = result.to_dict("estimate", model=loaded.describe())
-        emit_result(document, result, output, json_output, lambda: reporting.estimate_table(result, loaded.path))
+        if main_rank:
+            document = result.to_dict("estimate", model=loaded.describe())
+            emit_result(document, result, output, json_output, lambda: [
+                reporting.estimate_table(result, loaded.path), reporting.diagnostics_table(result)], quiet)
+        if result.partial:
+            raise typer.Exit(INTERRUPTED_EXIT_CODE)
 
     run_guarded(body)
 
