@@ -6,12 +6,26 @@ import sys
 from typing import Annotated, Callable, List, Optional
 
 import typer
+from rich.markup import escape
 
 from . import __version__
+from .defaults import (
+    CHECKPOINT_INTERVAL_SECONDS,
+    DEFAULT_AGREEMENT_SE,
+    DEFAULT_DEVICE,
+    DEFAULT_DTYPE,
+    DEFAULT_NUM_SAMPLES,
+    DEFAULT_SCALES,
+    DEFAULT_SEED,
+    DEFAULT_SWEEP_SCALES,
+    INSPECT_PROBE_LATENTS,
+    INTERRUPTED_EXIT_CODE,
+    PRECISION_PROBE_SAMPLES,
+    TARGET_STDERR_MIN_SAMPLES,
+)
 from .convert import convert_to_safetensors
-from .defaults import (DEFAULT_DEVICE, DEFAULT_DTYPE, DEFAULT_NUM_SAMPLES, DEFAULT_SCALES, DEFAULT_SEED,
-                       INSPECT_PROBE_LATENTS)
-from .engine import estimate_entropy, validate_scales
+from .distributed import launch_rank
+from .engine import EntropyResult, estimate_entropy, validate_scales
 from .errors import GenentropyError, InputError
 from .inspection import inspect_model
 from .resolve import ModelOptions, ResolvedModel, resolve_model
@@ -65,7 +79,9 @@ TangentChunkOption = Annotated[
     Optional[int], typer.Option("--tangent-chunk", help="Jacobian columns per decoder call (default: automatic).")
 ]
 DeviceOption = Annotated[str, typer.Option("--device", help="auto, cpu, cuda or cuda:N.")]
-DtypeOption = Annotated[str, typer.Option("--dtype", help="Decoder compute dtype: float32 or float64.")]
+DtypeOption = Annotated[
+    str, typer.Option("--dtype", help="Decoder compute dtype: float64, float32, bfloat16 or float16 (Gram and statistics stay float64).")
+]
 SeedOption = Annotated[int, typer.Option("--seed", help="Seed of the latent sequence.")]
 SkipNonfiniteOption = Annotated[
     bool, typer.Option("--skip-nonfinite", help="Drop samples with NaN/inf terms (their count is reported).")
@@ -73,6 +89,30 @@ SkipNonfiniteOption = Annotated[
 JsonOption = Annotated[bool, typer.Option("--json", help="Print one JSON document on stdout instead of a table.")]
 OutputOption = Annotated[Optional[str], typer.Option("--output", "-o", help="Also write the JSON result to this file.")]
 QuietOption = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar or notes on stderr.")]
+TargetStderrOption = Annotated[
+    Optional[float],
+    typer.Option("--target-stderr", help="Stop once the standard error is at most this at every scale (-n is the cap)."),
+]
+MinSamplesOption = Annotated[
+    int, typer.Option("--min-samples", help="With --target-stderr: never stop before this many samples.")
+]
+CheckpointOption = Annotated[
+    Optional[str],
+    typer.Option("--checkpoint", help="Save progress to FILE (atomically) and resume from it when rerun."),
+]
+CheckpointEveryOption = Annotated[
+    float, typer.Option("--checkpoint-every", help="Seconds between checkpoint writes.")
+]
+PerSampleOption = Annotated[
+    Optional[str],
+    typer.Option("--per-sample", help="Write per-sample rows to FILE (.npy, .csv or .jsonl)."),
+]
+SaveLatentsOption = Annotated[
+    bool, typer.Option("--save-latents", help="With --per-sample: also save each sample's latent.")
+]
+ProbeSamplesOption = Annotated[
+    int, typer.Option("--probe-samples", help="First samples also computed in float64 to check --dtype (0: off).")
+]
 
 
 def _config_callback(ctx: typer.Context, value: Optional[str]) -> Optional[str]:
@@ -96,7 +136,7 @@ def run_guarded(action: Callable[[], None]) -> None:
     except GenentropyError as error:
         if _state["debug"]:
             raise
-        reporting.stderr_console.print(f"[red]error:[/red] {error}", soft_wrap=True, markup=True)
+        reporting.stderr_console.print(f"[red]error:[/red] {escape(str(error))}", soft_wrap=True, markup=True)
         raise typer.Exit(error.exit_code) from None
     except KeyboardInterrupt:
         reporting.stderr_console.print("[red]interrupted[/red]")
@@ -108,7 +148,7 @@ def run_guarded(action: Callable[[], None]) -> None:
             raise
         message = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         reporting.stderr_console.print(
-            f"[red]error:[/red] unexpected failure: {type(error).__name__}: {message} (rerun with --debug for the traceback)",
+            f"[red]error:[/red] unexpected failure: {type(error).__name__}: {escape(message)} (rerun with --debug for the traceback)",
             soft_wrap=True,
         )
         raise typer.Exit(1) from None
@@ -129,6 +169,31 @@ def load_with_latent(model: str, latent_dim: Optional[int], latent_shape: Option
     resolved = open_model(ModelOptions(model, latent_dim=latent_dim, latent_shape=latent_shape,
                                        latent_distribution=latent_distribution, **model_options))
     return resolved, resolved.latent, resolved.latent_origin
+
+
+def emit(document: dict, json_output: bool, output: Optional[str], render: Callable[[], object]) -> None:
+    """A command's result: the JSON file (--output), then the JSON document or the rendered
+    table(s) on stdout."""
+    if output:
+        reporting.write_json(document, output)
+    if json_output:
+        reporting.print_json(document)
+        return
+    rendered = render()
+    for renderable in rendered if isinstance(rendered, (list, tuple)) else [rendered]:
+        reporting.stdout_console.print(renderable)
+
+
+def emit_result(document: dict, result: EntropyResult, output: Optional[str], json_output: bool,
+                render: Callable[[], object], quiet: bool = False) -> None:
+    """An estimate's results: notes on dropped samples, a partial result or a resumed run
+    (stderr), then ``emit``."""
+    for note in (reporting.nonfinite_note(result), reporting.partial_note(result)):
+        if note:
+            reporting.warn(note)
+    if not quiet and result.diagnostics.get("resumed_from_samples"):
+        reporting.info(f"resumed from the checkpoint at {result.diagnostics['resumed_from_samples']} samples")
+    emit(document, json_output, output, render)
 
 
 def _version_callback(value: bool) -> None:
@@ -165,6 +230,13 @@ def estimate(
     json_output: JsonOption = False,
     output: OutputOption = None,
     quiet: QuietOption = False,
+    target_stderr: TargetStderrOption = None,
+    min_samples: MinSamplesOption = TARGET_STDERR_MIN_SAMPLES,
+    checkpoint: CheckpointOption = None,
+    checkpoint_every: CheckpointEveryOption = CHECKPOINT_INTERVAL_SECONDS,
+    per_sample: PerSampleOption = None,
+    save_latents: SaveLatentsOption = False,
+    probe_samples: ProbeSamplesOption = PRECISION_PROBE_SAMPLES,
     spec_file: SpecOption = None,
     code_path: CodePathOption = None,
     trust_pickle: TrustPickleOption = False,
@@ -172,29 +244,106 @@ def estimate(
     output_select: OutputSelectOption = None,
     config_file: ConfigOption = None,
 ) -> None:
-    """Estimate the entropy H_s = mean of -log p(z) + 1/2 log det(J^T J + s^2 I)."""
+    """Estimate the entropy H_s = mean of -log p(z) + 1/2 log det(J^T J + s^2 I).
+
+    Under torchrun the ranks share the samples and rank 0 alone prints. Ctrl-C saves the
+    checkpoint, prints the partial result and exits 130.
+    """
 
     def body() -> None:
         scales = tuple(scale) if scale else DEFAULT_SCALES
+        main_rank = launch_rank() == 0
         loaded, spec, _ = load_with_latent(
             model, latent_dim, latent_shape, latent_distribution, spec=spec_file, code_path=code_path or (),
             trust_pickle=trust_pickle, output_range=output_range, output_select=output_select)
-        with reporting.progress_bar("estimating", scales, enabled=not quiet) as progress:
+        with reporting.progress_bar("estimating", scales, enabled=not quiet and main_rank) as progress:
             result = estimate_entropy(
                 loaded.decoder, spec, scales=scales, n_samples=num_samples, batch_size=batch_size,
                 device=device, dtype=dtype, seed=seed, progress=progress,
                 skip_nonfinite=skip_nonfinite, tangent_chunk=tangent_chunk,
+                target_stderr=target_stderr, min_samples=min_samples, checkpoint=checkpoint,
+                checkpoint_every=checkpoint_every, per_sample=per_sample, save_latents=save_latents,
+                probe_samples=probe_samples, handle_signals=True, log=reporting.warn,
             )
-        document = result.to_dict("estimate", model=loaded.describe())
-        if output:
-            reporting.write_json(document, output)
-        note = reporting.nonfinite_note(result)
-        if note:
-            reporting.warn(note)
-        if json_output:
-            reporting.print_json(document)
-        else:
-            reporting.stdout_console.print(reporting.estimate_table(result, loaded.path))
+        if main_rank:
+            document = result.to_dict("estimate", model=loaded.describe())
+            emit_result(document, result, output, json_output, lambda: [
+                reporting.estimate_table(result, loaded.path), reporting.diagnostics_table(result)], quiet)
+        if result.partial:
+            raise typer.Exit(INTERRUPTED_EXIT_CODE)
+
+    run_guarded(body)
+
+
+ScalesOption = Annotated[
+    Optional[str],
+    typer.Option("--scales", help="Comma-separated scales (default "
+                 + ",".join(f"{s:.0e}".replace("e-0", "e-") for s in DEFAULT_SWEEP_SCALES) + ", Table 1's)."),
+]
+ReferenceOption = Annotated[
+    Optional[str],
+    typer.Option("--reference", help="Known true entropy: a number, an expression such as 'log(2*pi)', "
+                 "half-sphere, sphere, or model (the value the model file records)."),
+]
+ToleranceOption = Annotated[
+    float, typer.Option("--tolerance-se", help="Scales agree when their estimates differ by at most this many "
+                        "combined standard errors.")
+]
+PlotOption = Annotated[
+    Optional[str], typer.Option("--plot", help="Also draw entropy vs s to this image (e.g. sweep.png); needs "
+                                "matplotlib: pip install 'genentropy\\[plot]'.")
+]
+
+
+@app.command("sweep-scale")
+def sweep_scale_command(
+    model: ModelArgument,
+    latent_dim: LatentDimOption = None,
+    latent_shape: LatentShapeOption = None,
+    latent_distribution: LatentDistributionOption = None,
+    scales: ScalesOption = None,
+    reference: ReferenceOption = None,
+    tolerance_se: ToleranceOption = DEFAULT_AGREEMENT_SE,
+    num_samples: NumSamplesOption = DEFAULT_NUM_SAMPLES,
+    batch_size: BatchSizeOption = None,
+    tangent_chunk: TangentChunkOption = None,
+    device: DeviceOption = DEFAULT_DEVICE,
+    dtype: DtypeOption = DEFAULT_DTYPE,
+    seed: SeedOption = DEFAULT_SEED,
+    skip_nonfinite: SkipNonfiniteOption = False,
+    json_output: JsonOption = False,
+    output: OutputOption = None,
+    plot: PlotOption = None,
+    quiet: QuietOption = False,
+    spec_file: SpecOption = None,
+    code_path: CodePathOption = None,
+    trust_pickle: TrustPickleOption = False,
+    output_range: OutputRangeOption = None,
+    output_select: OutputSelectOption = None,
+    config_file: ConfigOption = None,
+) -> None:
+    """Estimate H_s at several scales in one pass and check convergence as s -> 0 (Table 1)."""
+    from . import plotting, sweep_report
+    from .sweep import parse_reference, parse_scales, sweep_scale
+
+    def body() -> None:
+        scale_values = parse_scales(scales) if scales is not None else DEFAULT_SWEEP_SCALES
+        if plot:
+            plotting.check_plot_target(plot)  # before the estimate, not after it
+        loaded, spec, _ = load_with_latent(
+            model, latent_dim, latent_shape, latent_distribution, spec=spec_file, code_path=code_path or (),
+            trust_pickle=trust_pickle, output_range=output_range, output_select=output_select)
+        known = parse_reference(reference, loaded.metadata) if reference is not None else None
+        with reporting.progress_bar("sweeping", sorted(scale_values, reverse=True), enabled=not quiet) as progress:
+            sweep = sweep_scale(
+                loaded.decoder, spec, scale_values, reference=known, tolerance_se=tolerance_se,
+                n_samples=num_samples, batch_size=batch_size, device=device, dtype=dtype, seed=seed,
+                progress=progress, skip_nonfinite=skip_nonfinite, tangent_chunk=tangent_chunk,
+            )
+        if plot:
+            plotting.plot_sweep(sweep, plot, title=loaded.path)
+        emit_result(sweep.to_dict(model=loaded.describe()), sweep.result, output, json_output,
+                    lambda: sweep_report.render_sweep(sweep, loaded.path))
 
     run_guarded(body)
 
@@ -230,7 +379,7 @@ def inspect(
                                            latent_distribution, output_range, output_select))
         report = inspect_model(resolved, device=device, dtype=dtype, probe_latents=probe_latents,
                                scale=validate_scales([scale])[0], seed=seed)
-        emit(report, json_output, output, reporting.inspect_table)
+        emit(report, json_output, output, lambda: reporting.inspect_table(report))
 
     run_guarded(body)
 
@@ -257,22 +406,12 @@ def convert(
     def body() -> None:
         options = ModelOptions(model, spec_file, code_path or (), trust_pickle, latent_dim, latent_shape,
                                latent_distribution, output_range, output_select)
-        report = convert_to_safetensors(options, target, overwrite=force)
+        report = {"genentropy_version": __version__, **convert_to_safetensors(options, target, overwrite=force)}
         for message in report["warnings"]:
             reporting.warn(message)
-        emit({"genentropy_version": __version__, **report}, json_output, None, reporting.convert_table)
+        emit(report, json_output, None, lambda: reporting.convert_table(report))
 
     run_guarded(body)
-
-
-def emit(document: dict, json_output: bool, output: Optional[str], table: Callable[[dict], object]) -> None:
-    """A command's result: JSON on stdout with --json, else a table; --output also writes the JSON."""
-    if output:
-        reporting.write_json(document, output)
-    if json_output:
-        reporting.print_json(document)
-    else:
-        reporting.stdout_console.print(table(document))
 
 
 def main() -> None:

@@ -8,7 +8,7 @@ Formats, chosen by content (the extension only breaks ties):
 - torch.export programs (``.pt2``, ``exported.py``);
 - safetensors weights plus a spec (``specs.py``): embedded in the file's metadata, a sidecar
   ``model.yaml`` beside it, or ``--spec FILE``;
-- ``torch.save`` state dicts plus a spec (``checkpoints.py``); whole pickled modules only
+- ``torch.save`` state dicts plus a spec (``pickles.py``); whole pickled modules only
   with ``trust_pickle``.
 
 What the model says about its latent and output is layered: embedded metadata, then a spec
@@ -26,7 +26,7 @@ from typing import Any, Sequence
 
 import torch
 
-from .checkpoints import PICKLE_WARNING, load_checkpoint
+from .pickles import PICKLE_WARNING, load_torch_save
 from .errors import InputError, first_line
 from .exported import PT2_SUFFIX, load_exported
 from .latents import LatentSpec, make_latent_spec, parse_distribution
@@ -151,7 +151,7 @@ def load_model(path: str | Path, *, spec: str | Path | None = None, code_path: S
         decoder, metadata, origins = load_exported(file)
         loaded = LoadedModel(decoder, str(file), "torch.export", metadata, origins)
     else:
-        loaded = load_checkpoint_model(file, file_spec, code_path, trust_pickle)
+        loaded = load_torch_save_model(file, file_spec, code_path, trust_pickle)
     if file_spec is not None:
         loaded.layer(spec_metadata(file_spec), "spec")
         loaded.spec_source, loaded.spec_file = str(spec_file), file_spec
@@ -187,10 +187,10 @@ def load_safetensors_model(file: Path, file_spec: dict | None = None,
     return loaded
 
 
-def load_checkpoint_model(file: Path, file_spec: dict | None = None, code_path: Sequence[str | Path] = (),
+def load_torch_save_model(file: Path, file_spec: dict | None = None, code_path: Sequence[str | Path] = (),
                           trust_pickle: bool = False) -> LoadedModel:
     """A torch.save state dict built with the spec's architecture, or (trusted) a pickled module."""
-    content, trusted = load_checkpoint(file, trust_pickle, code_path)
+    content, trusted = load_torch_save(file, trust_pickle, code_path)
     if isinstance(content, torch.nn.Module):
         loaded = LoadedModel(content, str(file), "pickle")
         loaded.warnings.append(PICKLE_WARNING.format(file=file))

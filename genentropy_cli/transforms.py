@@ -112,6 +112,13 @@ class TransformedDecoder(nn.Module):
         self.decoder = decoder  # registered as a submodule when it is a module
         self.transform = transform
 
+    @property
+    def original_name(self) -> str:
+        """The name that identifies this decoder (checkpoint fingerprints hash it with the
+        weights), so a run with another transform never resumes this one's checkpoint."""
+        inner = getattr(self.decoder, "original_name", None) or type(self.decoder).__qualname__
+        return f"{inner} then {self.transform.describe()}"
+
     def forward(self, latents: torch.Tensor) -> torch.Tensor:
         output = self.decoder(latents)
         if self.transform.select is not None:

@@ -2,7 +2,7 @@
 
     python scripts/make_sample_models.py
 
-- half_sphere.pt: Table 1's closed-form decoder (TorchScript).
+- half_sphere.pt, half_sphere_cdf.pt: closed-form half-sphere decoders (TorchScript).
 - mlp_small.*: ONE small MLP decoder saved in every format genentropy loads (TorchScript,
   torch.export, safetensors with embedded spec, safetensors + sidecar YAML, state dict +
   sidecar YAML, and a whole pickled module that is refused without --trust-pickle).
@@ -26,7 +26,7 @@ sys.path.insert(0, str(ROOT))
 from genentropy_cli.exported import save_exported  # noqa: E402
 from genentropy_cli.latents import make_latent_spec  # noqa: E402
 from genentropy_cli.loading import save_torchscript  # noqa: E402
-from genentropy_cli.references import HALF_SPHERE_ENTROPY, HalfSphereRadial  # noqa: E402
+from genentropy_cli.references import HALF_SPHERE_ENTROPY, HalfSphereGaussianCDF, HalfSphereRadial  # noqa: E402
 from genentropy_cli.specs import build_from_spec, save_safetensors, save_weights, write_spec_file  # noqa: E402
 
 SAMPLE_DIR = ROOT / "sample_models"
@@ -86,6 +86,11 @@ def main() -> None:
         HalfSphereRadial(), SAMPLE_DIR / "half_sphere.pt", latent=make_latent_spec(2, "normal"),
         extra={"description": "Table 1 radial map R^2 -> lower half-sphere", "true_entropy": HALF_SPHERE_ENTROPY},
     )]
+    written.append(save_torchscript(
+        HalfSphereGaussianCDF(), SAMPLE_DIR / "half_sphere_cdf.pt", latent=make_latent_spec(2, "normal"),
+        extra={"description": "Gaussian-CDF map R^2 -> lower half-sphere (h = -Phi(z1), phi = 2 pi Phi(z2))",
+               "true_entropy": HALF_SPHERE_ENTROPY},
+    ))
     written += write_mlp_small(SAMPLE_DIR) + write_tiny_decoder(SAMPLE_DIR) + write_dcgan_tiny(SAMPLE_DIR)
     for path in written:
         print(f"wrote {path.relative_to(ROOT)} ({path.stat().st_size:,} bytes)")

@@ -60,5 +60,5 @@ def test_python_api_documents_carry_no_configuration():
     from genentropy_cli.config import with_configuration
     from genentropy_cli.references import HalfSphereRadial
 
-    document = estimate_entropy(HalfSphereRadial(), 2, n_samples=50).to_dict()
+    document = estimate_entropy(HalfSphereRadial(), 2, n_samples=50, dtype="float64").to_dict()
     assert "configuration" not in with_configuration(document)

@@ -101,3 +101,13 @@ def test_transform_parsing_and_api():
     result = estimate_entropy(wrapped, 2, n_samples=200, dtype="float64", scales=[1e-8])
     exact = math.log(2 * math.pi * math.e) + math.log(18.0) + 2 * math.log(0.5)
     assert abs(result.estimates[0].entropy - exact) <= 4 * result.estimates[0].stderr + 1e-9
+
+
+def test_a_checkpoint_never_resumes_under_another_output_transform():
+    from genentropy_cli.checkpoint import decoder_fingerprint
+    from genentropy_cli.references import HalfSphereRadial
+
+    plain = HalfSphereRadial()
+    prints = {decoder_fingerprint(OutputTransform(range=rng, select=sel).apply(plain))
+              for rng, sel in [(None, None), ((-1.0, 1.0), None), ((0.0, 1.0), None), ((-1.0, 1.0), 0)]}
+    assert len(prints) == 4

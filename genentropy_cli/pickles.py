@@ -32,7 +32,7 @@ def _refusal(file: Path, error: BaseException) -> InputError:
     )
 
 
-def load_checkpoint(file: Path, trust_pickle: bool = False, code_path: Sequence[str | Path] = ()) -> tuple[Any, bool]:
+def load_torch_save(file: Path, trust_pickle: bool = False, code_path: Sequence[str | Path] = ()) -> tuple[Any, bool]:
     """The unpickled object and whether it needed the trusted (code-running) path."""
     try:
         return torch.load(str(file), map_location="cpu", weights_only=True), False
