@@ -27,7 +27,8 @@ from .loading import LoadedModel, load_safetensors_model
 from .resolve import ModelOptions, ResolvedModel, resolve_model
 from .specs import build_from_spec, has_architecture, load_state_into, save_safetensors, validate_spec
 
-ARCHITECTURE_KEYS = ("architecture", "import", "kwargs", "description")
+RESOLVED_KEYS = ("latent", "output", "weights")
+"""Spec sections the converted file gets afresh (resolved latent and transform; its own tensor names)."""
 
 
 def state_dict_of(decoder: Any) -> dict[str, torch.Tensor]:
@@ -39,7 +40,7 @@ def state_dict_of(decoder: Any) -> dict[str, torch.Tensor]:
 
 
 def architecture_spec(loaded: LoadedModel) -> dict:
-    """architecture/import + kwargs for the converted file."""
+    """architecture/import, kwargs (and any other entries, e.g. training details) for the converted file."""
     spec_file = loaded.spec_file or {}
     recorded = loaded.metadata.get("spec")  # a TorchScript/.pt2 file may record the class it came from
     if has_architecture(loaded.spec):
@@ -56,7 +57,7 @@ def architecture_spec(loaded: LoadedModel) -> dict:
             "give --spec FILE naming its architecture (or import: package.module:Class) and kwargs"
         )
     assert source is not None
-    return {key: source[key] for key in ARCHITECTURE_KEYS if key in source}
+    return {key: value for key, value in source.items() if key not in RESOLVED_KEYS}
 
 
 def _class_reference(cls: type) -> dict:

@@ -44,13 +44,18 @@ SIDECAR_SUFFIXES: tuple[str, ...] = (".yaml", ".yml")
 # --------------------------------------------------------------------------- the spec itself
 
 
-def validate_spec(spec: Any, source: str = "the spec") -> dict:
-    """Check a spec's structure (not yet its architecture); returns it as a plain dict."""
+def validate_spec(spec: Any, source: str = "the spec", strict: bool = True) -> dict:
+    """Check a spec's structure (not yet its architecture); returns it as a plain dict.
+
+    ``strict`` (spec files people write) refuses unknown keys, which are usually typos; an
+    embedded spec written by a tool may carry more (training details), which are kept unread.
+    """
     if not isinstance(spec, Mapping):
         raise InputError(f"{source} must be a mapping with keys such as architecture, kwargs, latent; "
                          f"got {type(spec).__name__}")
     spec = dict(spec)
-    _reject_unknown(spec, SPEC_KEYS, source)
+    if strict:
+        _reject_unknown(spec, SPEC_KEYS, source)
     if "architecture" in spec and "import" in spec:
         raise InputError(f"{source} names both architecture and import; keep one")
     if "import" in spec and (not isinstance(spec["import"], str) or ":" not in spec["import"]):
@@ -62,7 +67,7 @@ def validate_spec(spec: Any, source: str = "the spec") -> dict:
             continue
         if not isinstance(value, Mapping):
             raise InputError(f"{source}: {section} must be a mapping, got {value!r}")
-        if keys is not None:
+        if keys is not None and strict:
             _reject_unknown(value, keys, f"{source} ({section})")
     return spec
 
@@ -213,7 +218,7 @@ def spec_metadata(spec: dict) -> dict:
 
 def save_safetensors(module: torch.nn.Module, path: str | Path, spec: dict) -> Path:
     """Write the module's state dict plus the embedded spec; the file then loads by itself."""
-    validate_spec(spec)
+    validate_spec(spec, strict=False)
     state = {name: tensor.detach().clone().contiguous() for name, tensor in module.state_dict().items()}
     target = Path(path)
     save_file(state, str(target), metadata={SPEC_METADATA_KEY: json.dumps(spec, sort_keys=True)})
@@ -251,7 +256,7 @@ def read_safetensors(path: str | Path) -> tuple[dict[str, torch.Tensor], dict | 
         spec = json.loads(text)
     except json.JSONDecodeError:
         raise InputError(f"{path} carries an unreadable embedded spec ({SPEC_METADATA_KEY})") from None
-    return tensors, validate_spec(spec, f"the spec embedded in {path}")
+    return tensors, validate_spec(spec, f"the spec embedded in {path}", strict=False)
 
 
 def select_state_dict(checkpoint: Any, spec: Mapping | None, source: str) -> dict[str, torch.Tensor]:

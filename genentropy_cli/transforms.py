@@ -91,7 +91,7 @@ class OutputTransform:
             "select": self.select,
             "range": None if self.range is None else [self.range[0], self.range[1]],
             "factor": self.factor,
-            "offset": 0.0 if self.range is None else -self.range[0] * self.factor,
+            "offset": 0.0 if self.range is None else 0.0 - self.range[0] * self.factor,
         }
 
     def entropy_shift(self, latent_dim: int) -> float:

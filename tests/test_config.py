@@ -3,8 +3,10 @@ resolved configuration, and a run repeats from its own JSON."""
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
+import pytest
 import yaml
 
 SAMPLES = Path(__file__).resolve().parent.parent / "sample_models"
@@ -62,3 +64,17 @@ def test_python_api_documents_carry_no_configuration():
 
     document = estimate_entropy(HalfSphereRadial(), 2, n_samples=50, dtype="float64").to_dict()
     assert "configuration" not in with_configuration(document)
+
+
+def test_sweep_scale_takes_a_config_and_the_loading_options(run_cli, tmp_path):
+    config = tmp_path / "sweep.yaml"
+    config.write_text(yaml.safe_dump({"model": str(SAMPLES / "half_sphere.pt"), "num-samples": 300,
+                                      "scales": "1e-1,1e-4", "output-range": "0,2", "dtype": "float64",
+                                      "json": True, "quiet": True}))
+    result = run_cli("sweep-scale", "--config", config)
+    assert result.exit_code == 0, result.stderr
+    document = result.json()
+    assert document["configuration"]["sources"]["output-range"] == "config"
+    assert document["model"]["output_transform"]["range"] == [0.0, 2.0]
+    # log(2 pi) + 2 log(1/2) at s = 1e-4 (the radial map's H_s is within 1e-4 of its limit there)
+    assert document["estimates"][1]["entropy"] == pytest.approx(1.837877 + 2 * math.log(0.5), abs=2e-3)

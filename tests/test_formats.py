@@ -215,3 +215,13 @@ def test_legacy_torch_save_state_dict_loads(tmp_path):
     loaded = load_model(tmp_path / "old.pth")
     assert loaded.format == "state-dict"
     assert torch.equal(loaded.decoder.state_dict()["net.0.weight"], module.state_dict()["net.0.weight"])
+
+
+def test_embedded_spec_may_carry_more_than_genentropy_reads(tmp_path):
+    """Tools (e.g. a training script) may record training details in the embedded spec."""
+    spec = {"architecture": "mlp", "kwargs": {"latent_dim": 3, "output_dim": 6, "hidden": [4]},
+            "latent": {"shape": [3], "distribution": "uniform"}, "training": {"epochs": 20, "dataset": "mnist"}}
+    path = save_safetensors(build_from_spec(spec), tmp_path / "trained.safetensors", spec)
+    loaded = load_model(path)
+    assert loaded.spec["training"] == {"epochs": 20, "dataset": "mnist"}
+    assert loaded.metadata["latent_distribution"] == "uniform"
