@@ -18,16 +18,18 @@ from .defaults import (
     DEFAULT_SCALES,
     DEFAULT_SEED,
     DEFAULT_SWEEP_SCALES,
+    INSPECT_PROBE_LATENTS,
     INTERRUPTED_EXIT_CODE,
     PRECISION_PROBE_SAMPLES,
     TARGET_STDERR_MIN_SAMPLES,
 )
+from .convert import convert_to_safetensors
 from .distributed import launch_rank
-from .engine import EntropyResult, estimate_entropy
+from .engine import EntropyResult, estimate_entropy, validate_scales
 from .errors import GenentropyError, InputError
-from .latents import parse_latent_shape
-from .loading import load_model, resolve_latent_spec
-from . import reporting
+from .inspection import inspect_model
+from .resolve import ModelOptions, ResolvedModel, resolve_model
+from . import config, reporting
 
 app = typer.Typer(
     name="genentropy",
@@ -41,7 +43,24 @@ _state = {"debug": False}
 
 # ----------------------------------------------------------------- shared options (one place)
 
-ModelArgument = Annotated[str, typer.Argument(help="Decoder file (TorchScript .pt/.pth/.ts).", show_default=False)]
+ModelArgument = Annotated[str, typer.Argument(
+    help="Decoder file: TorchScript (.pt/.pth/.ts), torch.export (.pt2), safetensors + spec, state dict + spec.",
+    show_default=False)]
+SpecOption = Annotated[
+    Optional[str], typer.Option("--spec", help="Spec file (YAML): architecture or import, kwargs, latent, output.")
+]
+CodePathOption = Annotated[
+    Optional[List[str]], typer.Option("--code-path", help="Directory to import a spec's `import:` class from (repeatable).")
+]
+TrustPickleOption = Annotated[
+    bool, typer.Option("--trust-pickle", help="Load a whole pickled nn.Module (runs code from the file; trusted files only).")
+]
+OutputRangeOption = Annotated[
+    Optional[str], typer.Option("--output-range", help="Map outputs from [LO,HI] to [0,1], e.g. -1,1 for tanh (none: off).")
+]
+OutputSelectOption = Annotated[
+    Optional[str], typer.Option("--output-select", help="Output to use when the decoder returns a tuple/dict: INDEX or KEY.")
+]
 LatentDimOption = Annotated[Optional[int], typer.Option("--latent-dim", help="Latent dimension d (flat latent).")]
 LatentShapeOption = Annotated[
     Optional[str], typer.Option("--latent-shape", help="Latent shape per sample, e.g. 100,1,1 (DCGAN).")
@@ -96,6 +115,20 @@ ProbeSamplesOption = Annotated[
 ]
 
 
+def _config_callback(ctx: typer.Context, value: Optional[str]) -> Optional[str]:
+    """Eager: the file's values become this command's defaults before other options are read."""
+    if value:
+        run_guarded(lambda: config.apply_config_file(ctx, value))
+    return value
+
+
+ConfigOption = Annotated[
+    Optional[str],
+    typer.Option("--config", is_eager=True, callback=_config_callback,
+                 help="YAML file of this command's options (flags override it); see README."),
+]
+
+
 def run_guarded(action: Callable[[], None]) -> None:
     """Run a command body: our errors become one line on stderr and their exit status."""
     try:
@@ -121,31 +154,46 @@ def run_guarded(action: Callable[[], None]) -> None:
         raise typer.Exit(1) from None
 
 
+def open_model(options: ModelOptions) -> ResolvedModel:
+    """Load and resolve a model; its loading warnings (e.g. a trusted pickle) go to stderr."""
+    resolved = resolve_model(options)
+    for message in resolved.loaded.warnings:
+        reporting.warn(message)
+    return resolved
+
+
 def load_with_latent(model: str, latent_dim: Optional[int], latent_shape: Optional[str],
-                     latent_distribution: Optional[str]):
-    loaded = load_model(model)
-    shape = parse_latent_shape(latent_shape) if latent_shape is not None else None
-    spec, origin = resolve_latent_spec(loaded, latent_dim, shape, latent_distribution)
-    return loaded, spec, origin
+                     latent_distribution: Optional[str], **model_options):
+    """(model, latent spec, latent origin); ``model_options``: spec, code_path, trust_pickle,
+    output_range, output_select (see ``resolve.ModelOptions``)."""
+    resolved = open_model(ModelOptions(model, latent_dim=latent_dim, latent_shape=latent_shape,
+                                       latent_distribution=latent_distribution, **model_options))
+    return resolved, resolved.latent, resolved.latent_origin
 
 
-def emit_result(document: dict, result: EntropyResult, output: Optional[str], json_output: bool,
-                render: Callable[[], object], quiet: bool = False) -> None:
-    """A command's results: the JSON file (--output), notes on dropped samples, a partial
-    result or a resumed run (stderr), then the JSON document or the rendered tables on stdout."""
+def emit(document: dict, json_output: bool, output: Optional[str], render: Callable[[], object]) -> None:
+    """A command's result: the JSON file (--output), then the JSON document or the rendered
+    table(s) on stdout."""
     if output:
         reporting.write_json(document, output)
-    for note in (reporting.nonfinite_note(result), reporting.partial_note(result)):
-        if note:
-            reporting.warn(note)
-    if not quiet and result.diagnostics.get("resumed_from_samples"):
-        reporting.info(f"resumed from the checkpoint at {result.diagnostics['resumed_from_samples']} samples")
     if json_output:
         reporting.print_json(document)
         return
     rendered = render()
     for renderable in rendered if isinstance(rendered, (list, tuple)) else [rendered]:
         reporting.stdout_console.print(renderable)
+
+
+def emit_result(document: dict, result: EntropyResult, output: Optional[str], json_output: bool,
+                render: Callable[[], object], quiet: bool = False) -> None:
+    """An estimate's results: notes on dropped samples, a partial result or a resumed run
+    (stderr), then ``emit``."""
+    for note in (reporting.nonfinite_note(result), reporting.partial_note(result)):
+        if note:
+            reporting.warn(note)
+    if not quiet and result.diagnostics.get("resumed_from_samples"):
+        reporting.info(f"resumed from the checkpoint at {result.diagnostics['resumed_from_samples']} samples")
+    emit(document, json_output, output, render)
 
 
 def _version_callback(value: bool) -> None:
@@ -189,6 +237,12 @@ def estimate(
     per_sample: PerSampleOption = None,
     save_latents: SaveLatentsOption = False,
     probe_samples: ProbeSamplesOption = PRECISION_PROBE_SAMPLES,
+    spec_file: SpecOption = None,
+    code_path: CodePathOption = None,
+    trust_pickle: TrustPickleOption = False,
+    output_range: OutputRangeOption = None,
+    output_select: OutputSelectOption = None,
+    config_file: ConfigOption = None,
 ) -> None:
     """Estimate the entropy H_s = mean of -log p(z) + 1/2 log det(J^T J + s^2 I).
 
@@ -199,7 +253,9 @@ def estimate(
     def body() -> None:
         scales = tuple(scale) if scale else DEFAULT_SCALES
         main_rank = launch_rank() == 0
-        loaded, spec, _ = load_with_latent(model, latent_dim, latent_shape, latent_distribution)
+        loaded, spec, _ = load_with_latent(
+            model, latent_dim, latent_shape, latent_distribution, spec=spec_file, code_path=code_path or (),
+            trust_pickle=trust_pickle, output_range=output_range, output_select=output_select)
         with reporting.progress_bar("estimating", scales, enabled=not quiet and main_rank) as progress:
             result = estimate_entropy(
                 loaded.decoder, spec, scales=scales, n_samples=num_samples, batch_size=batch_size,
@@ -259,6 +315,12 @@ def sweep_scale_command(
     output: OutputOption = None,
     plot: PlotOption = None,
     quiet: QuietOption = False,
+    spec_file: SpecOption = None,
+    code_path: CodePathOption = None,
+    trust_pickle: TrustPickleOption = False,
+    output_range: OutputRangeOption = None,
+    output_select: OutputSelectOption = None,
+    config_file: ConfigOption = None,
 ) -> None:
     """Estimate H_s at several scales in one pass and check convergence as s -> 0 (Table 1)."""
     from . import plotting, sweep_report
@@ -268,7 +330,9 @@ def sweep_scale_command(
         scale_values = parse_scales(scales) if scales is not None else DEFAULT_SWEEP_SCALES
         if plot:
             plotting.check_plot_target(plot)  # before the estimate, not after it
-        loaded, spec, _ = load_with_latent(model, latent_dim, latent_shape, latent_distribution)
+        loaded, spec, _ = load_with_latent(
+            model, latent_dim, latent_shape, latent_distribution, spec=spec_file, code_path=code_path or (),
+            trust_pickle=trust_pickle, output_range=output_range, output_select=output_select)
         known = parse_reference(reference, loaded.metadata) if reference is not None else None
         with reporting.progress_bar("sweeping", sorted(scale_values, reverse=True), enabled=not quiet) as progress:
             sweep = sweep_scale(
@@ -280,6 +344,72 @@ def sweep_scale_command(
             plotting.plot_sweep(sweep, plot, title=loaded.path)
         emit_result(sweep.to_dict(model=loaded.describe()), sweep.result, output, json_output,
                     lambda: sweep_report.render_sweep(sweep, loaded.path))
+
+    run_guarded(body)
+
+
+@app.command()
+def inspect(
+    model: ModelArgument,
+    latent_dim: LatentDimOption = None,
+    latent_shape: LatentShapeOption = None,
+    latent_distribution: LatentDistributionOption = None,
+    spec_file: SpecOption = None,
+    code_path: CodePathOption = None,
+    trust_pickle: TrustPickleOption = False,
+    output_range: OutputRangeOption = None,
+    output_select: OutputSelectOption = None,
+    probe_latents: Annotated[int, typer.Option("--probe-latents", help="Latents whose Jacobians are probed.")]
+    = INSPECT_PROBE_LATENTS,
+    scale: Annotated[float, typer.Option("--scale", "-s", help="Scale s at which the rank is counted.")]
+    = DEFAULT_SCALES[0],
+    device: DeviceOption = DEFAULT_DEVICE,
+    dtype: DtypeOption = DEFAULT_DTYPE,
+    seed: SeedOption = DEFAULT_SEED,
+    json_output: JsonOption = False,
+    output: OutputOption = None,
+    config_file: ConfigOption = None,
+) -> None:
+    """Describe a model: format, parameters, latent spec and its source, output, speed, Jacobian probe."""
+
+    def body() -> None:
+        if probe_latents <= 0:
+            raise InputError(f"--probe-latents must be positive, got {probe_latents}")
+        resolved = open_model(ModelOptions(model, spec_file, code_path or (), trust_pickle, latent_dim, latent_shape,
+                                           latent_distribution, output_range, output_select))
+        report = inspect_model(resolved, device=device, dtype=dtype, probe_latents=probe_latents,
+                               scale=validate_scales([scale])[0], seed=seed)
+        emit(report, json_output, output, lambda: reporting.inspect_table(report))
+
+    run_guarded(body)
+
+
+@app.command()
+def convert(
+    model: ModelArgument,
+    target: Annotated[str, typer.Argument(help="The .safetensors file to write (weights + embedded spec).",
+                                          show_default=False)],
+    latent_dim: LatentDimOption = None,
+    latent_shape: LatentShapeOption = None,
+    latent_distribution: LatentDistributionOption = None,
+    spec_file: SpecOption = None,
+    code_path: CodePathOption = None,
+    trust_pickle: TrustPickleOption = False,
+    output_range: OutputRangeOption = None,
+    output_select: OutputSelectOption = None,
+    force: Annotated[bool, typer.Option("--force", help="Overwrite TARGET if it exists.")] = False,
+    json_output: JsonOption = False,
+    config_file: ConfigOption = None,
+) -> None:
+    """Convert a model (any loadable source) into one self-describing safetensors file, checked by reloading."""
+
+    def body() -> None:
+        options = ModelOptions(model, spec_file, code_path or (), trust_pickle, latent_dim, latent_shape,
+                               latent_distribution, output_range, output_select)
+        report = {"genentropy_version": __version__, **convert_to_safetensors(options, target, overwrite=force)}
+        for message in report["warnings"]:
+            reporting.warn(message)
+        emit(report, json_output, None, lambda: reporting.convert_table(report))
 
     run_guarded(body)
 

@@ -65,3 +65,16 @@ CUDA_MEMORY_FRACTION: float = 0.5
 
 INTERRUPTED_EXIT_CODE: int = 130
 """Exit status after Ctrl-C / SIGTERM: 128 + SIGINT, as shells report it."""
+
+# ----------------------------------------------------------------- inspect and convert (issue 4)
+
+INSPECT_PROBE_LATENTS: int = 4
+"""Latents whose Jacobians ``inspect`` probes (singular values, rank at s)."""
+
+INSPECT_TIMING_BATCH: int = 64
+INSPECT_TIMING_REPEATS: int = 3
+"""``inspect`` times the best of this many forward passes of this many latents."""
+
+CONVERT_OUTPUT_TOLERANCE: float = 1e-9
+"""``convert`` checks its result: outputs on probe latents (float64) may differ from the
+source's by at most this, relative to the largest output magnitude (+1)."""

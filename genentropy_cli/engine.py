@@ -41,10 +41,12 @@ from .errors import InputError
 from .jacobian import (
     DecoderFn,
     batched_jacobian,
+    copy_with_fresh_torchscript,
     flat_decoder,
     fresh_torchscript_copy,
     is_torchscript,
     replicated_jacobian,
+    torchscript_parts,
     torchscript_safe,
 )
 from .latents import LatentDistribution, LatentSpec, distribution_label, make_latent_spec
@@ -195,7 +197,8 @@ def prepare_decoder(
     if torchscript:
         module = fresh_torchscript_copy(decoder)
     elif isinstance(decoder, torch.nn.Module):
-        module = copy.deepcopy(decoder)
+        torchscript = bool(torchscript_parts(decoder))  # e.g. an output transform around TorchScript
+        module = copy_with_fresh_torchscript(decoder)
     elif callable(decoder):
         module = decoder
     else:
@@ -210,6 +213,8 @@ def prepare_decoder(
     try:
         with torch.no_grad(), (torchscript_safe() if torchscript else nullcontext()):
             output = module(probe)
+    except InputError:
+        raise
     except Exception as error:  # the decoder's own message says what it expected
         shape = "x".join(str(size) for size in latent.shape)
         raise InputError(
@@ -219,7 +224,7 @@ def prepare_decoder(
     if not isinstance(output, torch.Tensor):
         raise InputError(
             f"the decoder returned a {type(output).__name__}, not a tensor; "
-            "wrap it so that it returns one output tensor"
+            "pick one output with --output-select KEY|INDEX, or wrap it so that it returns one tensor"
         )
     if output.dim() == 0 or output.shape[0] != 2:
         raise InputError(
@@ -241,16 +246,17 @@ def prepare_decoder(
 
 
 def _choose_jacobian_method(prepared: PreparedDecoder) -> str:
-    """vmap over tangents where the decoder's ops support it, else the replicated batch."""
+    """vmap over tangents where the decoder's ops support it, else the replicated batch
+    (tried on two Jacobian columns: the full Jacobian costs d decoder calls at chunk 1)."""
     probe = torch.zeros(2, prepared.latent.dim, dtype=prepared.dtype, device=prepared.device)
     with prepared.context():
         try:
-            batched_jacobian(prepared.flat(), probe, tangent_chunk=1)
+            batched_jacobian(prepared.flat(), probe, tangent_chunk=2, max_columns=2)
             return "vmap"
         except Exception:
             pass
         try:
-            replicated_jacobian(prepared.flat(), probe, tangent_chunk=1)
+            replicated_jacobian(prepared.flat(), probe, tangent_chunk=2, max_columns=2)
             return "replicated"
         except Exception as error:
             raise InputError(

@@ -13,6 +13,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskProgressColumn, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
+from .config import with_configuration
 from .engine import EntropyResult, ProgressCallback
 from .stopping import STOP_REASONS
 
@@ -150,15 +151,15 @@ def nonfinite_note(result: EntropyResult) -> str | None:
 
 
 def print_json(document: dict) -> None:
-    """Exactly one JSON document on stdout."""
-    print(json.dumps(document, indent=2, allow_nan=True))
+    """Exactly one JSON document on stdout (with the command's resolved configuration)."""
+    print(json.dumps(with_configuration(document), indent=2, allow_nan=True))
 
 
 def write_json(document: dict, path: str | Path) -> None:
     """Write the JSON atomically, so a crash never leaves half a file."""
     target = Path(path)
     temporary = target.with_name(f".{target.name}.tmp")
-    temporary.write_text(json.dumps(document, indent=2, allow_nan=True) + "\n")
+    temporary.write_text(json.dumps(with_configuration(document), indent=2, allow_nan=True) + "\n")
     os.replace(temporary, target)
 
 
@@ -197,3 +198,67 @@ def progress_bar(description: str, scales: Sequence[float], enabled: bool = True
 
     with progress:
         yield update
+
+
+def _field_table(title: str, rows: Sequence[tuple[str, str]], caption: str | None = None) -> Table:
+    table = Table(title=title, caption=caption, show_header=False)
+    table.add_column("field", style="bold")
+    table.add_column("value")
+    for name, value in rows:
+        table.add_row(name, value)
+    return table
+
+
+def _sources(mapping: dict) -> str:
+    return ", ".join(f"{key} from {value}" for key, value in mapping.items()) or "-"
+
+
+def _transform_label(transform: dict) -> str:
+    parts = []
+    if transform.get("select") is not None:
+        parts.append(f"select {transform['select']}")
+    if transform.get("range") is not None:
+        low, high = transform["range"]
+        parts.append(f"[{low:g}, {high:g}] -> [0, 1]")
+    return ", ".join(parts) or "none"
+
+
+def inspect_table(report: dict) -> Table:
+    """``genentropy inspect``: one row per fact."""
+    model, probe, parameters = report["model"], report["jacobian_probe"], report["parameters"]
+    ranks = probe["rank_at_scale"]
+    rows = [
+        ("format", model["format"] + (" (runs code from the file: trusted sources only)"
+                                      if model["runs_code_from_file"] else "")),
+        ("architecture", str(model.get("architecture") or "-")),
+        ("spec", str(model.get("spec_source") or "-")),
+        ("parameters", f"{parameters['count']:,} ({', '.join(parameters['dtypes']) or '-'}); "
+                       f"buffers {parameters['buffers']:,}"),
+        ("latent", f"{'x'.join(str(size) for size in model['latent_shape'])} {model['latent_distribution']} "
+                   f"(d = {model['latent_dim']}; {_sources(model['latent_source'])})"),
+        ("output", f"{'x'.join(str(size) for size in model['output_shape'])} (D = {model['output_dim']})"),
+        ("output transform", _transform_label(model["output_transform"])),
+        ("forward time", f"{report['forward_seconds_per_sample'] * 1e6:,.1f} us/sample "
+                         f"({report['timing']['device']}, {report['timing']['dtype']}, batch {report['timing']['batch']})"),
+        ("singular values", f"{probe['smallest_singular_value']:.3g} to {probe['largest_singular_value']:.3g} "
+                            f"over {probe['num_latents']} latents"),
+        (f"rank at s = {probe['scale']:g}", f"{min(ranks)} to {max(ranks)} of d = {probe['latent_dim']}"),
+    ]
+    return _field_table(f"Model {model['path']}", rows)
+
+
+def convert_table(report: dict) -> Table:
+    """``genentropy convert``: what was written and how it was checked."""
+    spec = report["spec"]
+    rows = [
+        ("source", f"{report['source']['path']} ({report['source']['format']})"),
+        ("written", f"{report['target']} ({report['bytes']:,} bytes)"),
+        ("architecture", str(spec.get("architecture") or f"import {spec.get('import')}")),
+        ("kwargs", json.dumps(spec.get("kwargs") or {})),
+        ("latent", f"{'x'.join(str(size) for size in spec['latent']['shape'])} {spec['latent']['distribution']}"),
+        ("output transform", json.dumps(spec.get("output")) if spec.get("output") else "none"),
+        ("tensors", f"{report['tensors']} ({report['parameters']:,} values), identical after reload: "
+                    f"{'yes' if report['weights_identical'] else 'no'}"),
+        ("outputs", f"max relative difference after reload {report['max_relative_output_difference']:.3g}"),
+    ]
+    return _field_table("Converted to self-describing safetensors", rows)
