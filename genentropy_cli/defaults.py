@@ -29,16 +29,17 @@ the batch size is planned without --max-memory on a CPU (``planning.plan_batch``
 MAX_AUTO_BATCH_SIZE: int = 1024
 """Most samples per batch an automatic plan chooses."""
 
-CPU_CALL_BYTES: int = 32 * 1024**2
+CPU_CALL_BYTES: int = 64 * 1024**2
 """Activation bytes one decoder call should touch on a CPU: the rows per call follow from the
 decoder's measured bytes per row (benchmarks/RESULTS.md: the rows-per-call sweep)."""
 
 CUDA_CALL_BYTES: int = 1024**3
 """The same on a GPU, where large calls pay (not yet measured: no GPU was lent to issue 5)."""
 
-CPU_MAX_ROWS_PER_CALL: int = 16384
+CPU_MAX_ROWS_PER_CALL: int = 2048
 CUDA_MAX_ROWS_PER_CALL: int = 131072
-"""Upper bounds on the rows of one decoder call, for decoders with tiny activations."""
+"""Upper bounds on the rows of one decoder call, for decoders with tiny activations (on a CPU
+the MLP's plain forward pass is fastest per row near 1024 rows, about 1.3x slower at 7000)."""
 
 ACTIVATION_SAFETY_FACTOR: float = 2.0
 """Live bytes per row of a call, as a multiple of the largest op's inputs plus output (other

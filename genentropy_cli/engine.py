@@ -45,7 +45,7 @@ from .jacobian import (
     torchscript_safe,
 )
 from .latents import LatentDistribution, LatentSpec, LatentStream, distribution_label, make_latent_spec
-from .logdet import gram_eigenvalues, half_log_det_regularised
+from .logdet import Workspace, gram_eigenvalues, half_log_det_regularised
 from .memory import activation_bytes_per_row
 from .stacked import UnsupportedOperation, stacked_jacobian, stacked_jacobian_profiled
 from .stats import RunningMoments
@@ -152,6 +152,8 @@ class PreparedDecoder:
     """Largest bytes one op of the decoder holds per row (inputs plus output), measured on the probe."""
     method_note: str | None = None
     """Why the stacked method is not used, when it is not."""
+    workspace: Workspace = field(default_factory=Workspace, repr=False)
+    """The float64 buffer the Gram step reuses from batch to batch."""
 
     def context(self):
         return torchscript_safe() if self.torchscript else nullcontext()
@@ -333,7 +335,7 @@ def compute_sample_terms(
             columns, outputs = JACOBIAN_METHODS[prepared.jacobian_method](
                 prepared.flat(), inputs, tangent_chunk, with_outputs=True)
     output_finite = torch.isfinite(outputs).all(dim=1).cpu()
-    spectrum = gram_eigenvalues(columns)
+    spectrum = gram_eigenvalues(columns, workspace=prepared.workspace)
     del columns, outputs
     half_log_det = half_log_det_regularised(spectrum.eigenvalues, scales)
     if not bool(output_finite.all()):  # a NaN/inf output makes the sample non-finite, reported

@@ -6,6 +6,7 @@ per sample serves every scale s.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Sequence
 
@@ -22,23 +23,43 @@ class GramSpectrum:
     clipped_count: int
 
 
-def gram_matrices(jacobian_columns: torch.Tensor, slab_bytes: int = GRAM_SLAB_BYTES) -> torch.Tensor:
+class Workspace:
+    """A reusable float64 buffer for the Gram step. A fresh tensor of tens of MB is a fresh
+    memory mapping whose pages the OS must fault in and zero on every batch (for a small
+    decoder that costs as much as its last layer); one buffer kept across batches does not."""
+
+    def __init__(self) -> None:
+        self._buffer: torch.Tensor | None = None
+
+    def take(self, shape: tuple[int, ...], device: torch.device) -> torch.Tensor:
+        size = math.prod(shape)
+        if self._buffer is None or self._buffer.numel() < size or self._buffer.device != device:
+            self._buffer = torch.empty(size, dtype=torch.float64, device=device)
+        return self._buffer[:size].view(shape)
+
+
+def gram_matrices(jacobian_columns: torch.Tensor, slab_bytes: int = GRAM_SLAB_BYTES,
+                  workspace: Workspace | None = None) -> torch.Tensor:
     """J^T J per sample in float64, (B, d, d), from Jacobian columns shaped (d, B, D).
 
     The float64 copy of the columns is made a slab of samples at a time (at most about
-    ``slab_bytes``), not for the whole batch at once. A float32 (or narrower) entry is exact
-    in float64, and so is each product; only the sums round, in float64.
+    ``slab_bytes``), into ``workspace`` where one is given. A float32 (or narrower) entry is
+    exact in float64, and so is each product; only the sums round, in float64.
     """
     dim, batch, output_dim = jacobian_columns.shape
     gram = torch.empty((batch, dim, dim), dtype=torch.float64, device=jacobian_columns.device)
     step = max(1, slab_bytes // max(1, dim * output_dim * 8))
     for first in range(0, batch, step):
-        per_sample = jacobian_columns[:, first : first + step].to(torch.float64).permute(1, 0, 2)  # (b, d, D)
-        torch.bmm(per_sample, per_sample.transpose(1, 2), out=gram[first : first + step])
+        slab = jacobian_columns[:, first : first + step].permute(1, 0, 2)  # (b, d, D)
+        if slab.dtype != torch.float64:
+            target = workspace.take(tuple(slab.shape), slab.device) if workspace is not None else None
+            slab = target.copy_(slab) if target is not None else slab.to(torch.float64)
+        torch.bmm(slab, slab.transpose(1, 2), out=gram[first : first + step])
     return gram
 
 
-def gram_eigenvalues(jacobian_columns: torch.Tensor, slab_bytes: int = GRAM_SLAB_BYTES) -> GramSpectrum:
+def gram_eigenvalues(jacobian_columns: torch.Tensor, slab_bytes: int = GRAM_SLAB_BYTES,
+                     workspace: Workspace | None = None) -> GramSpectrum:
     """Eigenvalues of J^T J for each sample from Jacobian columns shaped (d, B, D).
 
     The Gram matrix is formed and decomposed in float64 whatever the decoder's dtype:
@@ -46,7 +67,7 @@ def gram_eigenvalues(jacobian_columns: torch.Tensor, slab_bytes: int = GRAM_SLAB
     Round-off can leave eigenvalues of a PSD matrix slightly negative; they are clipped
     to zero and counted.
     """
-    eigenvalues = torch.linalg.eigvalsh(gram_matrices(jacobian_columns, slab_bytes))
+    eigenvalues = torch.linalg.eigvalsh(gram_matrices(jacobian_columns, slab_bytes, workspace))
     negative = eigenvalues < 0
     clipped = int(negative.sum().item())
     if clipped:

@@ -61,6 +61,12 @@ class StackedRows(TorchDispatchMode):
     activation footprint ``planning`` sizes batches with.
     """
 
+    @classmethod
+    def _should_skip_dynamo(cls) -> bool:
+        """No torch._dynamo wrapper around ``__torch_dispatch__``: nothing is compiled in here, and
+        the wrapper's first call imports torch._dynamo (seconds of start-up)."""
+        return False
+
     def __init__(self, primal_rows: int, slots: int):
         super().__init__()
         self.primal_rows = primal_rows
@@ -483,6 +489,8 @@ def stacked_jacobian_profiled(
         if not mode.is_stacked(result) or mode.multiplicity[result] != 1 or result.dim() != 2:
             raise UnsupportedOperation("the decoder's output does not follow its input row by row")
         peak_row_bytes = max(peak_row_bytes, mode.peak_row_bytes)
+        if count == wanted:  # one call: the decoder's output rows are the Jacobian, no copy
+            return result[batch:].view(count, batch, -1), result[:batch], peak_row_bytes
         if columns is None:
             columns = result.new_empty((wanted, batch, result.shape[1]))
             outputs = result[:batch].clone()
