@@ -79,6 +79,11 @@ TangentChunkOption = Annotated[
     Optional[int], typer.Option("--tangent-chunk", help="Jacobian columns per decoder call (default: automatic).")
 ]
 DeviceOption = Annotated[str, typer.Option("--device", help="auto, cpu, cuda or cuda:N.")]
+MaxMemoryOption = Annotated[
+    Optional[str],
+    typer.Option("--max-memory", help="Memory ceiling, e.g. 2GB or 1.5GiB (CPU: the process; GPU: PyTorch's "
+                 "allocations): batch size and tangent chunk are planned to fit."),
+]
 DtypeOption = Annotated[
     str, typer.Option("--dtype", help="Decoder compute dtype: float64, float32, bfloat16 or float16 (Gram and statistics stay float64).")
 ]
@@ -223,6 +228,7 @@ def estimate(
     num_samples: NumSamplesOption = DEFAULT_NUM_SAMPLES,
     batch_size: BatchSizeOption = None,
     tangent_chunk: TangentChunkOption = None,
+    max_memory: MaxMemoryOption = None,
     device: DeviceOption = DEFAULT_DEVICE,
     dtype: DtypeOption = DEFAULT_DTYPE,
     seed: SeedOption = DEFAULT_SEED,
@@ -263,7 +269,7 @@ def estimate(
                 skip_nonfinite=skip_nonfinite, tangent_chunk=tangent_chunk,
                 target_stderr=target_stderr, min_samples=min_samples, checkpoint=checkpoint,
                 checkpoint_every=checkpoint_every, per_sample=per_sample, save_latents=save_latents,
-                probe_samples=probe_samples, handle_signals=True, log=reporting.warn,
+                probe_samples=probe_samples, handle_signals=True, log=reporting.warn, max_memory=max_memory,
             )
         if main_rank:
             document = result.to_dict("estimate", model=loaded.describe())
@@ -307,6 +313,7 @@ def sweep_scale_command(
     num_samples: NumSamplesOption = DEFAULT_NUM_SAMPLES,
     batch_size: BatchSizeOption = None,
     tangent_chunk: TangentChunkOption = None,
+    max_memory: MaxMemoryOption = None,
     device: DeviceOption = DEFAULT_DEVICE,
     dtype: DtypeOption = DEFAULT_DTYPE,
     seed: SeedOption = DEFAULT_SEED,
@@ -339,6 +346,7 @@ def sweep_scale_command(
                 loaded.decoder, spec, scale_values, reference=known, tolerance_se=tolerance_se,
                 n_samples=num_samples, batch_size=batch_size, device=device, dtype=dtype, seed=seed,
                 progress=progress, skip_nonfinite=skip_nonfinite, tangent_chunk=tangent_chunk,
+                max_memory=max_memory,
             )
         if plot:
             plotting.plot_sweep(sweep, plot, title=loaded.path)

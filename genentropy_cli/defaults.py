@@ -23,19 +23,35 @@ LATENT_BLOCK_SIZE: int = 1024
 seeded by (seed, block index), so sample i depends only on (seed, i)."""
 
 JACOBIAN_MEMORY_BUDGET_BYTES: int = 256 * 1024**2
-"""Bytes the Jacobian of one batch may take when the batch size is chosen automatically."""
+"""Bytes one batch may hold (Jacobians, activations and their tangents, the Gram step) when
+the batch size is planned without --max-memory on a CPU (``planning.plan_batch``)."""
 
 MAX_AUTO_BATCH_SIZE: int = 1024
-MIN_AUTO_BATCH_SIZE: int = 1
+"""Most samples per batch an automatic plan chooses."""
 
-AUTO_TANGENT_CHUNK: int = 16
-"""Tangent directions pushed through the decoder at once when not set explicitly."""
+CPU_CALL_BYTES: int = 32 * 1024**2
+"""Activation bytes one decoder call should touch on a CPU: the rows per call follow from the
+decoder's measured bytes per row (benchmarks/RESULTS.md: the rows-per-call sweep)."""
 
-CPU_EFFECTIVE_BATCH: int = 512
-"""Samples x tangent directions per decoder call that keep a CPU's caches busy but not
-thrashed (measured on the infoGAN MNIST generator: about 1.1x the forward-pass floor)."""
+CUDA_CALL_BYTES: int = 1024**3
+"""The same on a GPU, where large calls pay (not yet measured: no GPU was lent to issue 5)."""
 
-CUDA_EFFECTIVE_BATCH: int = 8192
+CPU_MAX_ROWS_PER_CALL: int = 16384
+CUDA_MAX_ROWS_PER_CALL: int = 131072
+"""Upper bounds on the rows of one decoder call, for decoders with tiny activations."""
+
+ACTIVATION_SAFETY_FACTOR: float = 2.0
+"""Live bytes per row of a call, as a multiple of the largest op's inputs plus output (other
+tensors a decoder keeps alive, allocator slack); calibrated by peak RSS, benchmarks/RESULTS.md."""
+
+DEFAULT_ACTIVATION_BYTES_PER_OUTPUT: int = 16
+"""Bytes per row assumed when none were measured: this many times the output's bytes."""
+
+STACKED_PROBE_COLUMNS: int = 8
+"""Jacobian columns on which the stacked method is checked against torch.func before a run."""
+
+GRAM_SLAB_BYTES: int = 64 * 1024**2
+"""The float64 copy of the Jacobians that forms J^T J is made this many bytes at a time."""
 
 CONFIDENCE_Z_95: float = 1.959963984540054
 """Two-sided 95% quantile of the standard normal, for the confidence interval."""

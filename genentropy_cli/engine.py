@@ -26,14 +26,9 @@ from .defaults import (
     DEFAULT_NUM_SAMPLES,
     DEFAULT_SCALES,
     DEFAULT_SEED,
-    AUTO_TANGENT_CHUNK,
     CHECKPOINT_INTERVAL_SECONDS,
-    CPU_EFFECTIVE_BATCH,
-    CUDA_EFFECTIVE_BATCH,
-    JACOBIAN_MEMORY_BUDGET_BYTES,
-    MAX_AUTO_BATCH_SIZE,
-    MIN_AUTO_BATCH_SIZE,
     PRECISION_PROBE_SAMPLES,
+    STACKED_PROBE_COLUMNS,
     SUPPORTED_DTYPES,
     TARGET_STDERR_MIN_SAMPLES,
 )
@@ -49,8 +44,10 @@ from .jacobian import (
     torchscript_parts,
     torchscript_safe,
 )
-from .latents import LatentDistribution, LatentSpec, distribution_label, make_latent_spec
+from .latents import LatentDistribution, LatentSpec, LatentStream, distribution_label, make_latent_spec
 from .logdet import gram_eigenvalues, half_log_det_regularised
+from .memory import activation_bytes_per_row
+from .stacked import UnsupportedOperation, stacked_jacobian, stacked_jacobian_profiled
 from .stats import RunningMoments
 
 ProgressCallback = Callable[[int, int, Sequence[float]], None]
@@ -132,23 +129,6 @@ def validate_scales(scales: Sequence[float]) -> tuple[float, ...]:
     return values
 
 
-def auto_tangent_chunk(latent_dim: int) -> int:
-    return min(latent_dim, AUTO_TANGENT_CHUNK)
-
-
-def auto_batch_size(latent_dim: int, output_dim: int, dtype: torch.dtype, device: torch.device,
-                    tangent_chunk: int, memory_budget: int = JACOBIAN_MEMORY_BUDGET_BYTES) -> int:
-    """Samples per batch: (samples x tangent chunk) near the device's efficient decoder batch,
-    and the batch's Jacobian (decoder dtype plus its float64 copy, with room for the
-    tangents of the activations) within ``memory_budget`` bytes."""
-    itemsize = torch.empty((), dtype=dtype).element_size()
-    per_sample = latent_dim * output_dim * (2 * itemsize + 8)
-    by_memory = memory_budget // max(per_sample, 1)
-    effective = CUDA_EFFECTIVE_BATCH if device.type == "cuda" else CPU_EFFECTIVE_BATCH
-    by_speed = max(1, effective // max(tangent_chunk, 1))
-    return int(min(MAX_AUTO_BATCH_SIZE, max(MIN_AUTO_BATCH_SIZE, min(by_memory, by_speed))))
-
-
 # --------------------------------------------------------------------------- decoder
 
 
@@ -166,6 +146,12 @@ class PreparedDecoder:
     output_shape: tuple[int, ...]
     torchscript: bool
     jacobian_method: str = "vmap"
+    fallback_method: str = "vmap"
+    """The torch.func method (vmap or replicated) that works; used where stacked meets an op it lacks."""
+    activation_bytes_per_row: int | None = None
+    """Largest bytes one op of the decoder holds per row (inputs plus output), measured on the probe."""
+    method_note: str | None = None
+    """Why the stacked method is not used, when it is not."""
 
     def context(self):
         return torchscript_safe() if self.torchscript else nullcontext()
@@ -245,24 +231,59 @@ def prepare_decoder(
     return prepared
 
 
+JACOBIAN_METHODS = {"stacked": stacked_jacobian, "vmap": batched_jacobian, "replicated": replicated_jacobian}
+"""stacked: one plain forward pass over stacked primal and tangent rows (``stacked``), the
+fastest; vmap: torch.func jvp under vmap; replicated: jvp on a repeated batch (no vmap)."""
+
+
+def stacked_tolerance(dtype: torch.dtype) -> float:
+    """How far (relative to the largest entry) stacked and torch.func Jacobians may differ on
+    the probe: round-off of the dtype, far below any missing or wrong derivative rule."""
+    return min(0.1, max(1e-10, 1000 * torch.finfo(dtype).eps))
+
+
+def jacobians_agree(candidate: torch.Tensor, reference: torch.Tensor, tolerance: float) -> bool:
+    finite = torch.isfinite(reference)
+    if not torch.equal(finite, torch.isfinite(candidate)):
+        return False
+    if not bool(finite.any()):
+        return True
+    scale = float(reference[finite].abs().max())
+    return float((candidate[finite] - reference[finite]).abs().max()) <= tolerance * max(scale, 1e-300)
+
+
 def _choose_jacobian_method(prepared: PreparedDecoder) -> str:
-    """vmap over tangents where the decoder's ops support it, else the replicated batch
-    (tried on two Jacobian columns: the full Jacobian costs d decoder calls at chunk 1)."""
-    probe = torch.zeros(2, prepared.latent.dim, dtype=prepared.dtype, device=prepared.device)
+    """The stacked method where its result matches torch.func on probe latents, else vmap over
+    tangents where the decoder's ops support it, else the replicated batch (compared and
+    probed on the first ``STACKED_PROBE_COLUMNS`` columns: the full Jacobian costs d
+    directions). Also records the decoder's activation bytes per row for batch planning."""
+    columns = min(prepared.latent.dim, STACKED_PROBE_COLUMNS)
+    probe = LatentStream(prepared.latent, seed=0).range(0, 2).to(device=prepared.device, dtype=prepared.dtype)
+    flat = prepared.flat()
     with prepared.context():
-        try:
-            batched_jacobian(prepared.flat(), probe, tangent_chunk=2, max_columns=2)
-            return "vmap"
-        except Exception:
-            pass
-        try:
-            replicated_jacobian(prepared.flat(), probe, tangent_chunk=2, max_columns=2)
-            return "replicated"
-        except Exception as error:
+        reference = None
+        for method in ("vmap", "replicated"):
+            try:
+                reference = JACOBIAN_METHODS[method](flat, probe, tangent_chunk=columns, max_columns=columns)
+                prepared.fallback_method = method
+                break
+            except Exception as error:
+                failure = error
+        if reference is None:
             raise InputError(
-                f"forward-mode AD fails through this decoder ({_first_line(error)}); "
+                f"forward-mode AD fails through this decoder ({_first_line(failure)}); "
                 "it must be differentiable with torch.func.jvp"
             ) from None
+        try:
+            stacked, _, row_bytes = stacked_jacobian_profiled(flat, probe, columns, max_columns=columns)
+            if jacobians_agree(stacked, reference, stacked_tolerance(prepared.dtype)):
+                prepared.activation_bytes_per_row = row_bytes
+                return "stacked"
+            prepared.method_note = "the stacked Jacobian differed from torch.func's on the probe latents"
+        except UnsupportedOperation as error:
+            prepared.method_note = f"stacked method unavailable: {error}"
+        prepared.activation_bytes_per_row = activation_bytes_per_row(flat, probe)
+    return prepared.fallback_method
 
 
 # --------------------------------------------------------------------------- per-sample terms
@@ -302,9 +323,15 @@ def compute_sample_terms(
     """h_i's pieces for a batch of float64 CPU latents (B, d)."""
     neg_log_density = -prepared.latent.distribution.log_density(flat_latents)
     inputs = flat_latents.to(device=prepared.device, dtype=prepared.dtype)
-    jacobian_fn = batched_jacobian if prepared.jacobian_method == "vmap" else replicated_jacobian
     with prepared.context():
-        columns, outputs = jacobian_fn(prepared.flat(), inputs, tangent_chunk, with_outputs=True)
+        try:
+            columns, outputs = JACOBIAN_METHODS[prepared.jacobian_method](
+                prepared.flat(), inputs, tangent_chunk, with_outputs=True)
+        except UnsupportedOperation as error:  # a branch of the decoder the probe did not reach
+            prepared.jacobian_method = prepared.fallback_method
+            prepared.method_note = f"stacked method left mid-run: {error}"
+            columns, outputs = JACOBIAN_METHODS[prepared.jacobian_method](
+                prepared.flat(), inputs, tangent_chunk, with_outputs=True)
     output_finite = torch.isfinite(outputs).all(dim=1).cpu()
     spectrum = gram_eigenvalues(columns)
     del columns, outputs
@@ -490,6 +517,7 @@ def estimate_entropy(
     handle_signals: bool = False,
     log: Callable[[str], None] | None = None,
     distributed: bool | None = None,
+    max_memory: int | str | None = None,
 ) -> EntropyResult:
     """Estimate the differential entropy of ``decoder``'s output distribution (nats).
 
@@ -508,7 +536,9 @@ def estimate_entropy(
     * ``probe_samples``: how many first samples are also computed in float64 (0: no probe);
     * ``handle_signals``: SIGINT/SIGTERM finish the batch and return a partial result;
     * ``log``: where run notes go (out-of-memory retries, the precision warning; default:
-      ``warnings.warn``); ``distributed``: None joins torchrun's process group when launched by it.
+      ``warnings.warn``); ``distributed``: None joins torchrun's process group when launched by it;
+    * ``max_memory``: bytes (or '2GB', '1.5GiB') the process may hold on the CPU, or PyTorch may
+      allocate on a GPU: the batch size and tangent chunk are planned to fit (``planning``).
     """
     from .runner import RunOptions, run_estimate  # the run loop builds on this module
 
@@ -525,7 +555,7 @@ def estimate_entropy(
         skip_nonfinite=skip_nonfinite, tangent_chunk=tangent_chunk, on_batch=on_batch, target_stderr=target_stderr,
         min_samples=min_samples, checkpoint=checkpoint, checkpoint_every=checkpoint_every, per_sample=per_sample,
         save_latents=save_latents, probe_samples=probe_samples, handle_signals=handle_signals, log=log,
-        distributed=distributed,
+        distributed=distributed, max_memory=max_memory,
     )
     return run_estimate(decoder, spec, scale_values, int(n_samples), batch_size, device, resolve_dtype(dtype),
                         seed, progress, options)

@@ -100,13 +100,13 @@ def batched_jacobian(
         return output_tangent, output
 
     chunk = dim if tangent_chunk is None else max(1, min(int(tangent_chunk), dim))
-    pieces = []
-    outputs = None
+    columns = outputs = None
     for first in range(0, columns_wanted, chunk):
         piece, output = vmap(column, out_dims=(0, None))(tangents[first : min(first + chunk, columns_wanted)])
-        pieces.append(piece)
-        outputs = output if outputs is None else outputs
-    columns = pieces[0] if len(pieces) == 1 else torch.cat(pieces, dim=0)
+        if columns is None:  # one (d, B, D) tensor filled chunk by chunk: no second copy from a cat
+            columns, outputs = piece.new_empty((columns_wanted, *piece.shape[1:])), output
+        columns[first : first + piece.shape[0]] = piece
+        del piece
     return (columns, outputs) if with_outputs else columns
 
 

@@ -109,19 +109,29 @@ class PrecisionProbe:
 
 
 def measure_precision(decoder: Any, prepared: PreparedDecoder, latents: torch.Tensor,
-                      scales: Sequence[float], tangent_chunk: int | None) -> PrecisionProbe | None:
+                      scales: Sequence[float], tangent_chunk: int | None,
+                      batch_size: int | None = None) -> PrecisionProbe | None:
     """Compute the probe samples ``latents`` with ``prepared`` (the run's dtype) and again with
-    the decoder in each more precise dtype; None where the run already uses float64."""
+    the decoder in each more precise dtype, ``batch_size`` samples at a time (None: all at
+    once); None where the run already uses float64."""
     dtype = dtype_name(prepared.dtype)
     references = more_precise_dtypes(dtype)
     if not references or latents.shape[0] == 0:
         return None
     probe = PrecisionProbe(dtype, int(latents.shape[0]))
+    step = int(batch_size) if batch_size else latents.shape[0]
+
+    def terms(which: PreparedDecoder) -> np.ndarray:
+        return np.concatenate([
+            compute_sample_terms(which, latents[first : first + step], scales, tangent_chunk).entropy_terms.numpy()
+            for first in range(0, latents.shape[0], step)
+        ])
+
     try:
-        low = compute_sample_terms(prepared, latents, scales, tangent_chunk).entropy_terms.numpy()
+        low = terms(prepared)
         for reference in references:
             precise = prepare_decoder(decoder, prepared.latent, prepared.device, getattr(torch, reference))
-            high = compute_sample_terms(precise, latents, scales, tangent_chunk).entropy_terms.numpy()
+            high = terms(precise)
             del precise
             probe.comparisons.append(ProbeComparison.from_differences(reference, low - high))
     except RuntimeError as error:

@@ -46,8 +46,6 @@ from .engine import (
     SampleTerms,
     SpanBatcher,
     _first_line,
-    auto_batch_size,
-    auto_tangent_chunk,
     compute_sample_terms,
     estimates_from_moments,
     prepare_decoder,
@@ -58,7 +56,16 @@ from .errors import EstimationError, GenentropyError, InputError
 from .interrupts import InterruptFlag, graceful_interrupts
 from .latents import LatentSpec, LatentStream, distribution_label
 from .ledger import RunLedger, SampleRows
-from .memory import device_memory_budget, device_name, is_out_of_memory, peak_memory, release_cached_memory, reset_peak_memory
+from .memory import (
+    device_memory_budget,
+    device_name,
+    is_out_of_memory,
+    memory_in_use,
+    peak_memory,
+    release_cached_memory,
+    reset_peak_memory,
+)
+from .planning import BatchPlan, batch_peak_bytes, parse_memory_size, plan_batch
 from .per_sample import PerSampleWriter, per_sample_format
 from .precision import PrecisionProbe, dtype_name, measure_precision, probe_warning
 from .stopping import STOP_INTERRUPTED, STOP_NUM_SAMPLES, STOP_TARGET_STDERR
@@ -88,8 +95,11 @@ class RunOptions:
     handle_signals: bool = False
     log: LogCallback | None = None
     distributed: bool | None = None
+    max_memory: int | str | None = None
 
     def validate(self) -> None:
+        if self.max_memory is not None:
+            self.max_memory = parse_memory_size(self.max_memory)
         if self.tangent_chunk is not None and int(self.tangent_chunk) <= 0:
             raise InputError(f"the tangent chunk must be positive, got {self.tangent_chunk}")
         if self.target_stderr is not None and not (self.target_stderr > 0 and math.isfinite(self.target_stderr)):
@@ -181,10 +191,8 @@ class EstimateRun:
         self.progress = progress if group.is_main else None
         self.log = self._ranked(options.log or warn_to_python)
         self.prepared = prepare_decoder(decoder, spec, device, dtype)
-        chunk = int(options.tangent_chunk) if options.tangent_chunk else auto_tangent_chunk(spec.dim)
-        batch = int(batch_size) if batch_size else auto_batch_size(
-            spec.dim, self.prepared.output_dim, dtype, device, chunk, device_memory_budget(device))
-        self.sizes = AdaptiveSizes(batch, chunk)
+        self.plan = self.plan_sizes(dtype, batch_size)
+        self.sizes = AdaptiveSizes(*self.plan)
         self.stream = LatentStream(spec, seed)
         self.ledger = RunLedger(num_samples, self.stream.block_size, scales, skip_nonfinite=options.skip_nonfinite,
                                 target_stderr=options.target_stderr, min_samples=options.min_samples)
@@ -196,6 +204,22 @@ class EstimateRun:
         self.resumed_from = 0
         self.interrupted = False
         self._defining_settings: dict | None = None
+
+    def plan_sizes(self, dtype: torch.dtype, batch_size: int | None = None,
+                   tangent_chunk: int | None = None) -> BatchPlan:
+        """Batch size and tangent chunk for ``dtype`` (``planning.plan_batch``): within
+        --max-memory less what the process holds now, else within the device's default budget."""
+        prepared, max_memory = self.prepared, self.options.max_memory
+        row_bytes = prepared.activation_bytes_per_row
+        if row_bytes and dtype != prepared.dtype:
+            row_bytes = row_bytes * dtype.itemsize // prepared.dtype.itemsize
+        return plan_batch(
+            self.spec.dim, prepared.output_dim, dtype, prepared.device, max_memory,
+            activation_bytes_per_row=row_bytes,
+            memory_in_use=memory_in_use(prepared.device) if max_memory is not None else 0,
+            working_memory=device_memory_budget(prepared.device), batch_size=batch_size,
+            tangent_chunk=tangent_chunk or self.options.tangent_chunk, method=prepared.jacobian_method,
+        )
 
     def _ranked(self, log: LogCallback) -> LogCallback:
         if self.group.world_size == 1:
@@ -269,8 +293,10 @@ class EstimateRun:
         count = min(int(self.options.probe_samples), self.num_samples)
         if self.probe is not None or count == 0:
             return
+        # the float64 copy holds twice the bytes per row: its own plan, within the same budget
+        batch, chunk = self.plan_sizes(torch.float64, tangent_chunk=self.sizes.chunk)
         self.probe = self.group.run_on_main(lambda: measure_precision(
-            self.decoder, self.prepared, self.stream.range(0, count), self.scales, self.sizes.chunk))
+            self.decoder, self.prepared, self.stream.range(0, count), self.scales, chunk, batch_size=batch))
 
     def next_message(self, batcher: SpanBatcher) -> BatchMessage:
         """Compute this rank's next batch (none once its share is done or a stop was asked)."""
@@ -392,9 +418,15 @@ class EstimateRun:
             "per_sample": str(self.options.per_sample) if self.options.per_sample is not None else None,
             "save_latents": bool(self.options.save_latents),
             "world_size": self.group.world_size,
+            "max_memory": self.options.max_memory,
         }
         diagnostics = {
             "jacobian_method": prepared.jacobian_method,
+            "jacobian_method_note": prepared.method_note,
+            "activation_bytes_per_row": prepared.activation_bytes_per_row,
+            "planned_peak_bytes": batch_peak_bytes(
+                self.spec.dim, prepared.output_dim, prepared.dtype.itemsize, sizes.initial_batch, sizes.initial_chunk,
+                prepared.activation_bytes_per_row or 0, prepared.jacobian_method),
             "torchscript": prepared.torchscript,
             "clipped_eigenvalues": ledger.clipped_eigenvalues,
             **summary.diagnostics(self.scales),

@@ -111,7 +111,7 @@ def test_exported_program_jacobian_matches_the_module_on_every_call(tmp_path):
     for _ in range(2):  # repeated use of the same loaded program stays exact
         got = estimate_entropy(loaded.decoder, latent, n_samples=300, batch_size=64, dtype="float64", seed=1)
         assert got.estimates[0].entropy == pytest.approx(expected.estimates[0].entropy, rel=1e-9)
-        assert got.diagnostics["jacobian_method"] == "vmap"
+        assert got.diagnostics["jacobian_method"] in ("stacked", "vmap")  # a batched method, not replicated
 
 
 def test_exported_program_gives_its_latent_shape_from_its_signature(tmp_path):
