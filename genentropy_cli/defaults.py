@@ -37,3 +37,12 @@ CONFIDENCE_Z_95: float = 1.959963984540054
 """Two-sided 95% quantile of the standard normal, for the confidence interval."""
 
 SUPPORTED_DTYPES: tuple[str, ...] = ("float32", "float64")
+
+COMPARE_SIGNIFICANCE_LEVEL: float = 0.05
+"""Family-wise level of ``compare``'s significance marks (Holm-adjusted over all pairs)."""
+
+SAMPLES_DEFAULT_K: int = 8
+"""How many lowest and highest per-sample entropy terms ``samples`` shows by default."""
+
+SAMPLES_DEFAULT_NUM_SAMPLES: int = 5_000
+"""Latents ``samples`` scans for its extremes (the K in N rarest, not an estimate)."""
