@@ -195,9 +195,8 @@ def compare(
         document = result.to_dict()
         if output:
             reporting.write_json(document, output)
-        if not quiet:
-            for message in result.warnings:
-                reporting.warn(message)
+        for message in result.warnings:
+            reporting.warn(message)
         if json_output:
             reporting.print_json(document)
             return
@@ -242,7 +241,7 @@ def samples(
                 batch_size=batch_size, device=device, dtype=dtype, seed=seed, progress=progress,
                 tangent_chunk=tangent_chunk,
             )
-        if result.num_nonfinite and not quiet:
+        if result.num_nonfinite:
             reporting.warn(f"skipped {result.num_nonfinite} sample(s) with non-finite terms")
         document = result.to_dict(model=loaded.describe())
         if out is not None:

@@ -36,14 +36,13 @@ from .defaults import (
 from .engine import (
     ProgressCallback,
     ScaleEstimate,
-    auto_batch_size,
-    auto_tangent_chunk,
     batch_plan,
     compute_sample_terms,
     estimates_from_moments,
     prepare_decoder,
     resolve_device,
     resolve_dtype,
+    resolve_work_sizes,
     strict_float32,
     validate_scales,
 )
@@ -282,10 +281,10 @@ def compare_models(
     started = time.perf_counter()
     with strict_float32():
         prepared = [prepare_decoder(decoder, spec, torch_device, torch_dtype) for decoder, spec in zip(decoders, specs)]
-        chunks = [int(tangent_chunk) if tangent_chunk else auto_tangent_chunk(spec.dim) for spec in specs]
-        chosen_batch = int(batch_size) if batch_size else min(
-            auto_batch_size(spec.dim, item.output_dim, torch_dtype, torch_device, chunk)
-            for spec, item, chunk in zip(specs, prepared, chunks))
+        sizes = [resolve_work_sizes(spec.dim, item.output_dim, torch_dtype, torch_device, batch_size, tangent_chunk)
+                 for spec, item in zip(specs, prepared)]
+        chosen_batch = min(batch for batch, _ in sizes)  # every model walks the same batches
+        chunks = [chunk for _, chunk in sizes]
         streams = [LatentStream(spec, model_seed) for spec, model_seed in zip(specs, seeds)]
         block_size = streams[0].block_size
         num_blocks = -(-num_samples // block_size)

@@ -144,6 +144,14 @@ def auto_batch_size(latent_dim: int, output_dim: int, dtype: torch.dtype, device
     return int(min(MAX_AUTO_BATCH_SIZE, max(MIN_AUTO_BATCH_SIZE, min(by_memory, by_speed))))
 
 
+def resolve_work_sizes(latent_dim: int, output_dim: int, dtype: torch.dtype, device: torch.device,
+                       batch_size: int | None = None, tangent_chunk: int | None = None) -> tuple[int, int]:
+    """(batch size, tangent chunk): the ones given, else the automatic choices."""
+    chunk = int(tangent_chunk) if tangent_chunk else auto_tangent_chunk(latent_dim)
+    batch = int(batch_size) if batch_size else auto_batch_size(latent_dim, output_dim, dtype, device, chunk)
+    return batch, chunk
+
+
 # --------------------------------------------------------------------------- decoder
 
 

@@ -19,12 +19,11 @@ import torch
 from .defaults import DEFAULT_DEVICE, DEFAULT_DTYPE, DEFAULT_NUM_SAMPLES, DEFAULT_SCALES, DEFAULT_SEED
 from .engine import (
     ProgressCallback,
-    auto_batch_size,
-    auto_tangent_chunk,
     compute_sample_terms,
     prepare_decoder,
     resolve_device,
     resolve_dtype,
+    resolve_work_sizes,
     strict_float32,
     validate_scales,
 )
@@ -108,9 +107,8 @@ def find_extreme_samples(
     started = time.perf_counter()
     with strict_float32():
         prepared = prepare_decoder(decoder, spec, torch_device, torch_dtype)
-        chunk = int(tangent_chunk) if tangent_chunk else auto_tangent_chunk(spec.dim)
-        chosen_batch = int(batch_size) if batch_size else auto_batch_size(
-            spec.dim, prepared.output_dim, torch_dtype, torch_device, chunk)
+        chosen_batch, chunk = resolve_work_sizes(spec.dim, prepared.output_dim, torch_dtype, torch_device,
+                                                 batch_size, tangent_chunk)
         stream = LatentStream(spec, seed)
         empty = (np.zeros(0), np.zeros(0, dtype=np.int64))
         low, high = empty, empty
