@@ -192,11 +192,11 @@ def compare(
             )
         for model, (item, _, _) in zip(result.models, loaded):
             model.info.update(item.describe())
+        for message in result.warnings:
+            reporting.warn(message)
         document = result.to_dict()
         if output:
             reporting.write_json(document, output)
-        for message in result.warnings:
-            reporting.warn(message)
         if json_output:
             reporting.print_json(document)
             return

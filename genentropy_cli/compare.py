@@ -7,9 +7,10 @@ the difference H_A - H_B is estimated by mean(a_i - b_i) with the paired standar
 
 smaller than the unpaired sqrt(se_A^2 + se_B^2) when the terms are positively correlated,
 and equal to it in expectation when the latents are independent. Models whose latent specs
-differ (shape or distribution) cannot share latents: each still uses the stream of its own
-spec with the same seed (so its entropy equals ``estimate`` with that seed), and their
-differences use the unpaired standard error. Everything is streamed (float64 moments per
+differ (shape or distribution) cannot share latents: the first model's spec uses the seed
+(its models' entropies equal ``estimate --seed``), every other spec an independent derived
+seed (recorded per model), and differences across specs use the unpaired standard error,
+which is then exact. Everything is streamed (float64 moments per
 latent block, merged in block order), never stored per sample.
 """
 
@@ -158,6 +159,7 @@ class ModelSummary:
     latent: LatentSpec
     output_dim: int
     estimates: list[ScaleEstimate]
+    latent_seed: int = 0
     ranks: list[int] = field(default_factory=list)  # per scale, 1 = highest entropy
     num_nonfinite: int = 0
     info: dict = field(default_factory=dict)
@@ -168,6 +170,7 @@ class ModelSummary:
             **self.info,
             "latent_shape": list(self.latent.shape),
             "latent_distribution": distribution_label(self.latent.distribution),
+            "latent_seed": self.latent_seed,
             "output_dim": self.output_dim,
             "estimates": [
                 {**estimate.to_dict(), "rank": rank} for estimate, rank in zip(self.estimates, self.ranks)
@@ -222,6 +225,31 @@ def _spec_key(spec: LatentSpec) -> tuple:
     return (tuple(spec.shape), distribution_label(spec.distribution))
 
 
+INDEPENDENT_SEED_OFFSET = 1_000_003
+"""Derived seeds are block_seed(seed, INDEPENDENT_SEED_OFFSET + k): streams unrelated to seed's."""
+
+
+def latent_seeds(specs: Sequence[LatentSpec], seed: int, shared_latents: bool = True) -> list[int]:
+    """The seed of each model's latent stream.
+
+    Shared: models with the first model's spec use ``seed`` (each then matches ``estimate
+    --seed seed``); the k-th other spec (k = 1, 2, ...) uses a derived seed. Two specs drawn
+    from one seed would not be independent (uniform and normal latents come from the same
+    generator bits), so neither the paired nor the unpaired standard error would be right.
+    Not shared: model m uses the derived seed of k = m + 1, all independent.
+    """
+    def derived(k: int) -> int:
+        return block_seed(seed, INDEPENDENT_SEED_OFFSET + k)
+
+    if not shared_latents:
+        return [derived(index + 1) for index in range(len(specs))]
+    order: list[tuple] = []
+    for spec in specs:
+        if _spec_key(spec) not in order:
+            order.append(_spec_key(spec))
+    return [seed if order.index(_spec_key(spec)) == 0 else derived(order.index(_spec_key(spec))) for spec in specs]
+
+
 def compare_models(
     decoders: Sequence[Any],
     latents: Sequence[LatentSpec | int | Sequence[int]],
@@ -241,8 +269,9 @@ def compare_models(
     """Estimate every decoder on the same latent sequence and every pairwise difference.
 
     Models with equal latent specs see identical latents z_i (common random numbers); each
-    model's entropy equals ``estimate_entropy(decoder, latent, seed=seed)``. With
-    ``shared_latents=False`` model m draws from its own seed (derived from (seed, m)), which
+    model's entropy equals ``estimate_entropy(decoder, latent, seed=model.latent_seed)``
+    (``seed`` itself for the first model's spec; see ``latent_seeds``). With
+    ``shared_latents=False`` model m draws from its own derived seed (``latent_seeds``), which
     makes the samples independent: the paired standard error then matches the unpaired one
     in expectation (a check of the method, not something to use for decisions).
     A sample that is non-finite for any model is dropped for all (``skip_nonfinite``).
@@ -265,17 +294,15 @@ def compare_models(
     num_models, num_scales = len(decoders), len(scale_values)
     pairs = list(combinations(range(num_models), 2))
     warnings: list[str] = []
-    if shared_latents:
-        seeds = [int(seed)] * num_models
-        groups = {_spec_key(spec) for spec in specs}
-        if len(groups) > 1:
-            described = "; ".join(f"{name}: {spec.describe()}" for name, spec in zip(names, specs))
-            warnings.append(
-                f"the models' latent specs differ ({described}): only models with the same spec share latents; "
-                "differences across specs use the unpaired standard error"
-            )
-    else:
-        seeds = [block_seed(int(seed), 1_000_003 + index) for index in range(num_models)]
+    seeds = latent_seeds(specs, int(seed), shared_latents)
+    if shared_latents and len(set(seeds)) > 1:
+        described = "; ".join(f"{name}: {spec.describe()}, seed {model_seed}"
+                              for name, spec, model_seed in zip(names, specs, seeds))
+        warnings.append(
+            f"the models' latent specs differ ({described}): only models with the same spec share latents; "
+            "each other spec draws from its own seed (independent latents), and differences across specs "
+            "use the unpaired standard error"
+        )
     shared = [shared_latents and _spec_key(specs[a]) == _spec_key(specs[b]) for a, b in pairs]
 
     started = time.perf_counter()
@@ -339,7 +366,8 @@ def compare_models(
 
     summaries = [
         ModelSummary(names[model], specs[model], prepared[model].output_dim,
-                     estimates_from_moments(scale_values, column_moments(model)), num_nonfinite=int(nonfinite[model]))
+                     estimates_from_moments(scale_values, column_moments(model)), latent_seed=seeds[model],
+                     num_nonfinite=int(nonfinite[model]))
         for model in range(num_models)
     ]
     for scale_index in range(num_scales):

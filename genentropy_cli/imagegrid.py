@@ -57,13 +57,15 @@ def save_labelled_grid(sections: Sequence[tuple[str, np.ndarray, Sequence[str]]]
         raise InputError("writing image grids needs matplotlib: pip install 'genentropy[plot]'") from None
     columns = min(GRID_COLUMNS, max(len(images) for _, images, _ in sections))
     rows_per_section = [max(1, -(-len(images) // columns)) for _, images, _ in sections]
-    figure = plt.figure(figsize=(1.1 * columns + 0.9, 1.45 * sum(rows_per_section) + 0.25 * len(sections) + 0.7))
-    outer = figure.add_gridspec(len(sections), 1, height_ratios=rows_per_section, hspace=0.25,
-                                left=0.9 / (1.1 * columns + 0.9), right=0.99, bottom=0.02)
-    for section_index, (heading, images, labels) in enumerate(sections):
-        inner = outer[section_index].subgridspec(rows_per_section[section_index], columns, wspace=0.08, hspace=0.45)
-        for position in range(rows_per_section[section_index] * columns):
-            axis = figure.add_subplot(inner[position // columns, position % columns])
+    cell, label, margin, header = 1.1, 0.4, 0.9, 0.8  # inches: image, its title, left labels, figure title
+    width, height = cell * columns + margin, (cell + label) * sum(rows_per_section) + header
+    figure = plt.figure(figsize=(width, height))
+    grid = figure.add_gridspec(sum(rows_per_section), columns, left=margin / width, right=0.99, bottom=0.01,
+                               top=1 - header / height, wspace=0.08, hspace=label / cell)
+    first_row = 0
+    for (heading, images, labels), rows in zip(sections, rows_per_section):
+        for position in range(rows * columns):
+            axis = figure.add_subplot(grid[first_row + position // columns, position % columns])
             axis.set_xticks([])
             axis.set_yticks([])
             if position == 0:
@@ -74,6 +76,7 @@ def save_labelled_grid(sections: Sequence[tuple[str, np.ndarray, Sequence[str]]]
             image = images[position]
             axis.imshow(np.clip(image, 0.0, 1.0), cmap="gray" if image.ndim == 2 else None, vmin=0.0, vmax=1.0)
             axis.set_title(labels[position], fontsize=7)
+        first_row += rows
     wrap = max(40, 14 * columns)
     figure.suptitle("\n".join(textwrap.wrap(title, wrap) + textwrap.wrap(note, wrap)), fontsize=8)
     target = Path(path)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Sequence
 
+from rich import box
 from rich.table import Table
 
 from .compare import ComparisonResult
@@ -46,19 +47,19 @@ def pairs_table(result: ComparisonResult, scale_index: int = 0) -> Table:
     scale = result.settings["scales"][scale_index]
     level = result.settings["significance_level"]
     table = Table(
+        box=box.SIMPLE_HEAD,
         title=f"Differences at s = {scale:.0e}",
         caption=(
-            "Diff. = H(first) - H(second), nats. Paired SE = std of the per-sample differences / sqrt(N); "
+            "Pair: first - second; Diff. = H(first) - H(second), nats. Paired SE = std of the per-sample differences / sqrt(N); "
             "Unpaired SE = sqrt(SE1^2 + SE2^2); the test uses the one in bold: paired where the two models "
             "share latents, unpaired where they do not (then the paired SE, in brackets, pairs samples by index "
             "only). Corr = correlation of the two models' per-sample terms. p: two-sided normal test, "
             f"Holm-adjusted over all pairs; * p < {level:g}, ** p < 0.01, *** p < 0.001."
         ),
     )
-    for header, justify in (("Pair (first - second)", "left"), ("Diff.", "right"), ("Paired SE", "right"),
-                            ("Unpaired SE", "right"), ("Corr", "right"), ("z", "right"), ("p (Holm)", "right"),
-                            ("", "left")):
-        table.add_column(header, justify=justify, no_wrap=header != "")
+    for header, justify in (("Pair", "left"), ("Diff.", "right"), ("Paired SE", "right"), ("Unpaired SE", "right"),
+                            ("Corr", "right"), ("z", "right"), ("p Holm", "right"), ("", "left")):
+        table.add_column(header, justify=justify, no_wrap=header != "Pair")
     names = result.names
     for pair in result.pairs:
         if pair.scale != scale:
@@ -73,11 +74,20 @@ def pairs_table(result: ComparisonResult, scale_index: int = 0) -> Table:
             format_error(oriented.unpaired_stderr) if oriented.shared_latents
             else f"[bold]{format_error(oriented.unpaired_stderr)}[/bold]",
             format_number(oriented.correlation, 2),
-            format_number(oriented.z_score, 1),
-            f"{oriented.p_holm:.1e}" if oriented.p_holm == oriented.p_holm else "-",
+            _format_z(oriented.z_score),
+            f"{oriented.p_holm:.0e}" if oriented.p_holm == oriented.p_holm else "-",
             oriented.mark,
         )
     return table
+
+
+def _format_z(value: float) -> str:
+    """z to one decimal; beyond +-999 just the bound (the p-value is 0 either way)."""
+    if value != value:
+        return "-"
+    if abs(value) > 999:
+        return ">999" if value > 0 else "<-999"
+    return f"{value:.1f}"
 
 
 def samples_table(result: ExtremeSamples, model_path: str) -> Table:

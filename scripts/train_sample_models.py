@@ -341,6 +341,32 @@ def plan(width: float, class_width: float, epochs: dict[str, int], class_epochs:
     return models
 
 
+def describe_models(out_dir: Path) -> None:
+    """Print a Markdown table of the trained files' embedded training settings."""
+    from genentropy_cli.specs import read_safetensors
+
+    print("| file | model | latent | digits | width | epochs | optimiser | final epoch | seed |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    for path in sorted(out_dir.glob("*.safetensors")):
+        _, spec = read_safetensors(path)
+        if not spec or "training" not in spec:
+            continue
+        run = spec["training"]
+        digits = run["digits"]
+        shown = "all" if len(digits) == 10 else f"0..{max(digits)}"
+        optimiser = f"{run['optimizer']} {run['learning_rate']:g} {tuple(run['betas'])}"
+        if run["critic_steps"] > 1:
+            optimiser += f", {run['critic_steps']} critic steps"
+        if run["gradient_penalty"]:
+            optimiser += f", GP {run['gradient_penalty']:g}"
+        if run["weight_clip"]:
+            optimiser += f", clip {run['weight_clip']:g}"
+        final = ", ".join(f"{key} {value:.1f}" for key, value in run["final_epoch"].items() if key != "epoch")
+        latent = f"{spec['latent']['shape'][0]} {spec['latent']['distribution']}"
+        print(f"| `{path.name}` | {run['kind']} | {latent} | {shown} | {run['width']:g} | {run['epochs']} | "
+              f"{optimiser} | {final} | {run['seed']} |")
+
+
 def time_epochs(width: float, log) -> None:
     for kind in ("vae", "gan", "wgan-gp", "wgan"):
         settings = settings_for(kind, 1, seed=0, width=width)
@@ -369,6 +395,7 @@ def main() -> None:
     parser.add_argument("--preview-dir", type=Path, default=None,
                         help="write a sample grid here every --preview-every epochs while training")
     parser.add_argument("--preview-every", type=int, default=10)
+    parser.add_argument("--describe", action="store_true", help="print a Markdown table of the trained files and exit")
     parser.add_argument("--log", type=Path, default=None, help="also append the log to this file")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -380,6 +407,9 @@ def main() -> None:
             with args.log.open("a") as handle:
                 handle.write(line + "\n")
 
+    if args.describe:
+        describe_models(args.out_dir)
+        return
     if args.time_epoch:
         time_epochs(args.width, log)
         return

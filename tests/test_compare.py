@@ -89,12 +89,13 @@ def test_paired_error_equals_unpaired_in_expectation_on_independent_latents():
         assert pair.unpaired_stderr == pytest.approx(math.sqrt(2 * DIM / 3000), rel=0.08)
 
 
-def test_each_model_matches_estimate_with_the_same_seed():
-    decoders = [linear(SIGMAS_A), ElementwiseExp()]
-    result = compare_models(decoders, [DIM, DIM], n_samples=1500, seed=5, device="cpu", dtype="float64",
-                            batch_size=128)
-    for decoder, model in zip(decoders, result.models):
-        alone = estimate_entropy(decoder, DIM, n_samples=1500, seed=5, device="cpu", dtype="float64", batch_size=500)
+def test_each_model_matches_estimate_with_its_latent_seed():
+    decoders = [linear(SIGMAS_A), ElementwiseExp(), ElementwiseExp()]
+    specs = [make_latent_spec(DIM), make_latent_spec(DIM), make_latent_spec(DIM, "uniform")]
+    result = compare_models(decoders, specs, n_samples=1500, seed=5, device="cpu", dtype="float64", batch_size=128)
+    for decoder, spec, model in zip(decoders, specs, result.models):
+        alone = estimate_entropy(decoder, spec, n_samples=1500, seed=model.latent_seed, device="cpu",
+                                 dtype="float64", batch_size=500)
         assert model.estimates[0].entropy == pytest.approx(alone.estimates[0].entropy, rel=1e-12)
         assert model.estimates[0].stderr == pytest.approx(alone.estimates[0].stderr, rel=1e-9)
 
@@ -112,16 +113,29 @@ def test_batch_size_does_not_change_the_comparison():
 def test_different_latent_specs_are_compared_unpaired_with_a_warning():
     uniform = make_latent_spec(DIM, "uniform")
     result = compare_models([linear(SIGMAS_A), linear(SIGMAS_A), linear(SIGMAS_B)], [DIM, DIM, uniform],
-                            names=["n1", "n2", "u"], n_samples=800, device="cpu", dtype="float64")
+                            names=["n1", "n2", "u"], n_samples=800, seed=4, device="cpu", dtype="float64")
     assert len(result.warnings) == 1 and "latent specs differ" in result.warnings[0]
     assert "u: 3 uniform" in result.warnings[0]
     assert result.pair("n1", "n2").shared_latents
     cross = result.pair("n1", "u")
     assert not cross.shared_latents and cross.stderr == cross.unpaired_stderr
+    # the first spec keeps the seed; the other spec gets its own, recorded
+    assert [model.latent_seed for model in result.models][:2] == [4, 4] and result.models[2].latent_seed != 4
     # uniform latents: H = d log 2 + 1/2 sum log sigma^2 exactly (per-sample constant)
     uniform_model = result.models[2].estimates[0]
     assert uniform_model.entropy == pytest.approx(DIM * math.log(2) + half_log_det(SIGMAS_B, 1e-4), abs=1e-9)
     assert uniform_model.stderr < 1e-12
+
+
+def test_latents_of_different_specs_are_independent():
+    """Uniform and normal latents drawn from one seed are strongly dependent (same generator
+    bits): the per-sample terms of |z|^2 (linear, normal) and sum_j w_j (exp, uniform) would
+    correlate. With a derived seed per spec they must not (correlation SE ~ 1/sqrt(N))."""
+    result = compare_models([linear((1.0, 1.0, 1.0)), ElementwiseExp()], [DIM, make_latent_spec(DIM, "uniform")],
+                            names=["normal", "uniform"], n_samples=4000, device="cpu", dtype="float64")
+    pair = result.pair("normal", "uniform")
+    assert abs(pair.correlation) < 0.05
+    assert pair.paired_stderr == pytest.approx(pair.unpaired_stderr, rel=0.06)
 
 
 def test_a_sample_that_is_nonfinite_for_one_model_is_dropped_for_all_or_fails():
