@@ -25,7 +25,8 @@ def models_table(result: ComparisonResult, scale_index: int = 0) -> Table:
     """One row per model: entropy, standard error, per-sample std, rank (1 = highest entropy)."""
     scale = result.settings["scales"][scale_index]
     table = Table(
-        title=f"Entropy at s = {scale:.0e} (common latents, seed {result.settings['seed']}, "
+        title=f"Entropy at s = {scale:.0e} (seed {result.settings['seed']}"
+              f"{'' if result.settings['shared_latents'] else ', independent latents'}, "
               f"N = {result.settings['num_used']})",
         caption=(f"{result.settings['device']}, {result.settings['dtype']}; {result.elapsed_seconds:.1f} s. "
                  "Entropy in nats; Std = per-sample std; Std. error = Std / sqrt(N); rank 1 = highest entropy."),
@@ -51,15 +52,15 @@ def pairs_table(result: ComparisonResult, scale_index: int = 0) -> Table:
         title=f"Differences at s = {scale:.0e}",
         caption=(
             "Pair: first - second; Diff. = H(first) - H(second), nats. Paired SE = std of the per-sample differences / sqrt(N); "
-            "Unpaired SE = sqrt(SE1^2 + SE2^2); the test uses the one in bold: paired where the two models "
-            "share latents, unpaired where they do not (then the paired SE, in brackets, pairs samples by index "
+            "Unpaired SE = sqrt(SE1^2 + SE2^2). The test uses the paired SE where the two models share latents, "
+            "the unpaired one where they do not (their paired SE, in brackets, then pairs samples by index "
             "only). Corr = correlation of the two models' per-sample terms. p: two-sided normal test, "
             f"Holm-adjusted over all pairs; * p < {level:g}, ** p < 0.01, *** p < 0.001."
         ),
     )
     for header, justify in (("Pair", "left"), ("Diff.", "right"), ("Paired SE", "right"), ("Unpaired SE", "right"),
                             ("Corr", "right"), ("z", "right"), ("p Holm", "right"), ("", "left")):
-        table.add_column(header, justify=justify, no_wrap=header != "Pair")
+        table.add_column(header, justify=justify, no_wrap=header != "Pair", overflow="fold")
     names = result.names
     for pair in result.pairs:
         if pair.scale != scale:

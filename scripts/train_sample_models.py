@@ -22,7 +22,10 @@ scaled). The discriminators / critic / encoder are infoGAN's discriminator scale
 All use Adam (lr 2e-4, betas (0.5, 0.999), batch 64) as Lee (2017) does, except the VAE
 (Adam lr 1e-3, betas (0.9, 0.999)). An epoch is one pass of the data through the
 discriminator / critic / encoder, so a WGAN's generator takes 1/5 as many steps per epoch.
-- ``vae-le-K`` for K = 0..9: the VAE trained only on the digits <= K (Table 3).
+- ``vae-le-K`` for K = 0..9: the VAE trained only on the digits <= K (Table 3), all for the
+  same number of epochs (so smaller K get fewer gradient steps).
+- extras: ``wgan-gp-epochN`` (the WGAN-GP run stopped at half its epochs) and ``vae-le-K-long``
+  for K = 0..8 (trained for as many gradient steps as vae-le-9).
 
 After training, every generator's BatchNorm running statistics are recomputed exactly
 (cumulative average) over RECALIBRATION_BATCHES batches of latents from the model's own
@@ -59,6 +62,10 @@ FIGURE_DIR = ROOT / "docs" / "figures"
 LATENT_DIM = 62
 RECALIBRATION_BATCHES = 100
 RECALIBRATION_BATCH_SIZE = 256
+PREVIEW_SEED = 1
+EQUAL_STEP_CLASSES = tuple(range(9))
+"""Class-exclusion VAEs also trained for vae-le-9's number of gradient steps (``vae-le-K-long``;
+vae-le-9 itself needs no twin)."""
 
 
 @dataclass(frozen=True)
@@ -77,6 +84,7 @@ class TrainingSettings:
     gradient_penalty: float = 0.0
     weight_clip: float = 0.0
     optimizer: str = "adam"
+    reseed_every: int = 0  # reseed torch's global generator every this many epochs (0: never)
 
     @property
     def distribution(self) -> str:
@@ -119,10 +127,18 @@ class InfoGANDiscriminator(nn.Module):
         return self.net(images)
 
 
-def sample_prior(settings: TrainingSettings, num: int) -> torch.Tensor:
+def sample_prior(settings: TrainingSettings, num: int, generator: torch.Generator | None = None) -> torch.Tensor:
     if settings.distribution == "normal":
-        return torch.randn(num, LATENT_DIM)
-    return torch.rand(num, LATENT_DIM) * 2.0 - 1.0
+        return torch.randn(num, LATENT_DIM, generator=generator)
+    return torch.rand(num, LATENT_DIM, generator=generator) * 2.0 - 1.0
+
+
+def reseed_global_generator(settings: TrainingSettings) -> None:
+    """What the preview grids of the runs that made the committed files did to torch's global
+    generator (seed PREVIEW_SEED, then one 64-latent draw); those runs did it every
+    ``reseed_every`` epochs, so ``--reseed-every`` reproduces their weights bit for bit."""
+    torch.manual_seed(PREVIEW_SEED)
+    sample_prior(settings, 64)
 
 
 def make_optimizer(settings: TrainingSettings, parameters):
@@ -283,14 +299,15 @@ def save_decoder(decoder: nn.Module, path: Path, spec: dict) -> None:
 
 @torch.no_grad()
 def save_grid(decoder: nn.Module, settings: TrainingSettings, path: Path, title: str, seed: int = 1) -> None:
+    """An 8 x 8 grid of eval-mode samples from the prior (latents from a private generator)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     decoder.eval()
-    torch.manual_seed(seed)
-    images = decoder(sample_prior(settings, 64)).reshape(8, 8, 28, 28)
+    latents = sample_prior(settings, 64, torch.Generator().manual_seed(seed))  # leaves the global generator alone
+    images = decoder(latents).reshape(8, 8, 28, 28)
     mosaic = images.permute(0, 2, 1, 3).reshape(8 * 28, 8 * 28).numpy()
     figure, axis = plt.subplots(figsize=(4, 4.3))
     axis.imshow(mosaic, cmap="gray", vmin=0, vmax=1)
@@ -317,6 +334,8 @@ def train(name: str, settings: TrainingSettings, log, out_dir: Path = SAMPLE_DIR
         record = {"epoch": epoch, **epoch_fn(state, data, settings, generator, log)}
         history.append(record)
         log(f"{name} {json.dumps(record)} ({time.perf_counter() - started:.0f} s)")
+        if settings.reseed_every and epoch % settings.reseed_every == 0:
+            reseed_global_generator(settings)
         if preview_dir is not None and epoch % preview_every == 0:
             preview_dir.mkdir(parents=True, exist_ok=True)
             save_grid(state["decoder"], settings, preview_dir / f"{name}-epoch{epoch:03d}.png", f"{name} epoch {epoch} (running BN stats)")
@@ -338,6 +357,14 @@ def plan(width: float, class_width: float, epochs: dict[str, int], class_epochs:
     for k in range(10):
         models[f"vae-le-{k}"] = settings_for("vae", class_epochs, seed=100 + k, width=class_width,
                                              digits=tuple(range(k + 1)))
+    # extras for the docs: the WGAN-GP at half its training (same seed, so the same run up to
+    # there: a related model on which common random numbers pay off), and the first two
+    # class-exclusion VAEs trained for as many gradient steps as vae-le-9 gets
+    models["wgan-gp-epoch{}".format(epochs["wgan-gp"] // 2)] = replace(models["wgan-gp"], epochs=epochs["wgan-gp"] // 2)
+    full_steps = class_epochs * (5000 // TrainingSettings.batch_size)
+    for k in EQUAL_STEP_CLASSES:
+        steps_per_epoch = (500 * (k + 1)) // TrainingSettings.batch_size
+        models[f"vae-le-{k}-long"] = replace(models[f"vae-le-{k}"], epochs=-(-full_steps // steps_per_epoch))
     return models
 
 
@@ -385,7 +412,7 @@ def main() -> None:
     parser.add_argument("--class-width", type=float, default=0.25, help="width factor of the Table 3 VAEs")
     parser.add_argument("--vae-epochs", type=int, default=60)
     parser.add_argument("--gan-epochs", type=int, default=60)
-    parser.add_argument("--wgan-gp-epochs", type=int, default=100)
+    parser.add_argument("--wgan-gp-epochs", type=int, default=200)
     parser.add_argument("--wgan-epochs", type=int, default=120)
     parser.add_argument("--class-epochs", type=int, default=25)
     parser.add_argument("--threads", type=int, default=1, help="torch threads (default 1: one core)")
@@ -395,6 +422,9 @@ def main() -> None:
     parser.add_argument("--preview-dir", type=Path, default=None,
                         help="write a sample grid here every --preview-every epochs while training")
     parser.add_argument("--preview-every", type=int, default=10)
+    parser.add_argument("--reseed-every", type=int, default=0,
+                        help="reseed torch's global generator every N epochs (0: never); the committed files "
+                             "used 20, the WGAN-GP 25 (see sample_models/README.md)")
     parser.add_argument("--describe", action="store_true", help="print a Markdown table of the trained files and exit")
     parser.add_argument("--log", type=Path, default=None, help="also append the log to this file")
     args = parser.parse_args()
@@ -421,7 +451,8 @@ def main() -> None:
     for name, settings in models.items():  # the Table 2 models first, then the class series
         if args.only and name not in args.only:
             continue
-        train(name, settings, log, args.out_dir, args.figure_dir, args.preview_dir, args.preview_every)
+        train(name, replace(settings, reseed_every=args.reseed_every), log, args.out_dir, args.figure_dir,
+              args.preview_dir, args.preview_every)
 
 
 if __name__ == "__main__":
