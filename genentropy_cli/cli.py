@@ -21,6 +21,8 @@ from .defaults import (
     INSPECT_PROBE_LATENTS,
     INTERRUPTED_EXIT_CODE,
     PRECISION_PROBE_SAMPLES,
+    SAMPLES_DEFAULT_K,
+    SAMPLES_DEFAULT_NUM_SAMPLES,
     TARGET_STDERR_MIN_SAMPLES,
 )
 from .convert import convert_to_safetensors
@@ -418,6 +420,111 @@ def convert(
         for message in report["warnings"]:
             reporting.warn(message)
         emit(report, json_output, None, lambda: reporting.convert_table(report))
+
+    run_guarded(body)
+
+
+@app.command()
+def compare(
+    models: Annotated[List[str], typer.Argument(help="Two or more decoder files.", show_default=False)],
+    latent_dim: LatentDimOption = None,
+    latent_shape: LatentShapeOption = None,
+    latent_distribution: LatentDistributionOption = None,
+    scale: ScaleOption = None,
+    num_samples: NumSamplesOption = DEFAULT_NUM_SAMPLES,
+    batch_size: BatchSizeOption = None,
+    tangent_chunk: TangentChunkOption = None,
+    device: DeviceOption = DEFAULT_DEVICE,
+    dtype: DtypeOption = DEFAULT_DTYPE,
+    seed: SeedOption = DEFAULT_SEED,
+    skip_nonfinite: SkipNonfiniteOption = False,
+    independent_latents: Annotated[bool, typer.Option(
+        "--independent-latents",
+        help="Give each model its own latents (a check: paired SE then matches unpaired SE).")] = False,
+    json_output: JsonOption = False,
+    output: OutputOption = None,
+    quiet: QuietOption = False,
+) -> None:
+    """Estimate several models on the same latents; rank them and test every difference."""
+
+    def body() -> None:
+        from .compare import compare_models
+        from .tables import model_names, models_table, pairs_table
+
+        if len(models) < 2:
+            raise InputError("compare needs at least two model files")
+        scales = tuple(scale) if scale else DEFAULT_SCALES
+        loaded = [load_with_latent(path, latent_dim, latent_shape, latent_distribution) for path in models]
+        names = model_names(models)
+        with reporting.progress_bar("comparing", scales, enabled=not quiet) as progress:
+            result = compare_models(
+                [item[0].decoder for item in loaded], [item[1] for item in loaded], names=names, scales=scales,
+                n_samples=num_samples, batch_size=batch_size, device=device, dtype=dtype, seed=seed,
+                progress=progress, shared_latents=not independent_latents, skip_nonfinite=skip_nonfinite,
+                tangent_chunk=tangent_chunk,
+            )
+        for model, (item, _, _) in zip(result.models, loaded):
+            model.info.update(item.describe())
+        for message in result.warnings:
+            reporting.warn(message)
+        document = result.to_dict()
+        if output:
+            reporting.write_json(document, output)
+        if json_output:
+            reporting.print_json(document)
+            return
+        for scale_index in range(len(scales)):
+            reporting.stdout_console.print(models_table(result, scale_index))
+            reporting.stdout_console.print(pairs_table(result, scale_index))
+
+    run_guarded(body)
+
+
+@app.command()
+def samples(
+    model: ModelArgument,
+    lowest: Annotated[int, typer.Option("--lowest", help="How many lowest-term samples (dense regions).")] = SAMPLES_DEFAULT_K,
+    highest: Annotated[int, typer.Option("--highest", help="How many highest-term samples (sparse regions).")] = SAMPLES_DEFAULT_K,
+    out: Annotated[Optional[str], typer.Option("--out", help="Image grid to write (PNG, PDF or SVG).")] = None,
+    latent_dim: LatentDimOption = None,
+    latent_shape: LatentShapeOption = None,
+    latent_distribution: LatentDistributionOption = None,
+    scale: Annotated[float, typer.Option("--scale", "-s", help="Regularisation scale s of the terms.")] = DEFAULT_SCALES[0],
+    num_samples: NumSamplesOption = SAMPLES_DEFAULT_NUM_SAMPLES,
+    batch_size: BatchSizeOption = None,
+    tangent_chunk: TangentChunkOption = None,
+    device: DeviceOption = DEFAULT_DEVICE,
+    dtype: DtypeOption = DEFAULT_DTYPE,
+    seed: SeedOption = DEFAULT_SEED,
+    json_output: JsonOption = False,
+    quiet: QuietOption = False,
+) -> None:
+    """Show the outputs with the lowest and highest per-sample entropy terms h_i = -log p(x_i)."""
+
+    def body() -> None:
+        from .extremes import find_extreme_samples, save_extremes_grid
+        from .tables import samples_table
+
+        if out is None and not json_output:
+            raise InputError("say where the grid goes with --out grid.png (or pass --json for the indices and terms)")
+        loaded, spec, _ = load_with_latent(model, latent_dim, latent_shape, latent_distribution)
+        with reporting.progress_bar("scanning", [], enabled=not quiet) as progress:
+            result = find_extreme_samples(
+                loaded.decoder, spec, lowest=lowest, highest=highest, scale=scale, n_samples=num_samples,
+                batch_size=batch_size, device=device, dtype=dtype, seed=seed, progress=progress,
+                tangent_chunk=tangent_chunk,
+            )
+        if result.num_nonfinite:
+            reporting.warn(f"skipped {result.num_nonfinite} sample(s) with non-finite terms")
+        document = result.to_dict(model=loaded.describe())
+        if out is not None:
+            document["grid"] = save_extremes_grid(result, out, f"{loaded.path}: lowest and highest entropy terms")
+            if not quiet:
+                reporting.info(f"wrote {document['grid']}")
+        if json_output:
+            reporting.print_json(document)
+        else:
+            reporting.stdout_console.print(samples_table(result, loaded.path))
 
     run_guarded(body)
 

@@ -95,3 +95,14 @@ INSPECT_TIMING_REPEATS: int = 3
 CONVERT_OUTPUT_TOLERANCE: float = 1e-9
 """``convert`` checks its result: outputs on probe latents (float64) may differ from the
 source's by at most this, relative to the largest output magnitude (+1)."""
+
+# ----------------------------------------------------------------- compare and samples (issue 7)
+
+COMPARE_SIGNIFICANCE_LEVEL: float = 0.05
+"""Family-wise level of ``compare``'s significance marks (Holm-adjusted over all pairs)."""
+
+SAMPLES_DEFAULT_K: int = 8
+"""How many lowest and highest per-sample entropy terms ``samples`` shows by default."""
+
+SAMPLES_DEFAULT_NUM_SAMPLES: int = 5_000
+"""Latents ``samples`` scans for its extremes (the K in N rarest, not an estimate)."""

@@ -129,6 +129,18 @@ def validate_scales(scales: Sequence[float]) -> tuple[float, ...]:
     return values
 
 
+def resolve_work_sizes(latent_dim: int, output_dim: int, dtype: torch.dtype, device: torch.device,
+                       batch_size: int | None = None, tangent_chunk: int | None = None) -> tuple[int, int]:
+    """(batch size, tangent chunk): the ones given, else ``planning.plan_batch``'s choice
+    within the device's default memory budget."""
+    from .memory import device_memory_budget
+    from .planning import plan_batch
+
+    plan = plan_batch(latent_dim, output_dim, dtype, device, None, working_memory=device_memory_budget(device),
+                      batch_size=batch_size, tangent_chunk=tangent_chunk)
+    return plan.batch_size, plan.tangent_chunk
+
+
 # --------------------------------------------------------------------------- decoder
 
 

@@ -306,7 +306,9 @@ def load_state_into(module: torch.nn.Module, tensors: dict[str, torch.Tensor], s
                 f"{name} {tuple(tensors[name].shape)} vs {tuple(expected[name].shape)}" for name in wrong_shape[:5]))
         raise InputError(f"the weights in {source} do not match the architecture: {'; '.join(parts)}")
     stored = {tensor.dtype for tensor in tensors.values() if tensor.is_floating_point()}
-    if len(stored) == 1:  # keep the file's precision (float64 weights stay float64): round trips are exact
+    if len(stored) == 1 and next(iter(stored)) in (torch.float32, torch.float64):
+        # keep the file's precision (float64 weights stay float64): round trips are exact;
+        # half-precision storage (a size saving) is computed in float32
         module = module.to(stored.pop())
         expected = module.state_dict()
     module.load_state_dict({name: tensor.to(expected[name].dtype) for name, tensor in tensors.items()})

@@ -1,0 +1,241 @@
+"""compare: common random numbers, paired standard errors, ranks and tests, against closed forms.
+
+Closed forms used (z ~ N(0, I_d), s -> 0):
+- linear x = A z: h(z) = |z|^2/2 + c_A, so two linear decoders differ by a constant per sample:
+  the paired standard error is 0 and the difference is 1/2 sum log sigma_A^2 - 1/2 sum log sigma_B^2.
+- elementwise x = exp(z): h(z) = |z|^2/2 + sum_j z_j + c. Against a linear decoder the per-sample
+  difference is -sum_j z_j + c, variance d, while var h_lin = d/2 and var h_exp = 3d/2: the paired
+  variance is d, the unpaired 2d, so paired SE / unpaired SE = 1/sqrt(2) on shared latents and 1 on
+  independent ones.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from genentropy_cli.compare import (
+    compare_models,
+    correlation_from_moments,
+    holm_adjust,
+    rank_descending,
+    significance_mark,
+    two_sided_p_value,
+    unpaired_stderr,
+)
+from genentropy_cli.engine import estimate_entropy
+from genentropy_cli.latents import make_latent_spec
+from genentropy_cli.loading import save_torchscript
+from genentropy_cli.references import ElementwiseExp, LinearDecoder, matrix_with_singular_values
+
+DIM = 3
+SIGMAS_A = (1.0, 2.0, 3.0)
+SIGMAS_B = (0.5, 1.0, 4.0)
+
+
+def linear(sigmas, seed=0) -> LinearDecoder:
+    return LinearDecoder(matrix_with_singular_values(sigmas, 5, seed=seed))
+
+
+def half_log_det(sigmas, scale) -> float:
+    return 0.5 * sum(math.log(sigma**2 + scale**2) for sigma in sigmas)
+
+
+def test_two_linear_decoders_differ_by_the_closed_form_with_zero_paired_error():
+    scales = (1e-4, 1e-1)
+    result = compare_models([linear(SIGMAS_A), linear(SIGMAS_B, seed=1)], [DIM, DIM], names=["a", "b"],
+                            scales=scales, n_samples=2000, device="cpu", dtype="float64", batch_size=300)
+    for scale in scales:
+        pair = result.pair("a", "b", scale)
+        assert pair.shared_latents
+        assert pair.difference == pytest.approx(half_log_det(SIGMAS_A, scale) - half_log_det(SIGMAS_B, scale), abs=1e-9)
+        assert pair.paired_stderr < 1e-12
+        assert pair.stderr == pair.paired_stderr
+        # unpaired: each model's per-sample std is sqrt(d/2), so sqrt(2) * sqrt(d/2) / sqrt(N)
+        assert pair.unpaired_stderr == pytest.approx(math.sqrt(DIM / 2000), rel=0.1)
+        assert pair.correlation == pytest.approx(1.0, abs=1e-9)
+        assert pair.significant and pair.mark == "***"
+    assert [model.ranks for model in result.models] == [[1, 1], [2, 2]]
+    assert result.warnings == []
+
+
+def _exp_vs_linear(shared: bool, seed: int, n_samples: int = 3000):
+    return compare_models([linear((1.0, 1.0, 1.0)), ElementwiseExp()], [DIM, DIM], names=["lin", "exp"],
+                          n_samples=n_samples, seed=seed, device="cpu", dtype="float64", shared_latents=shared)
+
+
+def test_paired_error_is_smaller_on_shared_latents_by_the_closed_form_ratio():
+    ratios = [(pair.paired_stderr / pair.unpaired_stderr) for pair in
+              (_exp_vs_linear(True, seed).pair("lin", "exp") for seed in range(4))]
+    assert np.mean(ratios) == pytest.approx(1 / math.sqrt(2), abs=0.02)
+    pair = _exp_vs_linear(True, 0).pair("lin", "exp")
+    assert pair.stderr == pair.paired_stderr < pair.unpaired_stderr
+    assert pair.correlation == pytest.approx(1 / math.sqrt(3), abs=0.05)  # cov d/2 over sqrt(d/2 * 3d/2)
+    # H_lin - H_exp = 0 at s -> 0 (both d/2 log(2 pi e) for sigma = 1)
+    assert abs(pair.difference) < 4 * pair.stderr
+
+
+def test_paired_error_equals_unpaired_in_expectation_on_independent_latents():
+    pairs = [_exp_vs_linear(False, seed).pair("lin", "exp") for seed in range(6)]
+    ratios = [pair.paired_stderr / pair.unpaired_stderr for pair in pairs]
+    assert np.mean(ratios) == pytest.approx(1.0, abs=0.02)
+    assert abs(np.mean([pair.correlation for pair in pairs])) < 0.03
+    for pair in pairs:
+        assert not pair.shared_latents and pair.stderr == pair.unpaired_stderr
+        # the expected unpaired SE: sqrt((d/2 + 3d/2) / N)
+        assert pair.unpaired_stderr == pytest.approx(math.sqrt(2 * DIM / 3000), rel=0.08)
+
+
+def test_each_model_matches_estimate_with_its_latent_seed():
+    decoders = [linear(SIGMAS_A), ElementwiseExp(), ElementwiseExp()]
+    specs = [make_latent_spec(DIM), make_latent_spec(DIM), make_latent_spec(DIM, "uniform")]
+    result = compare_models(decoders, specs, n_samples=1500, seed=5, device="cpu", dtype="float64", batch_size=128)
+    for decoder, spec, model in zip(decoders, specs, result.models):
+        alone = estimate_entropy(decoder, spec, n_samples=1500, seed=model.latent_seed, device="cpu",
+                                 dtype="float64", batch_size=500)
+        assert model.estimates[0].entropy == pytest.approx(alone.estimates[0].entropy, rel=1e-12)
+        assert model.estimates[0].stderr == pytest.approx(alone.estimates[0].stderr, rel=1e-9)
+
+
+def test_batch_size_does_not_change_the_comparison():
+    def run(batch_size):
+        return compare_models([linear(SIGMAS_A), ElementwiseExp()], [DIM, DIM], n_samples=2100, device="cpu",
+                              dtype="float64", batch_size=batch_size).pairs[0]
+
+    first, second = run(1000), run(77)
+    assert first.difference == pytest.approx(second.difference, rel=1e-12)
+    assert first.paired_stderr == pytest.approx(second.paired_stderr, rel=1e-10)
+
+
+def test_different_latent_specs_are_compared_unpaired_with_a_warning():
+    uniform = make_latent_spec(DIM, "uniform")
+    result = compare_models([linear(SIGMAS_A), linear(SIGMAS_A), linear(SIGMAS_B)], [DIM, DIM, uniform],
+                            names=["n1", "n2", "u"], n_samples=800, seed=4, device="cpu", dtype="float64")
+    assert len(result.warnings) == 1 and "latent specs differ" in result.warnings[0]
+    assert "u: 3 uniform" in result.warnings[0]
+    assert result.pair("n1", "n2").shared_latents
+    cross = result.pair("n1", "u")
+    assert not cross.shared_latents and cross.stderr == cross.unpaired_stderr
+    # the first spec keeps the seed; the other spec gets its own, recorded
+    assert [model.latent_seed for model in result.models][:2] == [4, 4] and result.models[2].latent_seed != 4
+    # uniform latents: H = d log 2 + 1/2 sum log sigma^2 exactly (per-sample constant)
+    uniform_model = result.models[2].estimates[0]
+    assert uniform_model.entropy == pytest.approx(DIM * math.log(2) + half_log_det(SIGMAS_B, 1e-4), abs=1e-9)
+    assert uniform_model.stderr < 1e-12
+
+
+def test_latents_of_different_specs_are_independent():
+    """Uniform and normal latents drawn from one seed are strongly dependent (same generator
+    bits): the per-sample terms of |z|^2 (linear, normal) and sum_j w_j (exp, uniform) would
+    correlate. With a derived seed per spec they must not (correlation SE ~ 1/sqrt(N))."""
+    result = compare_models([linear((1.0, 1.0, 1.0)), ElementwiseExp()], [DIM, make_latent_spec(DIM, "uniform")],
+                            names=["normal", "uniform"], n_samples=4000, device="cpu", dtype="float64")
+    pair = result.pair("normal", "uniform")
+    assert abs(pair.correlation) < 0.05
+    assert pair.paired_stderr == pytest.approx(pair.unpaired_stderr, rel=0.06)
+
+
+def test_a_sample_that_is_nonfinite_for_one_model_is_dropped_for_all_or_fails():
+    class NanForLargeFirstCoordinate(torch.nn.Module):
+        def forward(self, latents):
+            out = torch.cat([latents, latents], dim=1)
+            return torch.where(latents[:, :1] > 2.0, torch.full_like(out, math.nan), out)
+
+    from genentropy_cli.errors import EstimationError
+
+    decoders, latents = [linear(SIGMAS_A), NanForLargeFirstCoordinate()], [DIM, DIM]
+    with pytest.raises(EstimationError, match="model 2: sample .* non-finite"):
+        compare_models(decoders, latents, n_samples=400, device="cpu")
+    result = compare_models(decoders, latents, n_samples=400, device="cpu", skip_nonfinite=True)
+    assert result.models[0].num_nonfinite == 0 and result.models[1].num_nonfinite > 0
+    assert result.settings["num_used"] == 400 - result.models[1].num_nonfinite
+    assert all(model.estimates[0].num_samples == result.settings["num_used"] for model in result.models)
+    assert any("dropped" in warning for warning in result.warnings)
+
+
+# --------------------------------------------------------------------------- pure pieces
+
+
+def test_holm_adjustment_matches_the_textbook_example():
+    # sorted p: 0.01, 0.03, 0.04 -> 3*0.01 = 0.03, 2*0.03 = 0.06, max(0.06, 1*0.04) = 0.06
+    assert holm_adjust([0.01, 0.04, 0.03]) == pytest.approx([0.03, 0.06, 0.06])
+    assert holm_adjust([0.5, 0.9]) == pytest.approx([1.0, 1.0])
+
+
+def test_small_statistics_helpers():
+    assert two_sided_p_value(1.959963984540054) == pytest.approx(0.05)
+    assert two_sided_p_value(0.0) == pytest.approx(1.0)
+    assert unpaired_stderr(3.0, 4.0) == pytest.approx(5.0)
+    # a = b: var(a - b) = 0 -> correlation 1; var(a - b) = 2 var a -> correlation 0
+    assert correlation_from_moments(2.0, 2.0, 0.0) == pytest.approx(1.0)
+    assert correlation_from_moments(2.0, 2.0, math.sqrt(8.0)) == pytest.approx(0.0)
+    assert rank_descending([-98.0, -82.1, -75.1, -41.4]) == [4, 3, 2, 1]
+    assert rank_descending([1.0, 1.0, 0.0]) == [1, 1, 3]
+    assert [significance_mark(p) for p in (0.0005, 0.005, 0.04, 0.06, math.nan)] == ["***", "**", "*", "", ""]
+
+
+def test_bad_calls_are_input_errors():
+    from genentropy_cli.errors import InputError
+
+    with pytest.raises(InputError, match="at least two"):
+        compare_models([linear(SIGMAS_A)], [DIM], n_samples=10, device="cpu")
+    with pytest.raises(InputError, match="distinct"):
+        compare_models([linear(SIGMAS_A)] * 2, [DIM, DIM], names=["x", "x"], n_samples=10, device="cpu")
+    with pytest.raises(InputError, match="at least 2 samples"):
+        compare_models([linear(SIGMAS_A)] * 2, [DIM, DIM], n_samples=1, device="cpu")
+
+
+# --------------------------------------------------------------------------- CLI
+
+
+@pytest.fixture
+def linear_files(tmp_path):
+    paths = []
+    for name, sigmas, seed in (("wide", SIGMAS_A, 0), ("narrow", SIGMAS_B, 1)):
+        path = tmp_path / f"{name}.pt"
+        save_torchscript(linear(sigmas, seed), path, latent=make_latent_spec(DIM))
+        paths.append(path)
+    return paths
+
+
+def test_cli_compare_table_and_json(run_cli, linear_files, tmp_path):
+    result = run_cli("compare", *linear_files, "-n", "600", "--quiet")
+    assert result.exit_code == 0, result.stderr
+    assert "wide - narrow" in result.stdout and "Rank" in result.stdout and "***" in result.stdout
+    assert result.stderr == ""
+    output = tmp_path / "compare.json"
+    result = run_cli("compare", *linear_files, "-n", "600", "--json", "-o", output, "--dtype", "float64")
+    assert result.exit_code == 0, result.stderr
+    document = result.json()
+    assert document == __import__("json").loads(output.read_text())
+    assert document["command"] == "compare"
+    assert [model["name"] for model in document["models"]] == ["wide", "narrow"]
+    assert set(document["models"][0]["estimates"][0]) == {"scale", "entropy", "stderr", "std", "ci95", "num_samples",
+                                                         "rank"}
+    assert document["models"][0]["path"] == str(linear_files[0])
+    pair = document["pairs"][0]
+    assert pair["difference"] == pytest.approx(half_log_det(SIGMAS_A, 1e-4) - half_log_det(SIGMAS_B, 1e-4), abs=1e-9)
+    assert pair["shared_latents"] and pair["significant"]
+
+
+def test_cli_compare_warns_on_different_latents(run_cli, linear_files, tmp_path):
+    result = run_cli("compare", *linear_files, "-n", "300", "--latent-distribution", "uniform", "--json")
+    assert result.exit_code == 0, result.stderr  # the flag applies to both: they still share latents
+    assert result.json()["warnings"] == [] and result.json()["pairs"][0]["shared_latents"]
+    uniform = tmp_path / "uniform.pt"
+    save_torchscript(linear(SIGMAS_B, 1), uniform, latent=make_latent_spec(DIM, "uniform"))
+    result = run_cli("compare", linear_files[0], uniform, "-n", "300")
+    assert result.exit_code == 0, result.stderr
+    assert "warning:" in result.stderr and "latent specs differ" in result.stderr
+    assert "(" in result.stdout  # the index-paired SE is shown in brackets, not used
+
+
+def test_cli_compare_bad_input(run_cli, linear_files, tmp_path):
+    from tests.test_cli import assert_one_line_error
+
+    assert_one_line_error(run_cli("compare", linear_files[0]), "at least two")
+    assert_one_line_error(run_cli("compare", linear_files[0], tmp_path / "missing.pt"), "not found")
+    assert_one_line_error(run_cli("compare", *linear_files, "-n", "0"), "at least 2 samples")
