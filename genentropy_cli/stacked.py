@@ -31,7 +31,6 @@ from typing import Any, Callable
 import torch
 from torch.func import jvp, vmap
 from torch.utils._python_dispatch import TorchDispatchMode
-from torch.utils._pytree import tree_flatten
 from torch.utils.weak import WeakIdKeyDictionary
 
 DecoderFn = Callable[[torch.Tensor], torch.Tensor]
@@ -40,6 +39,21 @@ aten = torch.ops.aten
 
 class UnsupportedOperation(RuntimeError):
     """The decoder uses an op the stacked method has no exact rule for (use torch.func)."""
+
+
+def _leaves(*values: Any) -> list:
+    """The tensors and scalars in op arguments: positional values, lists of them (cat, stack),
+    dict values (kwargs), one level deep as aten schemas have them (cheaper than pytree)."""
+    found = []
+    for value in values:
+        if isinstance(value, dict):
+            value = list(value.values())
+        if isinstance(value, (list, tuple)):
+            for item in value:
+                found.extend(item if isinstance(item, (list, tuple)) else (item,))
+        else:
+            found.append(value)
+    return found
 
 
 def _dim(dim: int, ndim: int) -> int:
@@ -118,7 +132,7 @@ class StackedRows(TorchDispatchMode):
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
-        leaves, _ = tree_flatten((args, kwargs))
+        leaves = _leaves(args, kwargs)
         stacked = [leaf for leaf in leaves if self.is_stacked(leaf)]
         if not stacked:
             return func(*args, **kwargs)  # parameters, shapes, fresh constants
@@ -147,7 +161,7 @@ class StackedRows(TorchDispatchMode):
 
 def _only_first_stacked(mode: StackedRows, args, kwargs, name: str) -> torch.Tensor:
     source = args[0]
-    leaves, _ = tree_flatten((args[1:], kwargs))
+    leaves = _leaves(args[1:], kwargs)
     if not mode.is_stacked(source) or any(mode.is_stacked(leaf) for leaf in leaves):
         raise UnsupportedOperation(f"{name} with a stacked operand other than its input")
     return source
@@ -161,7 +175,7 @@ def _structural(dim_positions: tuple[int, ...] = (), dim_lists: tuple[int, ...] 
     """
 
     def rule(mode: StackedRows, func, args, kwargs):
-        ndim = max(a.dim() for a in tree_flatten(args)[0] if mode.is_stacked(a))
+        ndim = max(a.dim() for a in _leaves(args) if mode.is_stacked(a))
         for position in dim_positions:
             dims = args[position] if position < len(args) else None
             if any(_dim(d, ndim) == 0 for d in ([dims] if isinstance(dims, int) else dims or ())):
@@ -172,7 +186,7 @@ def _structural(dim_positions: tuple[int, ...] = (), dim_lists: tuple[int, ...] 
                 raise UnsupportedOperation(f"{func.overloadpacket.__name__} over all dimensions")
             if any(_dim(d, ndim) == 0 for d in ([dims] if isinstance(dims, int) else dims)):
                 raise UnsupportedOperation(f"{func.overloadpacket.__name__} along the batch dimension")
-        leaves = tree_flatten(args)[0]
+        leaves = _leaves(args)
         if any(isinstance(leaf, torch.Tensor) and not mode.is_stacked(leaf) for leaf in leaves):
             raise UnsupportedOperation(f"{func.overloadpacket.__name__} of stacked and constant tensors")
         result = func(*args, **kwargs)
@@ -325,6 +339,21 @@ def _scaling(mode, func, args, kwargs):
     return _pointwise(mode, func, args, kwargs)
 
 
+def _leaky_relu_derivative(x: torch.Tensor, y: torch.Tensor, slope: float = 0.01, *rest: Any) -> torch.Tensor:
+    return torch.where(x > 0, torch.ones_like(x), torch.full_like(x, slope))
+
+
+_DERIVATIVES: dict[str, Callable[..., torch.Tensor]] = {
+    "relu": lambda x, y, *rest: (x > 0).to(x.dtype),
+    "sigmoid": lambda x, y, *rest: y * (1 - y),
+    "tanh": lambda x, y, *rest: 1 - y * y,
+    "exp": lambda x, y, *rest: y,
+    "leaky_relu": _leaky_relu_derivative,
+}
+"""f'(x) from the input x and output y (and the op's other arguments), as torch's own
+derivative formulas have them; every other pointwise op is differentiated by jvp."""
+
+
 def _pointwise(mode, func, args, kwargs):
     """y = f(x_1, ..., x_n) elementwise: primal rows f(P); tangent rows sum_i df/dx_i(P) * T_i.
 
@@ -338,7 +367,7 @@ def _pointwise(mode, func, args, kwargs):
     def compute(first, *rest, **options):  # an in-place op is differentiated on a copy
         return func(first.clone() if inplace else first, *rest, **options)
 
-    if any(mode.is_stacked(leaf) for leaf in tree_flatten(kwargs)[0]):
+    if any(mode.is_stacked(leaf) for leaf in _leaves(kwargs)):
         raise UnsupportedOperation(f"{func.overloadpacket.__name__} with a stacked keyword argument")
     positions = [index for index, arg in enumerate(args) if mode.is_stacked(arg)]
     multiplicities = {mode.multiplicity[args[index]] for index in positions}
@@ -349,7 +378,13 @@ def _pointwise(mode, func, args, kwargs):
         raise UnsupportedOperation(f"{func.overloadpacket.__name__} with a constant that differs per row")
     primals = [mode.primal(arg) if index in positions else arg for index, arg in enumerate(args)]
 
+    closed_form = _DERIVATIVES.get(func.overloadpacket.__name__.rstrip("_")) if positions == [0] else None
+
     def partial(index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        if closed_form is not None:  # the common activations, without jvp's per-call overhead
+            value = compute(*primals, **kwargs)
+            return value, closed_form(primals[0], value, *primals[1:])
+
         def along(value):
             return compute(*primals[:index], value, *primals[index + 1:], **kwargs)
 
