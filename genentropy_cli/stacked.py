@@ -3,7 +3,7 @@
 Forward-mode AD through torch.func (``jacobian.batched_jacobian``) recomputes the primal at
 the small batch once per tangent chunk, pushes the parameters' zero tangents through real
 matmuls and convolutions, and copies tangents between layouts: on 2 CPU cores it costs
-1.4-2x the floor of (d + 1) plain forward passes. For a decoder that treats the rows of its
+1.5-1.9x the floor of (d + 1) plain forward passes (benchmarks/RESULTS.md). For a decoder that treats the rows of its
 batch independently, the primal batch P (B rows) and k tangent batches T_1..T_k stacked as
 one batch S of N = (k + 1) B rows can go through the decoder ONCE, at the floor's speed,
 provided the few ops that are not linear in their stacked input follow a rule:
