@@ -16,11 +16,10 @@ import torch
 
 from genentropy_cli.architectures import DCGANGenerator, InfoGANGenerator, MLPDecoder
 from genentropy_cli.engine import (
-    auto_batch_size,
-    auto_tangent_chunk,
     compute_sample_terms,
     prepare_decoder,
     resolve_device,
+    resolve_work_sizes,
     strict_float32,
 )
 from genentropy_cli.latents import LatentStream, make_latent_spec
@@ -53,8 +52,7 @@ def engine_vs_floor(name: str, device: torch.device, dtype: torch.dtype, repeats
     spec = make_latent_spec(shape)
     with strict_float32():
         prepared = prepare_decoder(build(), spec, device, dtype)
-        chunk = auto_tangent_chunk(spec.dim)
-        batch = auto_batch_size(spec.dim, prepared.output_dim, dtype, device, chunk)
+        batch, chunk = resolve_work_sizes(spec.dim, prepared.output_dim, dtype, device)
         latents = LatentStream(spec, seed=0).range(0, batch)
         inputs = latents.to(device=device, dtype=dtype).reshape(batch, *shape)
 

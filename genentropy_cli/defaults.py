@@ -8,6 +8,10 @@ DEFAULT_SCALES: tuple[float, ...] = (1e-4,)
 DEFAULT_SWEEP_SCALES: tuple[float, ...] = (1e-1, 1e-2, 1e-3, 1e-4)
 """The scales of the paper's Table 1, used by ``sweep-scale``."""
 
+DEFAULT_AGREEMENT_SE: float = 3.0
+"""``sweep-scale``: two scales agree when their estimates differ by at most this many combined
+standard errors, sqrt(se_a^2 + se_b^2)."""
+
 DEFAULT_NUM_SAMPLES: int = 50_000
 DEFAULT_SEED: int = 0
 DEFAULT_DEVICE: str = "auto"
@@ -19,24 +23,79 @@ LATENT_BLOCK_SIZE: int = 1024
 seeded by (seed, block index), so sample i depends only on (seed, i)."""
 
 JACOBIAN_MEMORY_BUDGET_BYTES: int = 256 * 1024**2
-"""Bytes the Jacobian of one batch may take when the batch size is chosen automatically."""
+"""Bytes one batch may hold (Jacobians, activations and their tangents, the Gram step) when
+the batch size is planned without --max-memory on a CPU (``planning.plan_batch``)."""
 
 MAX_AUTO_BATCH_SIZE: int = 1024
-MIN_AUTO_BATCH_SIZE: int = 1
+"""Most samples per batch an automatic plan chooses."""
 
-AUTO_TANGENT_CHUNK: int = 16
-"""Tangent directions pushed through the decoder at once when not set explicitly."""
+CPU_CALL_BYTES: int = 32 * 1024**2
+"""Activation bytes one decoder call should touch on a CPU: the rows per call follow from the
+decoder's measured bytes per row (benchmarks/RESULTS.md: the rows-per-call sweep)."""
 
-CPU_EFFECTIVE_BATCH: int = 512
-"""Samples x tangent directions per decoder call that keep a CPU's caches busy but not
-thrashed (measured on the infoGAN MNIST generator: about 1.1x the forward-pass floor)."""
+CUDA_CALL_BYTES: int = 1024**3
+"""The same on a GPU, where large calls pay (not yet measured: no GPU was lent to issue 5)."""
 
-CUDA_EFFECTIVE_BATCH: int = 8192
+CPU_MAX_ROWS_PER_CALL: int = 16384
+CUDA_MAX_ROWS_PER_CALL: int = 131072
+"""Upper bounds on the rows of one decoder call, for decoders with tiny activations."""
+
+ACTIVATION_SAFETY_FACTOR: float = 2.0
+"""Live bytes per row of a call, as a multiple of the largest op's inputs plus output (other
+tensors a decoder keeps alive, allocator slack); calibrated by peak RSS, benchmarks/RESULTS.md."""
+
+DEFAULT_ACTIVATION_BYTES_PER_OUTPUT: int = 16
+"""Bytes per row assumed when none were measured: this many times the output's bytes."""
+
+STACKED_PROBE_COLUMNS: int = 8
+"""Jacobian columns on which the stacked method is checked against torch.func before a run."""
+
+GRAM_SLAB_BYTES: int = 64 * 1024**2
+"""The float64 copy of the Jacobians that forms J^T J is made this many bytes at a time."""
 
 CONFIDENCE_Z_95: float = 1.959963984540054
 """Two-sided 95% quantile of the standard normal, for the confidence interval."""
 
-SUPPORTED_DTYPES: tuple[str, ...] = ("float32", "float64")
+SUPPORTED_DTYPES: tuple[str, ...] = ("float64", "float32", "bfloat16", "float16")
+"""The decoder's compute dtypes, most precise first; Gram matrices and statistics are float64."""
+
+# ----------------------------------------------------------------- long runs (issue 6)
+
+PRECISION_PROBE_SAMPLES: int = 128
+"""The first samples also computed in float64 to measure what the decoder dtype does to the
+estimate (0 switches the probe off)."""
+
+PRECISION_PROBE_THRESHOLD: float = 0.1
+"""Above this many standard errors of change, the dtype is flagged and a better one suggested."""
+
+TARGET_STDERR_MIN_SAMPLES: int = 1000
+"""With --target-stderr, never stop before this many finite samples: a standard error from a
+handful of samples is itself too noisy to stop on."""
+
+CHECKPOINT_INTERVAL_SECONDS: float = 10.0
+"""Seconds between checkpoint writes (one is also written on completion and on interrupt)."""
+
+CUDA_MEMORY_FRACTION: float = 0.5
+"""Share of the device's free memory the automatic batch size may plan the Jacobians into
+(the rest is headroom for activations, their tangents and the allocator)."""
+
+INTERRUPTED_EXIT_CODE: int = 130
+"""Exit status after Ctrl-C / SIGTERM: 128 + SIGINT, as shells report it."""
+
+# ----------------------------------------------------------------- inspect and convert (issue 4)
+
+INSPECT_PROBE_LATENTS: int = 4
+"""Latents whose Jacobians ``inspect`` probes (singular values, rank at s)."""
+
+INSPECT_TIMING_BATCH: int = 64
+INSPECT_TIMING_REPEATS: int = 3
+"""``inspect`` times the best of this many forward passes of this many latents."""
+
+CONVERT_OUTPUT_TOLERANCE: float = 1e-9
+"""``convert`` checks its result: outputs on probe latents (float64) may differ from the
+source's by at most this, relative to the largest output magnitude (+1)."""
+
+# ----------------------------------------------------------------- compare and samples (issue 7)
 
 COMPARE_SIGNIFICANCE_LEVEL: float = 0.05
 """Family-wise level of ``compare``'s significance marks (Holm-adjusted over all pairs)."""

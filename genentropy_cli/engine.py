@@ -10,10 +10,11 @@ from __future__ import annotations
 
 import copy
 import math
-import time
 from contextlib import contextmanager, nullcontext
+from collections import deque
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterator, Sequence
+from pathlib import Path
+from typing import Any, Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -25,28 +26,29 @@ from .defaults import (
     DEFAULT_NUM_SAMPLES,
     DEFAULT_SCALES,
     DEFAULT_SEED,
-    AUTO_TANGENT_CHUNK,
-    CPU_EFFECTIVE_BATCH,
-    CUDA_EFFECTIVE_BATCH,
-    JACOBIAN_MEMORY_BUDGET_BYTES,
-    LATENT_BLOCK_SIZE,
-    MAX_AUTO_BATCH_SIZE,
-    MIN_AUTO_BATCH_SIZE,
+    CHECKPOINT_INTERVAL_SECONDS,
+    PRECISION_PROBE_SAMPLES,
+    STACKED_PROBE_COLUMNS,
     SUPPORTED_DTYPES,
+    TARGET_STDERR_MIN_SAMPLES,
 )
-from .errors import EstimationError, InputError, NonFiniteSampleError
+from .errors import InputError
 from .jacobian import (
     DecoderFn,
     batched_jacobian,
+    copy_with_fresh_torchscript,
     flat_decoder,
     fresh_torchscript_copy,
     is_torchscript,
     replicated_jacobian,
+    torchscript_parts,
     torchscript_safe,
 )
 from .latents import LatentDistribution, LatentSpec, LatentStream, distribution_label, make_latent_spec
 from .logdet import gram_eigenvalues, half_log_det_regularised
-from .stats import BlockAccumulator, RunningMoments
+from .memory import activation_bytes_per_row
+from .stacked import UnsupportedOperation, stacked_jacobian, stacked_jacobian_profiled
+from .stats import RunningMoments
 
 ProgressCallback = Callable[[int, int, Sequence[float]], None]
 """progress(samples_done, samples_total, running_entropy_per_scale)."""
@@ -127,29 +129,16 @@ def validate_scales(scales: Sequence[float]) -> tuple[float, ...]:
     return values
 
 
-def auto_tangent_chunk(latent_dim: int) -> int:
-    return min(latent_dim, AUTO_TANGENT_CHUNK)
-
-
-def auto_batch_size(latent_dim: int, output_dim: int, dtype: torch.dtype, device: torch.device,
-                    tangent_chunk: int, memory_budget: int = JACOBIAN_MEMORY_BUDGET_BYTES) -> int:
-    """Samples per batch: (samples x tangent chunk) near the device's efficient decoder batch,
-    and the batch's Jacobian (decoder dtype plus its float64 copy, with room for the
-    tangents of the activations) within ``memory_budget`` bytes."""
-    itemsize = torch.empty((), dtype=dtype).element_size()
-    per_sample = latent_dim * output_dim * (2 * itemsize + 8)
-    by_memory = memory_budget // max(per_sample, 1)
-    effective = CUDA_EFFECTIVE_BATCH if device.type == "cuda" else CPU_EFFECTIVE_BATCH
-    by_speed = max(1, effective // max(tangent_chunk, 1))
-    return int(min(MAX_AUTO_BATCH_SIZE, max(MIN_AUTO_BATCH_SIZE, min(by_memory, by_speed))))
-
-
 def resolve_work_sizes(latent_dim: int, output_dim: int, dtype: torch.dtype, device: torch.device,
                        batch_size: int | None = None, tangent_chunk: int | None = None) -> tuple[int, int]:
-    """(batch size, tangent chunk): the ones given, else the automatic choices."""
-    chunk = int(tangent_chunk) if tangent_chunk else auto_tangent_chunk(latent_dim)
-    batch = int(batch_size) if batch_size else auto_batch_size(latent_dim, output_dim, dtype, device, chunk)
-    return batch, chunk
+    """(batch size, tangent chunk): the ones given, else ``planning.plan_batch``'s choice
+    within the device's default memory budget."""
+    from .memory import device_memory_budget
+    from .planning import plan_batch
+
+    plan = plan_batch(latent_dim, output_dim, dtype, device, None, working_memory=device_memory_budget(device),
+                      batch_size=batch_size, tangent_chunk=tangent_chunk)
+    return plan.batch_size, plan.tangent_chunk
 
 
 # --------------------------------------------------------------------------- decoder
@@ -169,6 +158,12 @@ class PreparedDecoder:
     output_shape: tuple[int, ...]
     torchscript: bool
     jacobian_method: str = "vmap"
+    fallback_method: str = "vmap"
+    """The torch.func method (vmap or replicated) that works; used where stacked meets an op it lacks."""
+    activation_bytes_per_row: int | None = None
+    """Largest bytes one op of the decoder holds per row (inputs plus output), measured on the probe."""
+    method_note: str | None = None
+    """Why the stacked method is not used, when it is not."""
 
     def context(self):
         return torchscript_safe() if self.torchscript else nullcontext()
@@ -200,7 +195,8 @@ def prepare_decoder(
     if torchscript:
         module = fresh_torchscript_copy(decoder)
     elif isinstance(decoder, torch.nn.Module):
-        module = copy.deepcopy(decoder)
+        torchscript = bool(torchscript_parts(decoder))  # e.g. an output transform around TorchScript
+        module = copy_with_fresh_torchscript(decoder)
     elif callable(decoder):
         module = decoder
     else:
@@ -215,6 +211,8 @@ def prepare_decoder(
     try:
         with torch.no_grad(), (torchscript_safe() if torchscript else nullcontext()):
             output = module(probe)
+    except InputError:
+        raise
     except Exception as error:  # the decoder's own message says what it expected
         shape = "x".join(str(size) for size in latent.shape)
         raise InputError(
@@ -224,7 +222,7 @@ def prepare_decoder(
     if not isinstance(output, torch.Tensor):
         raise InputError(
             f"the decoder returned a {type(output).__name__}, not a tensor; "
-            "wrap it so that it returns one output tensor"
+            "pick one output with --output-select KEY|INDEX, or wrap it so that it returns one tensor"
         )
     if output.dim() == 0 or output.shape[0] != 2:
         raise InputError(
@@ -245,23 +243,59 @@ def prepare_decoder(
     return prepared
 
 
+JACOBIAN_METHODS = {"stacked": stacked_jacobian, "vmap": batched_jacobian, "replicated": replicated_jacobian}
+"""stacked: one plain forward pass over stacked primal and tangent rows (``stacked``), the
+fastest; vmap: torch.func jvp under vmap; replicated: jvp on a repeated batch (no vmap)."""
+
+
+def stacked_tolerance(dtype: torch.dtype) -> float:
+    """How far (relative to the largest entry) stacked and torch.func Jacobians may differ on
+    the probe: round-off of the dtype, far below any missing or wrong derivative rule."""
+    return min(0.1, max(1e-10, 1000 * torch.finfo(dtype).eps))
+
+
+def jacobians_agree(candidate: torch.Tensor, reference: torch.Tensor, tolerance: float) -> bool:
+    finite = torch.isfinite(reference)
+    if not torch.equal(finite, torch.isfinite(candidate)):
+        return False
+    if not bool(finite.any()):
+        return True
+    scale = float(reference[finite].abs().max())
+    return float((candidate[finite] - reference[finite]).abs().max()) <= tolerance * max(scale, 1e-300)
+
+
 def _choose_jacobian_method(prepared: PreparedDecoder) -> str:
-    """vmap over tangents where the decoder's ops support it, else the replicated batch."""
-    probe = torch.zeros(2, prepared.latent.dim, dtype=prepared.dtype, device=prepared.device)
+    """The stacked method where its result matches torch.func on probe latents, else vmap over
+    tangents where the decoder's ops support it, else the replicated batch (compared and
+    probed on the first ``STACKED_PROBE_COLUMNS`` columns: the full Jacobian costs d
+    directions). Also records the decoder's activation bytes per row for batch planning."""
+    columns = min(prepared.latent.dim, STACKED_PROBE_COLUMNS)
+    probe = LatentStream(prepared.latent, seed=0).range(0, 2).to(device=prepared.device, dtype=prepared.dtype)
+    flat = prepared.flat()
     with prepared.context():
-        try:
-            batched_jacobian(prepared.flat(), probe, tangent_chunk=1)
-            return "vmap"
-        except Exception:
-            pass
-        try:
-            replicated_jacobian(prepared.flat(), probe, tangent_chunk=1)
-            return "replicated"
-        except Exception as error:
+        reference = None
+        for method in ("vmap", "replicated"):
+            try:
+                reference = JACOBIAN_METHODS[method](flat, probe, tangent_chunk=columns, max_columns=columns)
+                prepared.fallback_method = method
+                break
+            except Exception as error:
+                failure = error
+        if reference is None:
             raise InputError(
-                f"forward-mode AD fails through this decoder ({_first_line(error)}); "
+                f"forward-mode AD fails through this decoder ({_first_line(failure)}); "
                 "it must be differentiable with torch.func.jvp"
             ) from None
+        try:
+            stacked, _, row_bytes = stacked_jacobian_profiled(flat, probe, columns, max_columns=columns)
+            if jacobians_agree(stacked, reference, stacked_tolerance(prepared.dtype)):
+                prepared.activation_bytes_per_row = row_bytes
+                return "stacked"
+            prepared.method_note = "the stacked Jacobian differed from torch.func's on the probe latents"
+        except UnsupportedOperation as error:
+            prepared.method_note = f"stacked method unavailable: {error}"
+        prepared.activation_bytes_per_row = activation_bytes_per_row(flat, probe)
+    return prepared.fallback_method
 
 
 # --------------------------------------------------------------------------- per-sample terms
@@ -281,6 +315,16 @@ class SampleTerms:
         """h_i per scale: (B, S)."""
         return self.neg_log_density.unsqueeze(1) + self.half_log_det
 
+    @classmethod
+    def concat(cls, parts: Sequence["SampleTerms"]) -> "SampleTerms":
+        """One batch's terms from those of its consecutive pieces."""
+        return cls(
+            torch.cat([part.neg_log_density for part in parts]),
+            torch.cat([part.half_log_det for part in parts]),
+            torch.cat([part.eigenvalues for part in parts]),
+            sum(part.clipped_eigenvalues for part in parts),
+        )
+
 
 def compute_sample_terms(
     prepared: PreparedDecoder,
@@ -291,9 +335,15 @@ def compute_sample_terms(
     """h_i's pieces for a batch of float64 CPU latents (B, d)."""
     neg_log_density = -prepared.latent.distribution.log_density(flat_latents)
     inputs = flat_latents.to(device=prepared.device, dtype=prepared.dtype)
-    jacobian_fn = batched_jacobian if prepared.jacobian_method == "vmap" else replicated_jacobian
     with prepared.context():
-        columns, outputs = jacobian_fn(prepared.flat(), inputs, tangent_chunk, with_outputs=True)
+        try:
+            columns, outputs = JACOBIAN_METHODS[prepared.jacobian_method](
+                prepared.flat(), inputs, tangent_chunk, with_outputs=True)
+        except UnsupportedOperation as error:  # a branch of the decoder the probe did not reach
+            prepared.jacobian_method = prepared.fallback_method
+            prepared.method_note = f"stacked method left mid-run: {error}"
+            columns, outputs = JACOBIAN_METHODS[prepared.jacobian_method](
+                prepared.flat(), inputs, tangent_chunk, with_outputs=True)
     output_finite = torch.isfinite(outputs).all(dim=1).cpu()
     spectrum = gram_eigenvalues(columns)
     del columns, outputs
@@ -344,10 +394,18 @@ class EntropyResult:
     num_nonfinite: int = 0
     nonfinite_indices: list[int] = field(default_factory=list)
     diagnostics: dict = field(default_factory=dict)
+    partial: bool = False
+    """True when the run was interrupted: the estimate uses the samples done so far."""
+    stop_reason: str = "num_samples"
+    """What ended the run: num_samples (the -n cap), target_stderr or interrupted."""
+    precision_probe: dict | None = None
+    """The float64 check of the decoder dtype (``precision.PrecisionProbe.report``); None in float64."""
+    samples_computed: int | None = None
+    """Samples this call computed (less than N after a resume, more after an adaptive stop)."""
 
     @property
     def samples_per_second(self) -> float:
-        used = self.settings["num_samples"]
+        used = self.settings["num_samples"] if self.samples_computed is None else self.samples_computed
         return used / self.elapsed_seconds if self.elapsed_seconds > 0 else math.inf
 
     def estimate(self, scale: float) -> ScaleEstimate:
@@ -377,10 +435,16 @@ class EntropyResult:
             "elapsed_seconds": self.elapsed_seconds,
             "samples_per_second": self.samples_per_second,
             "diagnostics": dict(self.diagnostics),
+            "partial": self.partial,
+            "stop_reason": self.stop_reason,
+            "precision_probe": self.precision_probe,
         }
 
 
 def estimates_from_moments(scales: Sequence[float], moments: RunningMoments) -> list[ScaleEstimate]:
+    """One ScaleEstimate per scale (NaN where no sample was used, as in an early interrupt)."""
+    if moments.count == 0:
+        moments = RunningMoments(0, np.full(len(scales), math.nan), np.full(len(scales), math.nan))
     lower, upper = moments.ci95()
     return [
         ScaleEstimate(
@@ -402,27 +466,42 @@ BatchCallback = Callable[[np.ndarray, torch.Tensor, SampleTerms], None]
 """on_batch(sample_indices, flat_latents, terms): sees every batch (e.g. per-sample output)."""
 
 
+class SpanBatcher:
+    """Batches taken in order from (block, start, stop) spans of samples; a batch may span
+    blocks, and each ``take`` may ask for another size (the run loop halves it after an
+    out-of-memory error)."""
+
+    def __init__(self, spans: Iterable[tuple[int, int, int]]):
+        self._spans = deque((block, start, stop) for block, start, stop in spans if stop > start)
+
+    @property
+    def empty(self) -> bool:
+        return not self._spans
+
+    def take(self, size: int) -> list[tuple[int, int, int]]:
+        batch: list[tuple[int, int, int]] = []
+        room = int(size)
+        while room > 0 and self._spans:
+            block, start, stop = self._spans[0]
+            count = min(room, stop - start)
+            batch.append((block, start, start + count))
+            room -= count
+            if start + count == stop:
+                self._spans.popleft()
+            else:
+                self._spans[0] = (block, start + count, stop)
+        return batch
+
+
 def batch_plan(num_samples: int, batch_size: int, block_size: int,
                blocks: Sequence[int] | None = None) -> Iterator[list[tuple[int, int, int]]]:
     """Batches of at most ``batch_size`` samples, as lists of (block, start, stop) in-block
     segments, walking ``blocks`` (default all) in order; a batch may span blocks."""
     num_blocks = -(-num_samples // block_size)
     order = range(num_blocks) if blocks is None else blocks
-    current: list[tuple[int, int, int]] = []
-    room = batch_size
-    for block_index in order:
-        length = min(block_size, num_samples - block_index * block_size)
-        start = 0
-        while start < length:
-            take = min(room, length - start)
-            current.append((block_index, start, start + take))
-            start += take
-            room -= take
-            if room == 0:
-                yield current
-                current, room = [], batch_size
-    if current:
-        yield current
+    batcher = SpanBatcher((block, 0, min(block_size, num_samples - block * block_size)) for block in order)
+    while not batcher.empty:
+        yield batcher.take(batch_size)
 
 
 def estimate_entropy(
@@ -440,14 +519,41 @@ def estimate_entropy(
     skip_nonfinite: bool = False,
     tangent_chunk: int | None = None,
     on_batch: BatchCallback | None = None,
+    target_stderr: float | None = None,
+    min_samples: int = TARGET_STDERR_MIN_SAMPLES,
+    checkpoint: str | Path | None = None,
+    checkpoint_every: float = CHECKPOINT_INTERVAL_SECONDS,
+    per_sample: str | Path | None = None,
+    save_latents: bool = False,
+    probe_samples: int = PRECISION_PROBE_SAMPLES,
+    handle_signals: bool = False,
+    log: Callable[[str], None] | None = None,
+    distributed: bool | None = None,
+    max_memory: int | str | None = None,
 ) -> EntropyResult:
     """Estimate the differential entropy of ``decoder``'s output distribution (nats).
 
     ``decoder`` maps a batch of latents shaped (B, *latent_shape) to outputs (B, ...), which
     are flattened to D. ``latent`` is a LatentSpec, a dimension or a shape (standard normal
     unless ``latent_distribution`` says otherwise). Same seed, same answer: sample i's latent
-    depends only on (seed, i), whatever the batch size or device.
+    depends only on (seed, i), whatever the batch size, device, process count or interruption.
+
+    Long and large runs (``runner`` has the loop):
+
+    * ``target_stderr``: stop at the first sample count (>= ``min_samples``) where the standard
+      error is at most this at every scale, ``n_samples`` being the cap;
+    * ``checkpoint``: a file saved atomically every ``checkpoint_every`` seconds and at the end;
+      an existing one (same settings) is resumed, one with other settings refused;
+    * ``per_sample``: a .npy/.csv/.jsonl file of per-sample rows (with ``save_latents`` the latents);
+    * ``probe_samples``: how many first samples are also computed in float64 (0: no probe);
+    * ``handle_signals``: SIGINT/SIGTERM finish the batch and return a partial result;
+    * ``log``: where run notes go (out-of-memory retries, the precision warning; default:
+      ``warnings.warn``); ``distributed``: None joins torchrun's process group when launched by it;
+    * ``max_memory``: bytes (or '2GB', '1.5GiB') the process may hold on the CPU, or PyTorch may
+      allocate on a GPU: the batch size and tangent chunk are planned to fit (``planning``).
     """
+    from .runner import RunOptions, run_estimate  # the run loop builds on this module
+
     if latent_distribution is not None and not isinstance(latent, LatentSpec):
         spec = make_latent_spec(latent, latent_distribution)
     else:
@@ -457,98 +563,11 @@ def estimate_entropy(
         raise InputError(f"the number of samples must be positive, got {n_samples}")
     if batch_size is not None and int(batch_size) <= 0:
         raise InputError(f"the batch size must be positive, got {batch_size}")
-    if tangent_chunk is not None and int(tangent_chunk) <= 0:
-        raise InputError(f"the tangent chunk must be positive, got {tangent_chunk}")
-    num_samples = int(n_samples)
-    torch_device = resolve_device(device)
-    torch_dtype = resolve_dtype(dtype)
-
-    started = time.perf_counter()
-    with strict_float32():
-        prepared = prepare_decoder(decoder, spec, torch_device, torch_dtype)
-        chosen_chunk = int(tangent_chunk) if tangent_chunk else auto_tangent_chunk(spec.dim)
-        chosen_batch = int(batch_size) if batch_size else auto_batch_size(
-            spec.dim, prepared.output_dim, torch_dtype, torch_device, chosen_chunk)
-        stream = LatentStream(spec, seed)
-        accumulator = BlockAccumulator(len(scale_values), list(range(-(-num_samples // stream.block_size))))
-        running_sum = np.zeros(len(scale_values))
-        done = used = 0
-        nonfinite_indices: list[int] = []
-        num_nonfinite = 0
-        clipped = 0
-        smallest_eigenvalue, largest_eigenvalue = math.inf, 0.0
-        for segments in batch_plan(num_samples, chosen_batch, stream.block_size):
-            indices = np.concatenate([
-                np.arange(block * stream.block_size + start, block * stream.block_size + stop)
-                for block, start, stop in segments
-            ])
-            latents = torch.cat([stream.block(block)[start:stop] for block, start, stop in segments])
-            try:
-                terms = compute_sample_terms(prepared, latents, scale_values, chosen_chunk)
-            except (InputError, EstimationError):
-                raise
-            except RuntimeError as error:
-                raise EstimationError(
-                    f"the decoder failed on samples {indices[0]}..{indices[-1]} ({_first_line(error)})"
-                ) from error
-            if on_batch is not None:
-                on_batch(indices, latents, terms)
-            values = terms.entropy_terms.numpy()
-            finite = np.isfinite(values).all(axis=1)
-            if not finite.all():
-                bad = indices[~finite]
-                if not skip_nonfinite:
-                    bad_scale = int(np.argmin(np.isfinite(values[~finite][0])))
-                    raise NonFiniteSampleError(int(bad[0]), scale_values[bad_scale])
-                num_nonfinite += int(bad.size)
-                nonfinite_indices.extend(int(i) for i in bad[: max(0, 100 - len(nonfinite_indices))])
-            clipped += terms.clipped_eigenvalues
-            if terms.eigenvalues.numel():
-                smallest_eigenvalue = min(smallest_eigenvalue, float(terms.eigenvalues[:, 0].min()))
-                largest_eigenvalue = max(largest_eigenvalue, float(terms.eigenvalues[:, -1].max()))
-            position = 0
-            for block, start, stop in segments:
-                block_finite = finite[position : position + stop - start]
-                accumulator.add(block, values[position : position + stop - start][block_finite])
-                position += stop - start
-                block_length = min(stream.block_size, num_samples - block * stream.block_size)
-                if stop == block_length:
-                    accumulator.complete_block(block)
-            running_sum += values[finite].sum(axis=0)
-            done += len(indices)
-            used += int(finite.sum())
-            if progress is not None:
-                progress(done, num_samples, (running_sum / max(used, 1)).tolist())
-    elapsed = time.perf_counter() - started
-
-    if accumulator.total.count == 0:
-        raise EstimationError("no finite samples were left to estimate from")
-    settings = {
-        "num_samples": num_samples,
-        "batch_size": chosen_batch,
-        "seed": int(seed),
-        "device": str(torch_device),
-        "dtype": str(torch_dtype).removeprefix("torch."),
-        "scales": list(scale_values),
-        "skip_nonfinite": bool(skip_nonfinite),
-        "tangent_chunk": chosen_chunk,
-    }
-    diagnostics = {
-        "jacobian_method": prepared.jacobian_method,
-        "torchscript": prepared.torchscript,
-        "clipped_eigenvalues": clipped,
-        "smallest_singular_value": math.sqrt(smallest_eigenvalue) if math.isfinite(smallest_eigenvalue) else None,
-        "largest_singular_value": math.sqrt(largest_eigenvalue),
-        "latent_block_size": stream.block_size,
-    }
-    return EntropyResult(
-        estimates=estimates_from_moments(scale_values, accumulator.total),
-        latent=spec,
-        output_dim=prepared.output_dim,
-        output_shape=prepared.output_shape,
-        settings=settings,
-        elapsed_seconds=elapsed,
-        num_nonfinite=num_nonfinite,
-        nonfinite_indices=nonfinite_indices,
-        diagnostics=diagnostics,
+    options = RunOptions(
+        skip_nonfinite=skip_nonfinite, tangent_chunk=tangent_chunk, on_batch=on_batch, target_stderr=target_stderr,
+        min_samples=min_samples, checkpoint=checkpoint, checkpoint_every=checkpoint_every, per_sample=per_sample,
+        save_latents=save_latents, probe_samples=probe_samples, handle_signals=handle_signals, log=log,
+        distributed=distributed, max_memory=max_memory,
     )
+    return run_estimate(decoder, spec, scale_values, int(n_samples), batch_size, device, resolve_dtype(dtype),
+                        seed, progress, options)

@@ -32,3 +32,9 @@ class NonFiniteSampleError(EstimationError):
             "check the decoder for NaN/inf outputs, or pass --skip-nonfinite to drop "
             "such samples (their count is reported)"
         )
+
+
+def first_line(error: BaseException) -> str:
+    """The first line of an exception's message (its type name if it has none), for one-line errors."""
+    text = str(error).strip().splitlines()
+    return text[0] if text else type(error).__name__

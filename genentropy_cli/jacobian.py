@@ -9,6 +9,7 @@ primal pass runs once per chunk: the cost is close to (d + 1) plain forward pass
 
 from __future__ import annotations
 
+import copy
 import io
 from contextlib import contextmanager
 from typing import Callable, Iterator
@@ -36,6 +37,27 @@ def fresh_torchscript_copy(decoder: torch.jit.ScriptModule) -> torch.jit.ScriptM
     return torch.jit.load(buffer, map_location="cpu")
 
 
+def torchscript_parts(module: torch.nn.Module) -> list[torch.jit.ScriptModule]:
+    """The outermost TorchScript submodules of a Python module (e.g. a wrapper around one)."""
+    found: list[torch.jit.ScriptModule] = []
+
+    def visit(node: torch.nn.Module) -> None:
+        for child in node.children():
+            if is_torchscript(child):
+                found.append(child)
+            else:
+                visit(child)
+
+    visit(module)
+    return found
+
+
+def copy_with_fresh_torchscript(module: torch.nn.Module) -> torch.nn.Module:
+    """A deep copy in which every TorchScript part is a fresh reload (``fresh_torchscript_copy``)."""
+    memo = {id(part): fresh_torchscript_copy(part) for part in torchscript_parts(module)}
+    return copy.deepcopy(module, memo)
+
+
 @contextmanager
 def torchscript_safe() -> Iterator[None]:
     """Run TorchScript without the optimising executor (see ``fresh_torchscript_copy``)."""
@@ -59,14 +81,17 @@ def batched_jacobian(
     latents: torch.Tensor,
     tangent_chunk: int | None = None,
     with_outputs: bool = False,
+    max_columns: int | None = None,
 ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
     """Jacobians of ``flat_fn`` at each row of ``latents`` (B, d), returned as (d, B, D).
 
     Entry [j, b, :] is d output / d z_j at sample b. ``tangent_chunk`` bounds how many
     tangent directions are pushed through the decoder at once (None: all d). With
     ``with_outputs`` the decoder outputs (B, D), computed on the way, come back too.
+    ``max_columns`` computes only the first columns (a cheap check that the method works).
     """
     batch, dim = latents.shape
+    columns_wanted = dim if max_columns is None else max(1, min(int(max_columns), dim))
     directions = torch.eye(dim, dtype=latents.dtype, device=latents.device)
     tangents = directions.unsqueeze(1).expand(dim, batch, dim)
 
@@ -75,13 +100,13 @@ def batched_jacobian(
         return output_tangent, output
 
     chunk = dim if tangent_chunk is None else max(1, min(int(tangent_chunk), dim))
-    pieces = []
-    outputs = None
-    for first in range(0, dim, chunk):
-        piece, output = vmap(column, out_dims=(0, None))(tangents[first : first + chunk])
-        pieces.append(piece)
-        outputs = output if outputs is None else outputs
-    columns = pieces[0] if len(pieces) == 1 else torch.cat(pieces, dim=0)
+    columns = outputs = None
+    for first in range(0, columns_wanted, chunk):
+        piece, output = vmap(column, out_dims=(0, None))(tangents[first : min(first + chunk, columns_wanted)])
+        if columns is None:  # one (d, B, D) tensor filled chunk by chunk: no second copy from a cat
+            columns, outputs = piece.new_empty((columns_wanted, *piece.shape[1:])), output
+        columns[first : first + piece.shape[0]] = piece
+        del piece
     return (columns, outputs) if with_outputs else columns
 
 
@@ -90,6 +115,7 @@ def replicated_jacobian(
     latents: torch.Tensor,
     tangent_chunk: int | None = None,
     with_outputs: bool = False,
+    max_columns: int | None = None,
 ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
     """Same result as ``batched_jacobian`` without vmap, for decoders with ops vmap lacks.
 
@@ -100,8 +126,9 @@ def replicated_jacobian(
     chunk = dim if tangent_chunk is None else max(1, min(int(tangent_chunk), dim))
     columns = []
     outputs = None
-    for first in range(0, dim, chunk):
-        count = min(chunk, dim - first)
+    columns_wanted = dim if max_columns is None else max(1, min(int(max_columns), dim))
+    for first in range(0, columns_wanted, chunk):
+        count = min(chunk, columns_wanted - first)
         repeated = latents.repeat(count, 1)
         tangent = torch.zeros_like(repeated)
         rows = torch.arange(count * batch, device=latents.device)

@@ -11,6 +11,8 @@ from typing import Sequence
 
 import torch
 
+from .defaults import GRAM_SLAB_BYTES
+
 
 @dataclass
 class GramSpectrum:
@@ -20,7 +22,23 @@ class GramSpectrum:
     clipped_count: int
 
 
-def gram_eigenvalues(jacobian_columns: torch.Tensor) -> GramSpectrum:
+def gram_matrices(jacobian_columns: torch.Tensor, slab_bytes: int = GRAM_SLAB_BYTES) -> torch.Tensor:
+    """J^T J per sample in float64, (B, d, d), from Jacobian columns shaped (d, B, D).
+
+    The float64 copy of the columns is made a slab of samples at a time (at most about
+    ``slab_bytes``), not for the whole batch at once. A float32 (or narrower) entry is exact
+    in float64, and so is each product; only the sums round, in float64.
+    """
+    dim, batch, output_dim = jacobian_columns.shape
+    gram = torch.empty((batch, dim, dim), dtype=torch.float64, device=jacobian_columns.device)
+    step = max(1, slab_bytes // max(1, dim * output_dim * 8))
+    for first in range(0, batch, step):
+        per_sample = jacobian_columns[:, first : first + step].to(torch.float64).permute(1, 0, 2)  # (b, d, D)
+        torch.bmm(per_sample, per_sample.transpose(1, 2), out=gram[first : first + step])
+    return gram
+
+
+def gram_eigenvalues(jacobian_columns: torch.Tensor, slab_bytes: int = GRAM_SLAB_BYTES) -> GramSpectrum:
     """Eigenvalues of J^T J for each sample from Jacobian columns shaped (d, B, D).
 
     The Gram matrix is formed and decomposed in float64 whatever the decoder's dtype:
@@ -28,9 +46,7 @@ def gram_eigenvalues(jacobian_columns: torch.Tensor) -> GramSpectrum:
     Round-off can leave eigenvalues of a PSD matrix slightly negative; they are clipped
     to zero and counted.
     """
-    per_sample = jacobian_columns.to(torch.float64).permute(1, 0, 2)  # (B, d, D)
-    gram = torch.bmm(per_sample, per_sample.transpose(1, 2))
-    eigenvalues = torch.linalg.eigvalsh(gram)
+    eigenvalues = torch.linalg.eigvalsh(gram_matrices(jacobian_columns, slab_bytes))
     negative = eigenvalues < 0
     clipped = int(negative.sum().item())
     if clipped:

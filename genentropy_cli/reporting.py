@@ -13,7 +13,9 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskProgressColumn, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
+from .config import with_configuration
 from .engine import EntropyResult, ProgressCallback
+from .stopping import STOP_REASONS
 
 stdout_console = Console(highlight=False)
 stderr_console = Console(stderr=True, highlight=False)
@@ -41,27 +43,103 @@ def latent_label(result: EntropyResult) -> str:
 def estimate_table(result: EntropyResult, model_path: str) -> Table:
     """One row per scale: entropy, standard error, per-sample std, 95% CI and N; the model,
     latent, time and throughput in the title and caption."""
+    probe = result.precision_probe or {}
+    shifts = probe.get("difference_in_stderr")
     table = Table(
-        title=f"Entropy of {model_path}",
+        title=f"Entropy of {model_path}" + (" [bold red]PARTIAL (interrupted)[/bold red]" if result.partial else ""),
         caption=(
             f"latent {latent_label(result)}, D = {result.output_dim}; {result.settings['device']}, "
             f"{result.settings['dtype']}, seed {result.settings['seed']}; "
             f"{result.elapsed_seconds:.1f} s, {result.samples_per_second:,.0f} samples/s. "
             "Entropy in nats; Std = per-sample std; Std. error = Std / sqrt(N)."
+            + (f" Last column: mean change of h_i with --dtype {probe['dtype']} instead of float64 "
+               f"(first {probe['num_samples']} samples), in standard errors." if shifts else "")
         ),
     )
-    for header in ("Scale s", "Entropy", "Std. error", "Std", "95% CI", "N"):
+    headers = ["Scale s", "Entropy", "Std. error", "Std", "95% CI", "N"]
+    for header in headers + (["dtype shift"] if shifts else []):
         table.add_column(header, justify="right")
-    for item in result.estimates:
-        table.add_row(
+    for index, item in enumerate(result.estimates):
+        row = [
             f"{item.scale:.0e}",
             format_number(item.entropy),
             format_error(item.stderr),
             format_number(item.std),
             f"{format_number(item.ci95[0])} to {format_number(item.ci95[1])}",
             str(item.num_samples),
-        )
+        ]
+        if shifts:
+            row.append(format_shift(shifts[index], probe["threshold_in_stderr"]))
+        table.add_row(*row)
     return table
+
+
+def format_shift(value: float, threshold: float) -> str:
+    """A precision-probe shift in standard errors, red where it exceeds the threshold."""
+    if value is None or not math.isfinite(value):
+        return "-"
+    text = f"{value:+.2f} SE"
+    return f"[red]{text}[/red]" if abs(value) > threshold else text
+
+
+def format_bytes(count: int | None) -> str:
+    if count is None:
+        return "-"
+    return f"{count / 1024**2:,.0f} MiB"
+
+
+def _quantile_text(quantiles: dict | None) -> str:
+    if not quantiles:
+        return "-"
+    return " / ".join(f"{quantiles[name]:.3g}" for name in ("min", "q01", "median", "q99", "max"))
+
+
+def diagnostics_table(result: EntropyResult) -> Table:
+    """Under the estimate: why the run stopped, the Jacobians' spectrum, the machine."""
+    diagnostics, settings = result.diagnostics, result.settings
+    table = Table(title="Diagnostics", show_header=False, title_justify="left")
+    table.add_column("item", style="bold")
+    table.add_column("value")
+    used = result.estimates[0].num_samples if result.estimates else 0
+    table.add_row("stopped", f"{STOP_REASONS.get(result.stop_reason, result.stop_reason)} "
+                  f"({used} samples used, {diagnostics.get('samples_computed', '-')} computed in this run"
+                  + (f", resumed at {diagnostics['resumed_from_samples']}" if diagnostics.get("resumed_from_samples") else "")
+                  + ")")
+    table.add_row("smallest singular value of J", f"{_quantile_text(diagnostics.get('smallest_singular_value_quantiles'))}"
+                  "  (min / 1% / median / 99% / max)")
+    table.add_row("largest singular value of J", f"{_quantile_text(diagnostics.get('largest_singular_value_quantiles'))}")
+    collapsed = diagnostics.get("mean_collapsed_directions") or {}
+    table.add_row("mean directions with lambda < s^2",
+                  ", ".join(f"s={scale}: {format_number(value, 2)}" for scale, value in collapsed.items()) or "-")
+    table.add_row("non-finite samples", f"{result.num_nonfinite}" + (" (skipped)" if result.num_nonfinite else ""))
+    table.add_row("device", f"{diagnostics.get('device_name', settings['device'])} ({settings['device']}), "
+                  f"decoder {diagnostics.get('decoder_dtype', settings['dtype'])}, "
+                  f"{diagnostics.get('world_size', 1)} process(es)")
+    table.add_row("batch / tangent chunk", f"{diagnostics.get('batch_size')} -> {diagnostics.get('batch_size_final')} / "
+                  f"{diagnostics.get('tangent_chunk')} -> {diagnostics.get('tangent_chunk_final')}"
+                  f" ({diagnostics.get('oom_retries', 0)} out-of-memory retries)")
+    table.add_row("peak memory", f"{format_bytes(diagnostics.get('peak_memory_bytes'))} "
+                  f"({diagnostics.get('peak_memory_kind', '-')})")
+    probe = result.precision_probe
+    if probe is None:
+        table.add_row("precision probe", "not needed: the decoder ran in float64")
+    elif probe.get("skipped"):
+        table.add_row("precision probe", f"skipped: {probe['skipped']}")
+    else:
+        verdict = (f"exceeds {probe['threshold_in_stderr']:g} SE: use --dtype {probe['suggested_dtype']}"
+                   if probe["flagged"] else f"within {probe['threshold_in_stderr']:g} SE")
+        table.add_row("precision probe", f"{probe['dtype']} vs float64 on the first {probe['num_samples']} samples: "
+                      + ", ".join(f"s={scale:g}: {format_shift(value, probe['threshold_in_stderr'])}"
+                                  for scale, value in zip(probe["scales"], probe["difference_in_stderr"]))
+                      + f" ({verdict})")
+    return table
+
+
+def partial_note(result: EntropyResult) -> str | None:
+    if not result.partial:
+        return None
+    where = f"; rerun the same command to resume from {result.settings['checkpoint']}" if result.settings.get("checkpoint") else ""
+    return f"interrupted: the result is PARTIAL ({result.estimates[0].num_samples} samples){where}"
 
 
 def nonfinite_note(result: EntropyResult) -> str | None:
@@ -73,15 +151,15 @@ def nonfinite_note(result: EntropyResult) -> str | None:
 
 
 def print_json(document: dict) -> None:
-    """Exactly one JSON document on stdout."""
-    print(json.dumps(document, indent=2, allow_nan=True))
+    """Exactly one JSON document on stdout (with the command's resolved configuration)."""
+    print(json.dumps(with_configuration(document), indent=2, allow_nan=True))
 
 
 def write_json(document: dict, path: str | Path) -> None:
     """Write the JSON atomically, so a crash never leaves half a file."""
     target = Path(path)
     temporary = target.with_name(f".{target.name}.tmp")
-    temporary.write_text(json.dumps(document, indent=2, allow_nan=True) + "\n")
+    temporary.write_text(json.dumps(with_configuration(document), indent=2, allow_nan=True) + "\n")
     os.replace(temporary, target)
 
 
@@ -120,3 +198,67 @@ def progress_bar(description: str, scales: Sequence[float], enabled: bool = True
 
     with progress:
         yield update
+
+
+def _field_table(title: str, rows: Sequence[tuple[str, str]], caption: str | None = None) -> Table:
+    table = Table(title=title, caption=caption, show_header=False)
+    table.add_column("field", style="bold")
+    table.add_column("value")
+    for name, value in rows:
+        table.add_row(name, value)
+    return table
+
+
+def _sources(mapping: dict) -> str:
+    return ", ".join(f"{key} from {value}" for key, value in mapping.items()) or "-"
+
+
+def _transform_label(transform: dict) -> str:
+    parts = []
+    if transform.get("select") is not None:
+        parts.append(f"select {transform['select']}")
+    if transform.get("range") is not None:
+        low, high = transform["range"]
+        parts.append(f"[{low:g}, {high:g}] -> [0, 1]")
+    return ", ".join(parts) or "none"
+
+
+def inspect_table(report: dict) -> Table:
+    """``genentropy inspect``: one row per fact."""
+    model, probe, parameters = report["model"], report["jacobian_probe"], report["parameters"]
+    ranks = probe["rank_at_scale"]
+    rows = [
+        ("format", model["format"] + (" (runs code from the file: trusted sources only)"
+                                      if model["runs_code_from_file"] else "")),
+        ("architecture", str(model.get("architecture") or "-")),
+        ("spec", str(model.get("spec_source") or "-")),
+        ("parameters", f"{parameters['count']:,} ({', '.join(parameters['dtypes']) or '-'}); "
+                       f"buffers {parameters['buffers']:,}"),
+        ("latent", f"{'x'.join(str(size) for size in model['latent_shape'])} {model['latent_distribution']} "
+                   f"(d = {model['latent_dim']}; {_sources(model['latent_source'])})"),
+        ("output", f"{'x'.join(str(size) for size in model['output_shape'])} (D = {model['output_dim']})"),
+        ("output transform", _transform_label(model["output_transform"])),
+        ("forward time", f"{report['forward_seconds_per_sample'] * 1e6:,.1f} us/sample "
+                         f"({report['timing']['device']}, {report['timing']['dtype']}, batch {report['timing']['batch']})"),
+        ("singular values", f"{probe['smallest_singular_value']:.3g} to {probe['largest_singular_value']:.3g} "
+                            f"over {probe['num_latents']} latents"),
+        (f"rank at s = {probe['scale']:g}", f"{min(ranks)} to {max(ranks)} of d = {probe['latent_dim']}"),
+    ]
+    return _field_table(f"Model {model['path']}", rows)
+
+
+def convert_table(report: dict) -> Table:
+    """``genentropy convert``: what was written and how it was checked."""
+    spec = report["spec"]
+    rows = [
+        ("source", f"{report['source']['path']} ({report['source']['format']})"),
+        ("written", f"{report['target']} ({report['bytes']:,} bytes)"),
+        ("architecture", str(spec.get("architecture") or f"import {spec.get('import')}")),
+        ("kwargs", json.dumps(spec.get("kwargs") or {})),
+        ("latent", f"{'x'.join(str(size) for size in spec['latent']['shape'])} {spec['latent']['distribution']}"),
+        ("output transform", json.dumps(spec.get("output")) if spec.get("output") else "none"),
+        ("tensors", f"{report['tensors']} ({report['parameters']:,} values), identical after reload: "
+                    f"{'yes' if report['weights_identical'] else 'no'}"),
+        ("outputs", f"max relative difference after reload {report['max_relative_output_difference']:.3g}"),
+    ]
+    return _field_table("Converted to self-describing safetensors", rows)

@@ -104,3 +104,58 @@ class BlockAccumulator:
             self.total = self.total.merge(self._completed.pop(self.block_order[self.merged_blocks]))
             self.merged_blocks += 1
         return moments
+
+
+@dataclass
+class LogHistogram:
+    """Counts of non-negative values in log10 bins (``PER_DECADE`` per decade over
+    [10^LOW, 10^HIGH)), with the exact minimum and maximum.
+
+    Quantiles come out within a factor 10^(1/PER_DECADE) (2.3 %) of the exact ones, in
+    constant memory however many samples there are, and histograms merge exactly (counts add),
+    so a checkpoint stays small for runs of millions of samples.
+    """
+
+    LOW = -30
+    HIGH = 30
+    PER_DECADE = 100
+    counts: np.ndarray = field(default_factory=lambda: np.zeros((LogHistogram.HIGH - LogHistogram.LOW)
+                                                                 * LogHistogram.PER_DECADE, dtype=np.int64))
+    minimum: float = math.inf
+    maximum: float = -math.inf
+
+    @property
+    def total(self) -> int:
+        return int(self.counts.sum())
+
+    def add(self, values: np.ndarray) -> None:
+        values = np.asarray(values, dtype=np.float64)
+        values = values[np.isfinite(values)]
+        if values.size == 0:
+            return
+        self.minimum = min(self.minimum, float(values.min()))
+        self.maximum = max(self.maximum, float(values.max()))
+        with np.errstate(divide="ignore"):
+            positions = np.floor((np.log10(np.maximum(values, 0.0)) - self.LOW) * self.PER_DECADE)
+        bins = np.clip(np.nan_to_num(positions, neginf=0.0), 0, self.counts.size - 1).astype(np.int64)
+        self.counts += np.bincount(bins, minlength=self.counts.size)
+
+    def copy(self) -> "LogHistogram":
+        return LogHistogram(self.counts.copy(), self.minimum, self.maximum)
+
+    def quantile(self, level: float) -> float | None:
+        """The value at ``level`` in [0, 1]: the exact extremes at 0 and 1, else the geometric
+        centre of the bin holding the sample of rank level * (n - 1), kept within the extremes."""
+        total = self.total
+        if total == 0:
+            return None
+        if level <= 0:
+            return self.minimum
+        if level >= 1:
+            return self.maximum
+        rank = level * (total - 1)
+        index = int(np.searchsorted(np.cumsum(self.counts), rank, side="right"))
+        if index == 0:
+            return self.minimum
+        centre = 10.0 ** (self.LOW + (index + 0.5) / self.PER_DECADE)
+        return float(min(max(centre, self.minimum), self.maximum))

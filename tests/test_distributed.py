@@ -1,0 +1,92 @@
+"""Many processes: torchrun with gloo on the CPU gives the one-process estimate."""
+
+from __future__ import annotations
+
+import re
+
+import numpy as np
+import pytest
+
+from genentropy_cli.distributed import deal_round_robin
+from genentropy_cli.ledger import RunLedger, SampleRows
+from longrun_support import assert_same_estimates, parse_json, run_subprocess, save_small_mlp
+
+GLOO_UNAVAILABLE = re.compile(r"DistNetworkError|DistStoreError|RendezvousError|Gloo connectFullMesh failed|"
+                              r"gloo.*(not available|unsupported)|Address already in use", re.IGNORECASE)
+
+
+def test_torchrun_two_processes_give_the_one_process_estimate(tmp_path, run_cli):
+    """Acceptance 1: ``torchrun --nproc_per_node 2`` (gloo, CPU) vs one process, 1e-12 relative.
+
+    3500 samples = 3 whole latent blocks and a partial one, dealt 0, 2 / 1, 3 to the ranks."""
+    model = save_small_mlp(tmp_path / "mlp.pt")
+    arguments = ["estimate", model, "-n", "3500", "--batch-size", "96", "--dtype", "float64",
+                 "-s", "1e-1", "-s", "1e-3", "--json", "--quiet"]
+    launched = run_subprocess("-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                              "-m", "genentropy_cli", *arguments, "--per-sample", tmp_path / "two.jsonl")
+    if launched.returncode != 0 and GLOO_UNAVAILABLE.search(launched.stderr):
+        pytest.skip(f"the gloo backend cannot start here: {GLOO_UNAVAILABLE.search(launched.stderr).group(0)}")
+    assert launched.returncode == 0, launched.stderr[-3000:]
+    two = parse_json(launched.stdout)  # rank 0 alone printed: exactly one JSON document
+    assert two["settings"]["world_size"] == 2
+    assert two["diagnostics"]["samples_computed"] == 3500
+
+    single = run_cli(*arguments, "--per-sample", tmp_path / "one.jsonl")
+    assert single.exit_code == 0, single.stderr
+    one = single.json()
+    assert one["settings"]["world_size"] == 1
+    assert_same_estimates(two, one, 1e-12)
+    for a, b in zip(two["estimates"], one["estimates"]):
+        assert a["stderr"] == pytest.approx(b["stderr"], rel=1e-12) and a["num_samples"] == b["num_samples"] == 3500
+    assert (tmp_path / "two.jsonl").read_text() == (tmp_path / "one.jsonl").read_text()
+
+
+def rows_for(values: np.ndarray) -> SampleRows:
+    count = values.shape[0]
+    return SampleRows(values, values[:, 0].copy(), np.zeros_like(values, dtype=np.int64), np.ones(count), np.ones(count))
+
+
+def test_ledger_total_does_not_depend_on_arrival_order_or_batching():
+    """What makes the result independent of process count: rows arriving per rank, in any
+    order and any batch sizes, merge to the same float64 moments bit for bit."""
+    rng = np.random.default_rng(0)
+    values = rng.normal(5.0, 2.0, size=(10 * 16 + 5, 2))
+
+    def run(batch: int, world: int, target: float | None = None) -> RunLedger:
+        ledger = RunLedger(len(values), 16, [1.0, 2.0], target_stderr=target, min_samples=20)
+        spans = [(block, 0, ledger.block_length(block)) for block in range(ledger.num_blocks)]
+        shares = [deal_round_robin(spans, rank, world) for rank in range(world)]
+        pending = [[(block, start) for block, _, stop in share for start in range(0, stop, batch)] for share in shares]
+        while any(pending):
+            for queue in reversed(pending):  # the last rank first: blocks complete out of order
+                if queue:
+                    block, start = queue.pop(0)
+                    stop = min(start + batch, ledger.block_length(block))
+                    first = block * 16 + start
+                    ledger.record(block, start, rows_for(values[first : first + stop - start]))
+            ledger.advance()
+            if ledger.finished:
+                return ledger
+        raise AssertionError("the ledger never finished")
+
+    reference = run(batch=16, world=1)
+    for batch, world in ((3, 1), (5, 2), (16, 3), (7, 4)):
+        ledger = run(batch, world)
+        assert ledger.prefix.count == len(values)
+        assert np.array_equal(ledger.prefix.mean, reference.prefix.mean)
+        assert np.array_equal(ledger.prefix.m2, reference.prefix.m2)
+    np.testing.assert_allclose(reference.prefix.mean, values.mean(axis=0), rtol=1e-14)
+    np.testing.assert_allclose(reference.prefix.std, values.std(axis=0, ddof=1), rtol=1e-13)
+
+    stopped = run(batch=16, world=1, target=0.25)  # the target stops it inside block 3 or so
+    assert stopped.stop_at is not None and 20 <= stopped.stop_at < len(values)
+    for batch, world in ((3, 1), (5, 2), (7, 4)):
+        ledger = run(batch, world, target=0.25)
+        assert ledger.stop_at == stopped.stop_at
+        assert np.array_equal(ledger.prefix.mean, stopped.prefix.mean)
+
+
+def test_blocks_are_dealt_round_robin():
+    assert deal_round_robin(list(range(7)), 0, 3) == [0, 3, 6]
+    assert deal_round_robin(list(range(7)), 2, 3) == [2, 5]
+    assert deal_round_robin(list(range(2)), 3, 4) == []

@@ -1,0 +1,95 @@
+"""Batch planning: memory sizes, the plan within its budget, --max-memory on the CLI and API."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from genentropy_cli import estimate_entropy
+from genentropy_cli.errors import InputError
+from genentropy_cli.latents import make_latent_spec
+from genentropy_cli.loading import save_torchscript
+from genentropy_cli.planning import batch_peak_bytes, parse_memory_size, plan_batch, speed_plan
+from genentropy_cli.references import HalfSphereRadial
+
+MIB = 2**20
+
+
+@pytest.mark.parametrize("text, expected", [
+    ("512MB", 512 * 10**6), ("2GB", 2 * 10**9), ("1.5GiB", 3 * 2**29), (" 2 gb ", 2 * 10**9),
+    ("256MiB", 256 * MIB), ("4096", 4096), ("10kB", 10_000), (2048, 2048), ("0.5TiB", 2**39),
+])
+def test_memory_sizes_are_read_in_decimal_and_binary_units(text, expected):
+    assert parse_memory_size(text) == expected
+
+
+@pytest.mark.parametrize("text", ["2 gigs", "GB", "-1GB", "0", "1e9", "abc", "", True])
+def test_unreadable_memory_sizes_are_one_line_input_errors(text):
+    with pytest.raises(InputError) as raised:
+        parse_memory_size(text)
+    assert "--max-memory" in str(raised.value) and "\n" not in str(raised.value)
+
+
+@pytest.mark.parametrize("latent_dim, output_dim, row_bytes", [(16, 784, 4_000), (62, 784, 75_000),
+                                                               (100, 12288, 524_000)])
+@pytest.mark.parametrize("budget", [64 * MIB, 512 * MIB, 2048 * MIB])
+def test_the_plan_fits_its_budget_and_grows_with_it(latent_dim, output_dim, row_bytes, budget):
+    plan = plan_batch(latent_dim, output_dim, torch.float32, "cpu", budget, activation_bytes_per_row=row_bytes)
+    assert 1 <= plan.tangent_chunk <= latent_dim and plan.batch_size >= 1
+    assert batch_peak_bytes(latent_dim, output_dim, 4, *plan, row_bytes) <= budget
+    bigger = plan_batch(latent_dim, output_dim, torch.float32, "cpu", 4 * budget, activation_bytes_per_row=row_bytes)
+    assert bigger.batch_size * (bigger.tangent_chunk + 1) >= plan.batch_size * (plan.tangent_chunk + 1)
+
+
+def test_memory_in_use_comes_off_the_budget():
+    free = plan_batch(100, 12288, torch.float32, "cpu", 1024 * MIB, activation_bytes_per_row=524_000)
+    crowded = plan_batch(100, 12288, torch.float32, "cpu", 1024 * MIB, activation_bytes_per_row=524_000,
+                         memory_in_use=1000 * MIB)
+    assert batch_peak_bytes(100, 12288, 4, *crowded, 524_000) <= 24 * MIB
+    assert crowded.batch_size * (crowded.tangent_chunk + 1) < free.batch_size * (free.tangent_chunk + 1)
+
+
+def test_speed_plan_pushes_every_direction_at_once_where_the_rows_allow():
+    """Rows per call ~ the byte target over the bytes per row; k = d when a sample's d + 1 rows fit."""
+    small = speed_plan(62, 784, 4, 75_000, "cpu")
+    assert small.tangent_chunk == 62 and small.batch_size >= 2
+    huge_rows = speed_plan(100, 12288, 4, 5_000_000, "cpu")
+    assert huge_rows.batch_size == 1 and huge_rows.tangent_chunk < 100
+
+
+def test_given_sizes_are_kept_and_the_other_is_planned():
+    assert plan_batch(62, 784, torch.float32, "cpu", batch_size=7, tangent_chunk=5) == (7, 5)
+    batch, chunk = plan_batch(62, 784, torch.float32, "cpu", 8 * MIB, activation_bytes_per_row=75_000, batch_size=3)
+    assert batch == 3 and batch_peak_bytes(62, 784, 4, 3, chunk, 75_000) <= 8 * MIB
+    assert plan_batch(62, 784, torch.float32, "cpu", activation_bytes_per_row=75_000, tangent_chunk=9).tangent_chunk == 9
+
+
+def test_a_budget_too_small_for_one_sample_says_how_much_is_needed():
+    with pytest.raises(InputError, match=r"--max-memory .* too small.* at least"):
+        plan_batch(100, 12288, torch.float32, "cpu", 300 * MIB, activation_bytes_per_row=524_000,
+                   memory_in_use=290 * MIB)
+    # without --max-memory the default budget only guides: one sample, one direction
+    assert plan_batch(100, 12288, torch.float32, "cpu", working_memory=1, activation_bytes_per_row=524_000) == (1, 1)
+
+
+def test_max_memory_changes_the_batching_not_the_estimate():
+    kwargs = dict(scales=[1e-1, 1e-4], n_samples=700, dtype="float64", seed=3)
+    roomy = estimate_entropy(HalfSphereRadial(), 2, **kwargs)
+    tight = estimate_entropy(HalfSphereRadial(), 2, max_memory="1 TiB", batch_size=13, **kwargs)
+    assert tight.settings["max_memory"] == 2**40 and tight.settings["batch_size"] == 13
+    assert [e.entropy for e in tight.estimates] == pytest.approx([e.entropy for e in roomy.estimates], rel=1e-12)
+
+
+def test_max_memory_on_the_cli(run_cli, model_dir):
+    path = model_dir / "half_sphere.pt"
+    save_torchscript(HalfSphereRadial(), path, latent=make_latent_spec(2))
+    result = run_cli("estimate", path, "-n", "300", "--max-memory", "8GB", "--json", "--quiet")
+    assert result.exit_code == 0, result.stderr
+    document = result.json()
+    assert document["settings"]["max_memory"] == 8 * 10**9
+    assert document["diagnostics"]["planned_peak_bytes"] <= 8 * 10**9
+    assert document["diagnostics"]["jacobian_method"] == "stacked"
+    for bad, message in (("2 gigs", "cannot read"), ("1kB", "too small")):
+        refused = run_cli("estimate", path, "-n", "300", "--max-memory", bad, "--quiet")
+        assert refused.exit_code == 2 and message in refused.stderr
+        assert "Traceback" not in refused.stderr and refused.stderr.strip().count("\n") == 0
