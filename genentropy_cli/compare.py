@@ -35,6 +35,7 @@ from .defaults import (
     DEFAULT_SEED,
 )
 from .engine import (
+    _first_line,
     ProgressCallback,
     ScaleEstimate,
     batch_plan,
@@ -329,7 +330,8 @@ def compare_models(
                 except (InputError, EstimationError):
                     raise
                 except RuntimeError as error:
-                    raise EstimationError(f"{names[model]} failed on samples from {first_index} on ({error})") from error
+                    raise EstimationError(
+                        f"{names[model]} failed on samples from {first_index} on ({_first_line(error)})") from error
                 values[model] = terms.entropy_terms.numpy()
             finite_per_model = np.isfinite(values).all(axis=2)  # (M, B)
             finite = finite_per_model.all(axis=0)

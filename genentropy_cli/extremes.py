@@ -18,6 +18,7 @@ import torch
 
 from .defaults import DEFAULT_DEVICE, DEFAULT_DTYPE, DEFAULT_NUM_SAMPLES, DEFAULT_SCALES, DEFAULT_SEED
 from .engine import (
+    _first_line,
     ProgressCallback,
     compute_sample_terms,
     prepare_decoder,
@@ -118,7 +119,8 @@ def find_extreme_samples(
             try:
                 terms = compute_sample_terms(prepared, stream.range(start, stop), [scale_value], chunk)
             except RuntimeError as error:
-                raise EstimationError(f"the decoder failed on samples {start}..{stop - 1} ({error})") from error
+                raise EstimationError(
+                    f"the decoder failed on samples {start}..{stop - 1} ({_first_line(error)})") from error
             values = terms.entropy_terms[:, 0].numpy()
             indices = np.arange(start, stop)
             finite = np.isfinite(values)

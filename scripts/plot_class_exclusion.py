@@ -5,7 +5,8 @@
     python scripts/plot_class_exclusion.py docs/data/class-exclusion.json docs/figures/class-exclusion.png \
         --equal-steps docs/data/equal-steps.json
 
-Left: H(k) with 95% intervals, beside the paper's Table 3. Right: H(k) - H(9) with 95%
+Left: H(k) with 95% intervals, beside the paper's Table 3 (with ``--equal-steps``, also the
+series trained for equal numbers of gradient steps). Right: H(k) - H(9) with 95%
 intervals from the paired standard errors (all ten VAEs share their N(0, I) latents), beside
 the paper's differences, so the shapes of the two series can be compared whatever their levels.
 Needs matplotlib (the ``plot`` extra).
@@ -67,27 +68,31 @@ def main() -> None:
     ks, entropies, stderrs, deltas, delta_errors = series(document)
     paper = [PAPER_TABLE_3[k] for k in ks]
     figure, (left, right) = plt.subplots(1, 2, figsize=(10, 3.8))
-    left.errorbar(ks, entropies, yerr=[Z95 * e for e in stderrs], marker="o", capsize=3, label="ours (95% CI)")
+    left.errorbar(ks, entropies, yerr=[Z95 * e for e in stderrs], marker="o", capsize=3,
+                  label="ours, equal epochs (95% CI)")
     left.plot(ks, paper, marker="s", linestyle="--", label="paper, Table 3")
     left.set(xlabel="k (trained on digits 0..k)", ylabel="entropy H (nats), s = 1e-4", title="Entropy vs k")
     right.errorbar(ks, deltas, yerr=[Z95 * e for e in delta_errors], marker="o", capsize=3,
-                   label="ours, paired 95% CI")
+                   label="ours, equal epochs, paired 95% CI")
     right.plot(ks, [value - paper[-1] for value in paper], marker="s", linestyle="--", label="paper")
     if args.equal_steps is not None:
         extra = json.loads(args.equal_steps.read_text())
         by_name = {model["name"]: model["estimates"][0] for model in extra["models"]}
+        reference = f"vae-le-{ks[-1]}"
         longs = sorted((int(name.split("-")[2]), name) for name in by_name if name.endswith("-long"))
-        reference = "vae-le-9"
+        longs.append((ks[-1], reference))  # the last model needs no twin: it already has that many steps
+        label = "ours, equal steps"
         left.errorbar([k for k, _ in longs], [by_name[name]["entropy"] for _, name in longs],
-                      yerr=[Z95 * by_name[name]["stderr"] for _, name in longs], marker="^", linestyle="none",
-                      capsize=3, color="C2", label="ours, as many steps as k = 9")
+                      yerr=[Z95 * by_name[name]["stderr"] for _, name in longs], marker="^", capsize=3,
+                      color="C2", label=label)
         deltas_long = []
-        for _, name in longs:
+        for _, name in longs[:-1]:
             pair = next(item for item in extra["pairs"] if {item["first"], item["second"]} == {name, reference})
             deltas_long.append(((1.0 if pair["first"] == name else -1.0) * pair["difference"], pair["stderr"]))
+        deltas_long.append((0.0, 0.0))
         right.errorbar([k for k, _ in longs], [value for value, _ in deltas_long],
-                       yerr=[Z95 * error for _, error in deltas_long], marker="^", linestyle="none", capsize=3,
-                       color="C2", label="ours, as many steps as k = 9")
+                       yerr=[Z95 * error for _, error in deltas_long], marker="^", capsize=3, color="C2",
+                       label=label + ", paired 95% CI")
     right.axhline(0.0, color="grey", linewidth=0.8)
     right.set(xlabel="k", ylabel=f"H(k) - H({ks[-1]}) (nats)", title="Relative to the full-data model")
     for axis in (left, right):

@@ -21,7 +21,7 @@ from genentropy_cli.specs import read_safetensors
 SAMPLE_DIR = Path(__file__).resolve().parent.parent / "sample_models"
 TABLE_2 = ("vae", "gan", "wgan-gp", "wgan")
 TABLE_3 = tuple(f"vae-le-{k}" for k in range(10))
-EXTRAS = ("wgan-gp-epoch100", "vae-le-0-long", "vae-le-1-long")
+EXTRAS = ("wgan-gp-epoch100",) + tuple(f"vae-le-{k}-long" for k in range(9))
 ALL = TABLE_2 + TABLE_3 + EXTRAS
 MAX_TOTAL_BYTES = 40 * 1024**2
 
