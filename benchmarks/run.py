@@ -44,6 +44,7 @@ sys.path.insert(0, str(ROOT))
 
 import peers  # noqa: E402  (benchmarks/peers.py)
 from genentropy_cli import estimate_entropy  # noqa: E402
+from genentropy_cli.allocator import keep_freed_memory  # noqa: E402
 from genentropy_cli.architectures import DCGANGenerator, InfoGANGenerator, MLPDecoder  # noqa: E402
 from genentropy_cli.engine import (  # noqa: E402
     JACOBIAN_METHODS,
@@ -296,6 +297,7 @@ def reset_peak_resident() -> None:
 
 def measure_one_batch(name: str, device_name_: str) -> dict:
     """Child process: one engine batch at the planned sizes; its peak memory above the baseline."""
+    keep_freed_memory()  # as the engine runs
     device = resolve_device(device_name_)
     prepared, spec = build(name, device, torch.float32)
     batch, chunk = plan_for(prepared)
@@ -447,12 +449,16 @@ def main(argv: list[str] | None = None) -> dict:
         print(json.dumps(measure_one_batch(args.child_batch_peak, args.device)))
         return {}
     device = resolve_device(args.device)
+    # the engine keeps freed memory for reuse (allocator.py); set it before anything is timed, so
+    # that the floor and the peers run under the same allocator as the engine
+    kept = keep_freed_memory()
     names = args.arch or (["mlp", "infogan-mnist"] if args.quick else list(ARCHITECTURES))
     sections = args.section or [section for section in SECTIONS if section != "rows"]
     rounds = args.rounds or (3 if args.quick else 5)
     header = {"torch": torch.__version__, "device": device_name(device), "threads": torch.get_num_threads(),
-              "date": time.strftime("%Y-%m-%d"), "quick": args.quick}
-    print(f"torch {header['torch']}, {header['device']}, {header['date']}")
+              "date": time.strftime("%Y-%m-%d"), "quick": args.quick, "keep_freed_memory": kept}
+    print(f"torch {header['torch']}, {header['device']}, {header['threads']} threads, {header['date']}; "
+          f"freed memory kept for reuse (allocator.py): {'yes' if kept else 'no'}")
     results: dict = {"header": header}
     with tempfile.TemporaryDirectory() as scratch:
         workdir = Path(scratch)

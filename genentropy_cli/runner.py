@@ -28,6 +28,7 @@ from .defaults import (
     PRECISION_PROBE_SAMPLES,
     TARGET_STDERR_MIN_SAMPLES,
 )
+from .allocator import keep_freed_memory
 from .checkpoint import check_same_settings, decoder_fingerprint, load_checkpoint, save_checkpoint
 from .distributed import (
     ProcessGroup,
@@ -470,6 +471,7 @@ def run_estimate(decoder: Any, spec: LatentSpec, scales: tuple[float, ...], num_
                  progress: ProgressCallback | None, options: RunOptions) -> EntropyResult:
     """Join the process group (under torchrun), then run with TF32 off and signals handled."""
     options.validate()
+    keep_freed_memory()  # batches reuse memory instead of page-faulting it in again (allocator.py)
     wanted = device
     if options.distributed is not False and launched_by_torchrun():
         wanted = rank_device(str(device), int(os.environ.get("LOCAL_RANK", "0")))

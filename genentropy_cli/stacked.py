@@ -31,10 +31,12 @@ from typing import Any, Callable
 import torch
 from torch.func import jvp, vmap
 from torch.utils._python_dispatch import TorchDispatchMode
-from torch.utils.weak import WeakIdKeyDictionary
 
 DecoderFn = Callable[[torch.Tensor], torch.Tensor]
 aten = torch.ops.aten
+_TAG = "_genentropy_stacked"
+"""Attribute a stacked tensor carries: (the mode's token, m). A view is a new tensor object
+without it, as with the weak dictionary this replaces; the tag keeps nothing alive."""
 
 
 class UnsupportedOperation(RuntimeError):
@@ -86,7 +88,7 @@ class StackedRows(TorchDispatchMode):
         self.primal_rows = primal_rows
         self.slots = slots
         self.rows = primal_rows * (slots + 1)
-        self.multiplicity: WeakIdKeyDictionary = WeakIdKeyDictionary()
+        self._token = object()  # tags this call's stacked tensors (``_TAG`` attribute: cheaper than a weak dict)
         self.peak_row_bytes = 0
         self._outside_keys = None
         self.unsupported: str | None = None
@@ -106,18 +108,23 @@ class StackedRows(TorchDispatchMode):
         size = tensor.shape[0] if tensor.dim() else 0
         if size == 0 or size % self.rows:
             raise UnsupportedOperation(f"an op returned {size} rows for a batch of {self.rows}: it mixes rows")
-        self.multiplicity[tensor] = size // self.rows
+        setattr(tensor, _TAG, (self._token, size // self.rows))
         return tensor
 
     def is_stacked(self, value: Any) -> bool:
-        return isinstance(value, torch.Tensor) and value in self.multiplicity
+        tag = getattr(value, _TAG, None) if isinstance(value, torch.Tensor) else None
+        return tag is not None and tag[0] is self._token
+
+    def multiplicity(self, tensor: torch.Tensor) -> int:
+        """m: the tensor carries each stacked row in m consecutive rows."""
+        return getattr(tensor, _TAG)[1]
 
     def primal(self, tensor: torch.Tensor) -> torch.Tensor:
-        return tensor[: self.primal_rows * self.multiplicity[tensor]]
+        return tensor[: self.primal_rows * self.multiplicity(tensor)]
 
     def tangents(self, tensor: torch.Tensor) -> torch.Tensor:
         """Tangent rows as (k, B * m, ...)."""
-        width = self.primal_rows * self.multiplicity[tensor]
+        width = self.primal_rows * self.multiplicity(tensor)
         return tensor[width:].unflatten(0, (self.slots, width))
 
     def assemble(self, primal: torch.Tensor, tangents: torch.Tensor) -> torch.Tensor:
@@ -266,7 +273,7 @@ def _convolution(mode, func, args, kwargs):
     source = _only_first_stacked(mode, args, kwargs, "convolution")
     weight, bias = args[1], args[2]
     out = mode.mark(func(source, weight, None, *args[3:], **kwargs))
-    _add_bias(out, bias, mode.primal_rows * mode.multiplicity[out])
+    _add_bias(out, bias, mode.primal_rows * mode.multiplicity(out))
     return out
 
 
@@ -307,7 +314,7 @@ def _linear_combination(mode, func, args, kwargs):
     first, second = args[0], args[1]
     alpha = kwargs.get("alpha", 1)
     if mode.is_stacked(first) and mode.is_stacked(second):
-        if mode.multiplicity[first] != mode.multiplicity[second] or first.shape != second.shape:
+        if mode.multiplicity(first) != mode.multiplicity(second) or first.shape != second.shape:
             return _pointwise(mode, func, args, kwargs)
         return mode.mark(func(*args, **kwargs))
     stacked, constant = (first, second) if mode.is_stacked(first) else (second, first)
@@ -370,7 +377,7 @@ def _pointwise(mode, func, args, kwargs):
     if any(mode.is_stacked(leaf) for leaf in _leaves(kwargs)):
         raise UnsupportedOperation(f"{func.overloadpacket.__name__} with a stacked keyword argument")
     positions = [index for index, arg in enumerate(args) if mode.is_stacked(arg)]
-    multiplicities = {mode.multiplicity[args[index]] for index in positions}
+    multiplicities = {mode.multiplicity(args[index]) for index in positions}
     ndim = max(args[index].dim() for index in positions)
     if len(multiplicities) != 1 or any(arg.dim() != ndim for arg in (args[i] for i in positions)):
         raise UnsupportedOperation(f"{func.overloadpacket.__name__} of stacked tensors of different layouts")
@@ -521,7 +528,7 @@ def stacked_jacobian_profiled(
             if mode.unsupported is not None:
                 raise UnsupportedOperation(mode.unsupported) from None
             raise
-        if not mode.is_stacked(result) or mode.multiplicity[result] != 1 or result.dim() != 2:
+        if not mode.is_stacked(result) or mode.multiplicity(result) != 1 or result.dim() != 2:
             raise UnsupportedOperation("the decoder's output does not follow its input row by row")
         peak_row_bytes = max(peak_row_bytes, mode.peak_row_bytes)
         if count == wanted:  # one call: the decoder's output rows are the Jacobian, no copy
