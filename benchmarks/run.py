@@ -172,7 +172,7 @@ def speed_alternatives(name: str, device: torch.device, quick: bool) -> tuple[li
                                         factor=(dim + 1) / passes))
 
     vmap_prepared, _ = build(name, device, torch.float32)
-    vmap_prepared.jacobian_method = vmap_prepared.fallback_method
+    vmap_prepared.jacobian_method = "vmap"
     loop_samples, loop_rows, jacrev_samples, jacrev_rows, jacfwd_batch = PEER_SAMPLES[name]
     flat = prepared.flat()
     output_dim = prepared.output_dim
@@ -303,14 +303,16 @@ def measure_one_batch(name: str, device_name_: str) -> dict:
     batch, chunk = plan_for(prepared)
     latents = LatentStream(spec, seed=0).range(0, batch)
     with strict_float32():
-        compute_sample_terms(prepared, latents, SCALE, chunk)  # warm-up: allocator pools, kernels
-        if device.type == "cuda":
+        if device.type == "cuda":  # allocations only: after a warm-up batch (kernels, workspaces)
+            compute_sample_terms(prepared, latents, SCALE, chunk)
             torch.cuda.reset_peak_memory_stats(device)
             baseline = torch.cuda.memory_allocated(device)
-        else:
+        else:  # resident memory: from before the first batch, which is when the process grows (freed
+            # memory is kept for reuse, so a later batch would find its memory already resident)
             reset_peak_resident()
             baseline = memory_in_use(device)
-        compute_sample_terms(prepared, latents, SCALE, chunk)
+        for _ in range(2):
+            compute_sample_terms(prepared, latents, SCALE, chunk)
         peak = torch.cuda.max_memory_allocated(device) if device.type == "cuda" else peak_resident_bytes()
     model = batch_peak_bytes(spec.dim, prepared.output_dim, 4, batch, chunk, prepared.activation_bytes_per_row or 0,
                              prepared.jacobian_method)
