@@ -51,7 +51,7 @@ DEFAULT_ACTIVATION_BYTES_PER_OUTPUT: int = 16
 """Bytes per row assumed when none were measured: this many times the output's bytes."""
 
 STACKED_PROBE_COLUMNS: int = 8
-"""Jacobian columns on which the stacked method is checked against torch.func before a run."""
+"""Jacobian columns on which the stacked method is checked against an AD reference before a run."""
 
 GRAM_SLAB_BYTES: int = 64 * 1024**2
 """The float64 copy of the Jacobians that forms J^T J is made this many bytes at a time (GPU;
