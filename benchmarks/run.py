@@ -1,98 +1,494 @@
-"""Benchmarks: the engine's per-sample time against the forward-pass floor, in one run.
+"""Benchmark suite: the engine against the forward-pass floor and what peers do, in one run.
 
-    python benchmarks/run.py [--quick] [--device cpu|cuda] [--arch infogan-mnist ...]
+    python benchmarks/run.py [--quick] [--device cpu|cuda] [--arch NAME ...] [--section NAME ...] [--json FILE]
 
-The floor is the time of (d + 1) plain batched forward passes (no AD) at the engine's
-batch size; a ratio of 1.0 means the Jacobian costs nothing beyond the passes it needs.
+Sections (all by default; ``--quick``: MLP and infoGAN, fewer rounds, smaller runs):
+
+* ``speed``: per architecture, samples/s and ratios of the floor ((d + 1) plain batched forward
+  passes, no AD: at the engine's batch, at the engine's rows per decoder call, and the best over
+  several batch sizes, the honest baseline), the engine with its decoder in float32 and in
+  float64, the engine's torch.func method with the sizes it used before (vmap over jvp),
+  vmap(jacrev), the full-batch jacfwd with diagonal extraction, and the per-sample
+  ``torch.autograd.functional.jacobian`` loop (few samples for the slow ones; on large outputs
+  the reverse-mode peers are timed on a slice of output rows and scaled, see ``peers``). Every
+  Jacobian is followed by the same float64 Gram eigenvalues. The alternatives are timed in
+  interleaved rounds, so drifts in machine load hit all alike; a figure is the fastest round
+  (the least disturbed), the median round is printed beside it; ratios are to the best floor.
+* ``rows``: the engine's time against its rows per decoder call (what ``CPU_CALL_BYTES`` is from).
+* ``memory``: the peak memory of one engine batch at the planned sizes next to the planner's
+  model, and the whole CLI on the DCGAN generator under ``--max-memory`` (CPU: peak RSS of the
+  process, VmHWM; CUDA: max_memory_allocated).
+* ``scales``: a 4-scale sweep against 1 scale (``benchmarks/sweep_vs_single.py``).
+* ``cli``: ``genentropy estimate -n N`` on the MNIST generator in a fresh process (start-up,
+  imports, loading, output) against the engine alone (``estimate_entropy`` in this process).
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import os
 import statistics
+import subprocess
+import sys
+import tempfile
 import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
 
 import torch
 
-from genentropy_cli.architectures import DCGANGenerator, InfoGANGenerator, MLPDecoder
-from genentropy_cli.engine import (
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+import peers  # noqa: E402  (benchmarks/peers.py)
+from genentropy_cli import estimate_entropy  # noqa: E402
+from genentropy_cli.allocator import keep_freed_memory  # noqa: E402
+from genentropy_cli.architectures import DCGANGenerator, InfoGANGenerator, MLPDecoder  # noqa: E402
+from genentropy_cli.engine import (  # noqa: E402
+    JACOBIAN_METHODS,
     compute_sample_terms,
     prepare_decoder,
     resolve_device,
-    resolve_work_sizes,
     strict_float32,
 )
-from genentropy_cli.latents import LatentStream, make_latent_spec
+from genentropy_cli.latents import LatentStream, make_latent_spec  # noqa: E402
+from genentropy_cli.loading import load_model, save_torchscript  # noqa: E402
+from genentropy_cli.logdet import gram_eigenvalues  # noqa: E402
+from genentropy_cli.memory import device_name, memory_in_use  # noqa: E402
+from genentropy_cli.planning import batch_peak_bytes, format_bytes, rows_per_call  # noqa: E402
+from genentropy_cli.runner import plan_for  # noqa: E402
 
 ARCHITECTURES = {
     "mlp": (lambda: MLPDecoder(16, 784), (16,)),
     "infogan-mnist": (lambda: InfoGANGenerator(), (62,)),
     "dcgan-64": (lambda: DCGANGenerator(), (100, 1, 1)),
 }
+FLOOR_BATCHES = {"mlp": (256, 1024, 4096, 16384), "infogan-mnist": (32, 128, 512, 2048), "dcgan-64": (8, 32, 64, 128)}
+PEER_SAMPLES = {  # (loop samples, loop output rows, jacrev samples, jacrev output rows, jacfwd batch)
+    "mlp": (8, None, 32, None, 16),
+    "infogan-mnist": (2, None, 4, None, 8),
+    "dcgan-64": (1, 48, 1, 384, 2),
+}
+SCALE = [1e-4]
 
 
-def timed(action, repeats: int) -> float:
-    """Median wall time of ``repeats`` calls after one warm-up call."""
+@dataclass
+class Alternative:
+    """One timed thing: ``action`` computes ``samples`` samples; ``factor`` scales its time to
+    whole samples (reverse-mode peers timed on a slice of the output rows)."""
+
+    name: str
+    action: Callable[[], object]
+    samples: int
+    note: str = ""
+    factor: float = 1.0
+    wall: list[float] = field(default_factory=list)
+    cpu: list[float] = field(default_factory=list)
+
+    def per_sample(self, kind: str = "wall") -> tuple[float, float]:
+        """(best, median) seconds per sample."""
+        times = self.wall if kind == "wall" else self.cpu
+        scaled = [value * self.factor / self.samples for value in times]
+        return min(scaled), statistics.median(scaled)
+
+
+def timed(action: Callable[[], object], device: torch.device) -> tuple[float, float]:
+    """(wall, CPU-of-this-process) seconds of one call."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    wall, cpu = time.perf_counter(), time.process_time()
     action()
-    times = []
-    for _ in range(repeats):
-        if torch.cuda.is_available():
-            torch.cuda.synchronize()
-        start = time.perf_counter()
-        action()
-        if torch.cuda.is_available():
-            torch.cuda.synchronize()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return time.perf_counter() - wall, time.process_time() - cpu
 
 
-def engine_vs_floor(name: str, device: torch.device, dtype: torch.dtype, repeats: int) -> dict:
-    build, shape = ARCHITECTURES[name]
-    torch.manual_seed(0)
+def interleave(alternatives: list[Alternative], rounds: int, device: torch.device, label: str) -> None:
+    """Time every alternative once per round, the order rotated each round; one warm-up call."""
+    for alternative in alternatives:
+        alternative.action()
+    for number in range(rounds):
+        shift = number % len(alternatives)
+        for alternative in alternatives[shift:] + alternatives[:shift]:
+            wall, cpu = timed(alternative.action, device)
+            alternative.wall.append(wall)
+            alternative.cpu.append(cpu)
+        print(f"  [{label}] round {number + 1}/{rounds} done", file=sys.stderr, flush=True)
+
+
+# ----------------------------------------------------------------------------- speed
+
+
+def build(name: str, device: torch.device, dtype: torch.dtype):
+    make, shape = ARCHITECTURES[name]
+    torch.manual_seed(0)  # the same random weights in every run
     spec = make_latent_spec(shape)
     with strict_float32():
-        prepared = prepare_decoder(build(), spec, device, dtype)
-        batch, chunk = resolve_work_sizes(spec.dim, prepared.output_dim, dtype, device)
-        latents = LatentStream(spec, seed=0).range(0, batch)
-        inputs = latents.to(device=device, dtype=dtype).reshape(batch, *shape)
+        return prepare_decoder(make(), spec, device, dtype), spec
 
-        def floor() -> None:
+
+def previous_plan(latent_dim: int, output_dim: int) -> tuple[int, int]:
+    """The sizes the engine chose before issue 5: chunk min(d, 16), batch 512 / chunk within a
+    256 MiB Jacobian budget (engine.auto_batch_size as it was)."""
+    chunk = min(latent_dim, 16)
+    by_memory = 256 * 2**20 // (latent_dim * output_dim * 12)
+    return int(max(1, min(1024, by_memory, 512 // chunk))), chunk
+
+
+def jacobian_then_gram(method: Callable[[], torch.Tensor]) -> Callable[[], object]:
+    return lambda: gram_eigenvalues(method())
+
+
+def speed_alternatives(name: str, device: torch.device, quick: bool) -> tuple[list[Alternative], dict]:
+    prepared, spec = build(name, device, torch.float32)
+    prepared64, _ = build(name, device, torch.float64)
+    dim, shape = spec.dim, spec.shape
+    batch, chunk = plan_for(prepared)
+    batch64, chunk64 = plan_for(prepared64)
+    old_batch, old_chunk = previous_plan(dim, prepared.output_dim)
+    stream = LatentStream(spec, seed=0)
+    largest = max(batch, old_batch, *FLOOR_BATCHES[name])
+    latents = stream.range(0, largest)
+
+    def on_device(count: int, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        return latents[:count].to(device=device, dtype=dtype)
+
+    engine_rows = rows_per_call(batch, chunk)
+    rows_per_batch = batch * (dim + -(-dim // chunk))
+    alternatives = []
+    for floor_batch in sorted({batch, engine_rows, *FLOOR_BATCHES[name][: 2 if quick else None]}):
+        inputs = stream.range(0, floor_batch).to(device=device, dtype=torch.float32).reshape(floor_batch, *shape)
+        passes = int(min(dim + 1, max(1, -(-rows_per_batch // floor_batch))))
+
+        def floor(inputs=inputs, passes=passes) -> None:
             with torch.no_grad():
-                for _ in range(spec.dim + 1):
+                for _ in range(passes):
                     prepared.function(inputs)
 
-        def engine() -> None:
-            compute_sample_terms(prepared, latents, [1e-4], chunk)
+        label = "engine's batch" if floor_batch == batch else "engine's rows/call" if floor_batch == engine_rows else ""
+        alternatives.append(Alternative(f"floor, batch {floor_batch}", floor, floor_batch, label,
+                                        factor=(dim + 1) / passes))
 
-        floor_time, engine_time = [], []
-        for _ in range(repeats):  # interleaved, so drifts in machine load hit both alike
-            floor_time.append(timed(floor, 1))
-            engine_time.append(timed(engine, 1))
-    floor_per_sample = statistics.median(floor_time) / batch
-    engine_per_sample = statistics.median(engine_time) / batch
-    return {
-        "architecture": name, "dtype": str(dtype).removeprefix("torch."), "batch": batch, "tangent_chunk": chunk,
-        "floor_ms": floor_per_sample * 1e3, "engine_ms": engine_per_sample * 1e3,
-        "ratio": engine_per_sample / floor_per_sample,
-    }
+    vmap_prepared, _ = build(name, device, torch.float32)
+    vmap_prepared.jacobian_method = "vmap"
+    loop_samples, loop_rows, jacrev_samples, jacrev_rows, jacfwd_batch = PEER_SAMPLES[name]
+    flat = prepared.flat()
+    output_dim = prepared.output_dim
+    alternatives += [
+        Alternative("engine float32", lambda: compute_sample_terms(prepared, latents[:batch], SCALE, chunk), batch,
+                    f"{prepared.jacobian_method}, batch {batch}, chunk {chunk}"),
+        Alternative("engine float32, Jacobian only", lambda: JACOBIAN_METHODS[prepared.jacobian_method](
+            flat, on_device(batch), chunk), batch, "the same, without the float64 Gram step"),
+        Alternative("engine float64", lambda: compute_sample_terms(prepared64, latents[:batch64], SCALE, chunk64),
+                    batch64, f"{prepared64.jacobian_method}, batch {batch64}, chunk {chunk64}"),
+        Alternative("engine torch.func (before)",
+                    lambda: compute_sample_terms(vmap_prepared, latents[:old_batch], SCALE, old_chunk), old_batch,
+                    f"vmap(jvp), batch {old_batch}, chunk {old_chunk}"),
+        Alternative("vmap(jacrev)", jacobian_then_gram(lambda: peers.vmap_jacrev(
+            flat, on_device(jacrev_samples), jacrev_rows, chunk_size=max(1, 512 // jacrev_samples))),
+            jacrev_samples, rows_note(jacrev_samples, jacrev_rows, output_dim),
+            factor=output_dim / (jacrev_rows or output_dim)),
+        Alternative("full-batch jacfwd, diagonal", jacobian_then_gram(lambda: peers.batch_jacfwd_diagonal(
+            flat, on_device(jacfwd_batch))), jacfwd_batch, f"batch {jacfwd_batch} (cost grows with the batch)"),
+        Alternative("autograd.functional.jacobian loop", jacobian_then_gram(lambda: peers.autograd_loop(
+            flat, on_device(loop_samples), loop_rows)), loop_samples, rows_note(loop_samples, loop_rows, output_dim),
+            factor=output_dim / (loop_rows or output_dim)),
+    ]
+    context = {"architecture": name, "latent_dim": dim, "output_dim": output_dim, "batch": batch, "chunk": chunk,
+               "rows_per_call": engine_rows, "method": prepared.jacobian_method,
+               "activation_bytes_per_row": prepared.activation_bytes_per_row}
+    return alternatives, context
 
 
-def main() -> None:
+def rows_note(samples: int, rows: int | None, output_dim: int) -> str:
+    text = f"{samples} sample{'s' if samples > 1 else ''}"
+    return text if rows is None else f"{text}, {rows} of {output_dim} output rows, scaled"
+
+
+def speed_section(names: list[str], device: torch.device, rounds: int, quick: bool) -> list[dict]:
+    tables = []
+    for name in names:
+        alternatives, context = speed_alternatives(name, device, quick)
+        with strict_float32():
+            interleave(alternatives, rounds, device, name)
+        floors = [item for item in alternatives if item.name.startswith("floor")]
+        best_floor = min(floors, key=lambda item: item.per_sample()[0])
+        best_floor_cpu = min(item.per_sample("cpu")[0] for item in floors)
+        engine = next(item for item in alternatives if item.name == "engine float32")
+        rows = []
+        for item in alternatives:
+            best, median = item.per_sample()
+            rows.append({"method": item.name, "note": item.note, "ms_per_sample": best * 1e3,
+                         "median_ms_per_sample": median * 1e3, "samples_per_second": 1 / best,
+                         "x_best_floor": best / best_floor.per_sample()[0],
+                         "x_best_floor_cpu_time": item.per_sample("cpu")[0] / best_floor_cpu,
+                         "engine_speedup": best / engine.per_sample()[0]})
+        context.update(rows=rows, best_floor=best_floor.name, rounds=rounds)
+        print_speed_table(context)
+        tables.append(context)
+    return tables
+
+
+def print_speed_table(table: dict) -> None:
+    print(f"\n### {table['architecture']} (d = {table['latent_dim']}, D = {table['output_dim']}); engine: "
+          f"{table['method']}, batch {table['batch']}, tangent chunk {table['chunk']}, "
+          f"{table['rows_per_call']} rows per call\n")
+    print("| method | setting | ms/sample (best) | median | samples/s | x best floor | x best floor (CPU time) "
+          "| engine faster by |")
+    print("|---|---|---|---|---|---|---|---|")
+    for row in table["rows"]:
+        print(f"| {row['method']} | {row['note']} | {row['ms_per_sample']:.3f} | {row['median_ms_per_sample']:.3f} | "
+              f"{row['samples_per_second']:.1f} | {row['x_best_floor']:.2f} | {row['x_best_floor_cpu_time']:.2f} | "
+              f"{row['engine_speedup']:.1f}x |")
+    print(f"\nbest floor: {table['best_floor']}; {table['rounds']} interleaved rounds", flush=True)
+
+
+# ----------------------------------------------------------------------------- rows per call
+
+
+def rows_section(names: list[str], device: torch.device, rounds: int) -> list[dict]:
+    """The engine at several (batch, chunk): per-sample time against rows per call."""
+    results = []
+    for name in names:
+        prepared, spec = build(name, device, torch.float32)
+        planned = plan_for(prepared)
+        dim = spec.dim
+        sizes = {(max(1, b), dim) for b in (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
+                 if rows_per_call(b, dim) * (prepared.activation_bytes_per_row or 1) <= 512 * 2**20}
+        sizes |= {(1, k) for k in (8, 16, 32) if k < dim} | {tuple(planned)}
+        latents = LatentStream(spec, seed=0).range(0, max(b for b, _ in sizes))
+        alternatives = [Alternative(f"batch {b}, chunk {k}", lambda b=b, k=k: compute_sample_terms(
+            prepared, latents[:b], SCALE, k), b, str(rows_per_call(b, k))) for b, k in sorted(sizes)]
+        with strict_float32():
+            interleave(alternatives, rounds, device, f"{name} rows")
+        best = min(item.per_sample()[0] for item in alternatives)
+        print(f"\n### rows per call: {name} (activation bytes per row {prepared.activation_bytes_per_row}; "
+              f"planned batch {planned[0]}, chunk {planned[1]})\n")
+        print("| batch, chunk | rows/call | MiB of activations/call | ms/sample (best) | x fastest |")
+        print("|---|---|---|---|---|")
+        rows = []
+        for item in alternatives:
+            rows_count = int(item.note)
+            mib = rows_count * (prepared.activation_bytes_per_row or 0) / 2**20
+            seconds = item.per_sample()[0]
+            rows.append({"setting": item.name, "rows": rows_count, "activation_mib": mib, "ms_per_sample": seconds * 1e3})
+            print(f"| {item.name} | {rows_count} | {mib:.1f} | {seconds * 1e3:.3f} | {seconds / best:.2f} |")
+        results.append({"architecture": name, "rows": rows, "planned": list(planned)})
+    return results
+
+
+# ----------------------------------------------------------------------------- memory
+
+
+def peak_resident_bytes() -> int:
+    with open("/proc/self/status") as handle:
+        for line in handle:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    raise RuntimeError("no VmHWM in /proc/self/status")
+
+
+def reset_peak_resident() -> None:
+    with open("/proc/self/clear_refs", "w") as handle:
+        handle.write("5")
+
+
+def measure_one_batch(name: str, device_name_: str) -> dict:
+    """Child process: one engine batch at the planned sizes; its peak memory above the baseline."""
+    keep_freed_memory()  # as the engine runs
+    device = resolve_device(device_name_)
+    prepared, spec = build(name, device, torch.float32)
+    batch, chunk = plan_for(prepared)
+    latents = LatentStream(spec, seed=0).range(0, batch)
+    with strict_float32():
+        if device.type == "cuda":  # allocations only: after a warm-up batch (kernels, workspaces)
+            compute_sample_terms(prepared, latents, SCALE, chunk)
+            torch.cuda.reset_peak_memory_stats(device)
+            baseline = torch.cuda.memory_allocated(device)
+        else:  # resident memory: from before the first batch, which is when the process grows (freed
+            # memory is kept for reuse, so a later batch would find its memory already resident)
+            reset_peak_resident()
+            baseline = memory_in_use(device)
+        for _ in range(2):
+            compute_sample_terms(prepared, latents, SCALE, chunk)
+        peak = torch.cuda.max_memory_allocated(device) if device.type == "cuda" else peak_resident_bytes()
+    model = batch_peak_bytes(spec.dim, prepared.output_dim, 4, batch, chunk, prepared.activation_bytes_per_row or 0,
+                             prepared.jacobian_method)
+    return {"architecture": name, "batch": batch, "chunk": chunk, "baseline_bytes": baseline,
+            "batch_peak_bytes": peak - baseline, "model_bytes": model}
+
+
+def run_child(arguments: list[str]) -> tuple[dict | None, float, int, str]:
+    """(the JSON it printed, wall seconds, exit status, stderr) of a Python subprocess."""
+    started = time.perf_counter()
+    child = subprocess.Popen([sys.executable, *arguments], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                             cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    stdout, stderr = child.communicate()
+    wall = time.perf_counter() - started
+    try:
+        document = json.loads(stdout) if stdout.strip() else None
+    except json.JSONDecodeError:
+        document = None
+    if child.returncode != 0:
+        print(f"  child failed ({child.returncode}): {stderr.strip().splitlines()[-1] if stderr.strip() else ''}", file=sys.stderr)
+    return document, wall, child.returncode, stderr
+
+
+def memory_section(names: list[str], device: torch.device, quick: bool, workdir: Path) -> dict:
+    batches = []
+    print("\n### peak memory of one engine batch (planned sizes), measured in a fresh process\n")
+    print("| architecture | batch, chunk | measured peak above baseline | memory model | baseline (process) |")
+    print("|---|---|---|---|---|")
+    for name in names:
+        document, _, code, _ = run_child([str(Path(__file__)), "--child-batch-peak", name, "--device", str(device)])
+        if document is None:
+            continue
+        batches.append(document)
+        print(f"| {name} | {document['batch']}, {document['chunk']} | {format_bytes(document['batch_peak_bytes'])} | "
+              f"{format_bytes(document['model_bytes'])} | {format_bytes(document['baseline_bytes'])} |", flush=True)
+    runs = []
+    if "dcgan-64" in names or not quick:
+        runs = max_memory_runs(device, quick, workdir)
+    return {"batches": batches, "cli_runs": runs}
+
+
+def max_memory_runs(device: torch.device, quick: bool, workdir: Path) -> list[dict]:
+    """The CLI on the DCGAN generator under --max-memory 2GB (and, for contrast, a large batch
+    without it); the child's own peak memory from its JSON diagnostics."""
+    torch.manual_seed(0)
+    path = save_torchscript(DCGANGenerator().eval(), workdir / "dcgan64.pt", latent=make_latent_spec((100, 1, 1)))
+    settings = [("--max-memory 2GB", ["--max-memory", "2GB", "-n", "8"]),
+                ("--max-memory 2GB --batch-size 32", ["--max-memory", "2GB", "--batch-size", "32", "-n", "32",
+                                                      "--probe-samples", "0"])]
+    if not quick:
+        settings.append(("--batch-size 32 --tangent-chunk 100 (no cap, for contrast)",
+                         ["--batch-size", "32", "--tangent-chunk", "100", "-n", "32", "--probe-samples", "0"]))
+    print("\n### the CLI on the DCGAN generator (64x64, latent (100, 1, 1), D = 12288) under --max-memory\n")
+    print("| options | batch, chunk | peak memory (whole process) | GB | under 2 GB | wall s |")
+    print("|---|---|---|---|---|---|")
+    runs = []
+    for label, options in settings:
+        document, wall, code, _ = run_child(["-m", "genentropy_cli", "estimate", str(path), "--device", str(device),
+                                             "--json", "--quiet", *options])
+        if document is None:
+            continue
+        diagnostics = document["diagnostics"]
+        peak = diagnostics["peak_memory_bytes"]
+        runs.append({"options": label, "batch": diagnostics["batch_size"], "chunk": diagnostics["tangent_chunk"],
+                     "peak_bytes": peak, "peak_kind": diagnostics["peak_memory_kind"], "wall_seconds": wall,
+                     "planned_peak_bytes": diagnostics.get("planned_peak_bytes")})
+        print(f"| {label} | {diagnostics['batch_size']}, {diagnostics['tangent_chunk']} | {format_bytes(peak)} "
+              f"({diagnostics['peak_memory_kind']}) | {peak / 1e9:.2f} | {'yes' if peak < 2 * 10**9 else 'no'} | "
+              f"{wall:.0f} |", flush=True)
+    return runs
+
+
+# ----------------------------------------------------------------------------- scales and CLI
+
+
+def scales_section(device: torch.device, quick: bool) -> dict:
+    from sweep_vs_single import sweep_vs_single  # benchmarks/sweep_vs_single.py (issue 3)
+
+    row = sweep_vs_single(samples=64 if quick else 256, repeats=2 if quick else 3, device=str(device), verbose=False)
+    print("\n### 4-scale sweep vs 1 scale (infoGAN MNIST generator, benchmarks/sweep_vs_single.py)\n")
+    print("| time | sweep / single, end to end | per sample (preparation subtracted) |")
+    print("|---|---|---|")
+    for kind in ("wall", "cpu"):
+        print(f"| {kind} | {row[kind + '_ratio']:.3f} | {row[kind + '_ratio_per_sample']:.3f} |", flush=True)
+    return row
+
+
+def cli_section(device: torch.device, quick: bool, workdir: Path) -> dict:
+    """CLI end to end against the engine alone, ABBA order, same model file and settings."""
+    samples = 200 if quick else 2000
+    torch.manual_seed(0)
+    path = save_torchscript(InfoGANGenerator().eval(), workdir / "infogan.pt", latent=make_latent_spec(62))
+    loaded = load_model(path)
+    spec = make_latent_spec(62)
+
+    def engine() -> float:
+        started = time.perf_counter()
+        estimate_entropy(loaded.decoder, spec, n_samples=samples, device=device, log=lambda message: None)
+        return time.perf_counter() - started
+
+    inside: list[float] = []  # the CLI's own estimate time (its JSON), to split off start-up
+
+    def cli() -> float:
+        document, wall, code, _ = run_child(["-m", "genentropy_cli", "estimate", str(path), "-n", str(samples),
+                                             "--device", str(device), "--json", "--quiet"])
+        if code != 0 or document is None:
+            return float("nan")
+        inside.append(wall - document["diagnostics"]["elapsed_seconds_total"])
+        return wall
+
+    times: dict[str, list[float]] = {"engine": [], "cli": []}
+    for label, action in (("engine", engine), ("cli", cli), ("cli", cli), ("engine", engine)):
+        times[label].append(action())
+        print(f"  [cli] {label}: {times[label][-1]:.1f} s", file=sys.stderr, flush=True)
+    engine_time, cli_time = statistics.median(times["engine"]), statistics.median(times["cli"])
+    overhead = (cli_time - engine_time) / engine_time
+    start_up = statistics.median(inside) if inside else float("nan")
+    print(f"\n### CLI end to end vs the engine alone: `genentropy estimate infogan.pt -n {samples}`\n")
+    print("| engine alone (estimate_entropy) s | CLI (fresh process) s | overhead | CLI wall less its sampling loop s "
+          "(start-up, loading, decoder checks, output) | the same / engine | target |")
+    print("|---|---|---|---|---|---|")
+    print(f"| {engine_time:.1f} | {cli_time:.1f} | {100 * overhead:.1f}% | {start_up:.2f} | "
+          f"{100 * start_up / engine_time:.1f}% | < 10% |", flush=True)
+    print("\n(medians of 2 runs each, ABBA order; the first two columns differ by the machine's drift between runs "
+          "as well; the fourth column is measured within each CLI run, and counts the decoder checks "
+          "the engine alone pays too)", flush=True)
+    return {"samples": samples, "engine_seconds": times["engine"], "cli_seconds": times["cli"], "overhead": overhead,
+            "cli_start_up_seconds": inside}
+
+
+# ----------------------------------------------------------------------------- main
+
+SECTIONS = ("speed", "memory", "scales", "cli", "rows")
+
+
+def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", default="cpu")
-    parser.add_argument("--quick", action="store_true", help="fewer repeats, MLP and infoGAN only")
+    parser.add_argument("--quick", action="store_true", help="MLP and infoGAN, fewer rounds, smaller runs")
     parser.add_argument("--arch", nargs="*", default=None, choices=list(ARCHITECTURES))
-    args = parser.parse_args()
+    parser.add_argument("--section", nargs="*", default=None, choices=SECTIONS,
+                        help="default: all but rows (rows: the rows-per-call sweep, long)")
+    parser.add_argument("--rounds", type=int, default=None, help="interleaved rounds (default 5; --quick 3)")
+    parser.add_argument("--json", default=None, help="also write every figure to this JSON file")
+    parser.add_argument("--child-batch-peak", default=None, help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.child_batch_peak:
+        print(json.dumps(measure_one_batch(args.child_batch_peak, args.device)))
+        return {}
     device = resolve_device(args.device)
+    # the engine keeps freed memory for reuse (allocator.py); set it before anything is timed, so
+    # that the floor and the peers run under the same allocator as the engine
+    kept = keep_freed_memory()
     names = args.arch or (["mlp", "infogan-mnist"] if args.quick else list(ARCHITECTURES))
-    repeats = 3 if args.quick else 7
-    print(f"torch {torch.__version__}, device {device}, threads {torch.get_num_threads()}")
-    print(f"{'architecture':<14} {'dtype':<8} {'batch':>5} {'chunk':>5} {'floor ms/sample':>16} "
-          f"{'engine ms/sample':>17} {'engine/floor':>12}")
-    for name in names:
-        row = engine_vs_floor(name, device, torch.float32, repeats)
-        print(f"{row['architecture']:<14} {row['dtype']:<8} {row['batch']:>5} {row['tangent_chunk']:>5} "
-              f"{row['floor_ms']:>16.3f} {row['engine_ms']:>17.3f} {row['ratio']:>12.2f}", flush=True)
+    sections = args.section or [section for section in SECTIONS if section != "rows"]
+    rounds = args.rounds or (3 if args.quick else 5)
+    header = {"torch": torch.__version__, "device": device_name(device), "threads": torch.get_num_threads(),
+              "date": time.strftime("%Y-%m-%d"), "quick": args.quick, "keep_freed_memory": kept}
+    print(f"torch {header['torch']}, {header['device']}, {header['threads']} threads, {header['date']}; "
+          f"freed memory kept for reuse (allocator.py): {'yes' if kept else 'no'}")
+    results: dict = {"header": header}
+    with tempfile.TemporaryDirectory() as scratch:
+        workdir = Path(scratch)
+        if "speed" in sections:
+            results["speed"] = speed_section(names, device, rounds, args.quick)
+        if "rows" in sections:
+            results["rows"] = rows_section(names, device, rounds)
+        if "memory" in sections:
+            results["memory"] = memory_section(names, device, args.quick, workdir)
+        if "scales" in sections:
+            results["scales"] = scales_section(device, args.quick)
+        if "cli" in sections:
+            results["cli"] = cli_section(device, args.quick, workdir)
+    if args.json:
+        Path(args.json).write_text(json.dumps(results, indent=2, default=str))
+    return results
 
 
 if __name__ == "__main__":

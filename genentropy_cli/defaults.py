@@ -29,16 +29,19 @@ the batch size is planned without --max-memory on a CPU (``planning.plan_batch``
 MAX_AUTO_BATCH_SIZE: int = 1024
 """Most samples per batch an automatic plan chooses."""
 
-CPU_CALL_BYTES: int = 32 * 1024**2
+CPU_CALL_BYTES: int = 64 * 1024**2
 """Activation bytes one decoder call should touch on a CPU: the rows per call follow from the
 decoder's measured bytes per row (benchmarks/RESULTS.md: the rows-per-call sweep)."""
 
 CUDA_CALL_BYTES: int = 1024**3
 """The same on a GPU, where large calls pay (not yet measured: no GPU was lent to issue 5)."""
 
-CPU_MAX_ROWS_PER_CALL: int = 16384
+CPU_MAX_ROWS_PER_CALL: int = 8192
 CUDA_MAX_ROWS_PER_CALL: int = 131072
-"""Upper bounds on the rows of one decoder call, for decoders with tiny activations."""
+"""Upper bounds on the rows of one decoder call, for decoders with tiny activations. With freed
+memory kept for reuse (allocator.py) the MLP's forward pass and the engine are fastest per row
+at 4096-8192 rows on 2 CPU cores; the per-call cost of the stacked method (about 1 ms of Python
+dispatch) is then spread over more samples."""
 
 ACTIVATION_SAFETY_FACTOR: float = 2.0
 """Live bytes per row of a call, as a multiple of the largest op's inputs plus output (other
@@ -48,10 +51,29 @@ DEFAULT_ACTIVATION_BYTES_PER_OUTPUT: int = 16
 """Bytes per row assumed when none were measured: this many times the output's bytes."""
 
 STACKED_PROBE_COLUMNS: int = 8
-"""Jacobian columns on which the stacked method is checked against torch.func before a run."""
+"""Jacobian columns on which the stacked method is checked against an AD reference before a run."""
 
 GRAM_SLAB_BYTES: int = 64 * 1024**2
-"""The float64 copy of the Jacobians that forms J^T J is made this many bytes at a time."""
+"""The float64 copy of the Jacobians that forms J^T J is made this many bytes at a time (GPU;
+the most any device uses, which is what ``planning`` budgets for)."""
+
+CPU_GRAM_SLAB_BYTES: int = 4 * 1024**2
+"""The same on a CPU: a slab that stays in cache between its float64 copy and its product
+(the Gram step of the MLP benchmark is about 1.3x faster than with 64 MiB slabs)."""
+
+TRANSPOSED_GRAM_MAX_DIM: int = 32
+"""Up to this latent size the float64 slab is laid out (b, D, d) and J^T J taken as X^T X, which
+the CPU's batched GEMM does about twice as fast for small d; above it, (b, d, D) is faster."""
+
+EIGVALSH_THREAD_MIN_BATCH: int = 32
+"""CPU batches of at least this many Gram matrices have their eigenvalues taken on every
+intra-op thread (LAPACK's batched eigvalsh runs one matrix after another on one core)."""
+
+MALLOC_MMAP_THRESHOLD_BYTES: int = 32 * 1024**2
+"""glibc's largest mmap threshold: smaller blocks come from the heap and are reused (allocator.py)."""
+
+MALLOC_TRIM_THRESHOLD_BYTES: int = 1024**3
+"""Freed heap memory the process keeps for reuse before returning it to the OS (allocator.py)."""
 
 CONFIDENCE_Z_95: float = 1.959963984540054
 """Two-sided 95% quantile of the standard normal, for the confidence interval."""

@@ -41,11 +41,12 @@ from .jacobian import (
     fresh_torchscript_copy,
     is_torchscript,
     replicated_jacobian,
+    reverse_mode_columns,
     torchscript_parts,
     torchscript_safe,
 )
 from .latents import LatentDistribution, LatentSpec, LatentStream, distribution_label, make_latent_spec
-from .logdet import gram_eigenvalues, half_log_det_regularised
+from .logdet import Workspace, gram_eigenvalues, half_log_det_regularised
 from .memory import activation_bytes_per_row
 from .stacked import UnsupportedOperation, stacked_jacobian, stacked_jacobian_profiled
 from .stats import RunningMoments
@@ -158,12 +159,15 @@ class PreparedDecoder:
     output_shape: tuple[int, ...]
     torchscript: bool
     jacobian_method: str = "vmap"
-    fallback_method: str = "vmap"
-    """The torch.func method (vmap or replicated) that works; used where stacked meets an op it lacks."""
+    fallback_method: str | None = None
+    """The torch.func method (vmap or replicated) that works; used where stacked meets an op it
+    lacks. Found on first need (``fallback_method``) when the stacked method is chosen."""
     activation_bytes_per_row: int | None = None
     """Largest bytes one op of the decoder holds per row (inputs plus output), measured on the probe."""
     method_note: str | None = None
     """Why the stacked method is not used, when it is not."""
+    workspace: Workspace = field(default_factory=Workspace, repr=False)
+    """The float64 buffer the Gram step reuses from batch to batch."""
 
     def context(self):
         return torchscript_safe() if self.torchscript else nullcontext()
@@ -264,38 +268,69 @@ def jacobians_agree(candidate: torch.Tensor, reference: torch.Tensor, tolerance:
     return float((candidate[finite] - reference[finite]).abs().max()) <= tolerance * max(scale, 1e-300)
 
 
-def _choose_jacobian_method(prepared: PreparedDecoder) -> str:
-    """The stacked method where its result matches torch.func on probe latents, else vmap over
-    tangents where the decoder's ops support it, else the replicated batch (compared and
-    probed on the first ``STACKED_PROBE_COLUMNS`` columns: the full Jacobian costs d
-    directions). Also records the decoder's activation bytes per row for batch planning."""
-    columns = min(prepared.latent.dim, STACKED_PROBE_COLUMNS)
-    probe = LatentStream(prepared.latent, seed=0).range(0, 2).to(device=prepared.device, dtype=prepared.dtype)
-    flat = prepared.flat()
+def _probe_latents(prepared: PreparedDecoder) -> torch.Tensor:
+    return LatentStream(prepared.latent, seed=0).range(0, 2).to(device=prepared.device, dtype=prepared.dtype)
+
+
+def _torch_func_method(prepared: PreparedDecoder, columns: int) -> tuple[str, torch.Tensor]:
+    """The torch.func method that runs through the decoder (vmap over tangents, else the
+    replicated batch) and its first ``columns`` Jacobian columns on the probe latents."""
+    probe, flat = _probe_latents(prepared), prepared.flat()
+    failure: Exception | None = None
     with prepared.context():
-        reference = None
         for method in ("vmap", "replicated"):
             try:
-                reference = JACOBIAN_METHODS[method](flat, probe, tangent_chunk=columns, max_columns=columns)
-                prepared.fallback_method = method
-                break
+                return method, JACOBIAN_METHODS[method](flat, probe, tangent_chunk=columns, max_columns=columns)
             except Exception as error:
                 failure = error
-        if reference is None:
-            raise InputError(
-                f"forward-mode AD fails through this decoder ({_first_line(failure)}); "
-                "it must be differentiable with torch.func.jvp"
-            ) from None
+    raise InputError(
+        f"forward-mode AD fails through this decoder ({_first_line(failure)}); "
+        "it must be differentiable with torch.func.jvp"
+    ) from None
+
+
+def fallback_method(prepared: PreparedDecoder) -> str:
+    """The torch.func method to use where the stacked method meets an op it has no rule for,
+    found on first need (``_torch_func_method``)."""
+    if prepared.fallback_method is None:
+        prepared.fallback_method, _ = _torch_func_method(prepared, 1)
+    return prepared.fallback_method
+
+
+def _choose_jacobian_method(prepared: PreparedDecoder) -> str:
+    """The stacked method where its result matches an independent AD reference on probe
+    latents, else the torch.func method (compared and probed on the first
+    ``STACKED_PROBE_COLUMNS`` columns: the full Jacobian costs d directions).
+
+    The reference is reverse mode (``reverse_mode_columns``), or torch.func's forward mode
+    where the decoder lacks double backward. Also records the decoder's activation bytes per
+    row for batch planning."""
+    columns = min(prepared.latent.dim, STACKED_PROBE_COLUMNS)
+    probe, flat = _probe_latents(prepared), prepared.flat()
+    tolerance = stacked_tolerance(prepared.dtype)
+    with prepared.context():
         try:
             stacked, _, row_bytes = stacked_jacobian_profiled(flat, probe, columns, max_columns=columns)
-            if jacobians_agree(stacked, reference, stacked_tolerance(prepared.dtype)):
+        except UnsupportedOperation as error:
+            stacked, prepared.method_note = None, f"stacked method unavailable: {error}"
+        if stacked is not None:
+            try:
+                reference = reverse_mode_columns(flat, probe, columns)
+            except Exception:  # no double backward through some op: compare with torch.func
+                reference = None
+            if reference is not None and jacobians_agree(stacked, reference, tolerance):
                 prepared.activation_bytes_per_row = row_bytes
                 return "stacked"
-            prepared.method_note = "the stacked Jacobian differed from torch.func's on the probe latents"
-        except UnsupportedOperation as error:
-            prepared.method_note = f"stacked method unavailable: {error}"
+    method, reference = _torch_func_method(prepared, columns)
+    prepared.fallback_method = method
+    if stacked is not None:
+        if jacobians_agree(stacked, reference, tolerance):
+            prepared.activation_bytes_per_row = row_bytes
+            return "stacked"
+        prepared.method_note = "the stacked Jacobian differed from torch.func's on the probe latents"
+    with prepared.context():
         prepared.activation_bytes_per_row = activation_bytes_per_row(flat, probe)
-    return prepared.fallback_method
+    return method
 
 
 # --------------------------------------------------------------------------- per-sample terms
@@ -340,12 +375,12 @@ def compute_sample_terms(
             columns, outputs = JACOBIAN_METHODS[prepared.jacobian_method](
                 prepared.flat(), inputs, tangent_chunk, with_outputs=True)
         except UnsupportedOperation as error:  # a branch of the decoder the probe did not reach
-            prepared.jacobian_method = prepared.fallback_method
+            prepared.jacobian_method = fallback_method(prepared)
             prepared.method_note = f"stacked method left mid-run: {error}"
             columns, outputs = JACOBIAN_METHODS[prepared.jacobian_method](
                 prepared.flat(), inputs, tangent_chunk, with_outputs=True)
     output_finite = torch.isfinite(outputs).all(dim=1).cpu()
-    spectrum = gram_eigenvalues(columns)
+    spectrum = gram_eigenvalues(columns, workspace=prepared.workspace)
     del columns, outputs
     half_log_det = half_log_det_regularised(spectrum.eigenvalues, scales)
     if not bool(output_finite.all()):  # a NaN/inf output makes the sample non-finite, reported

@@ -4,7 +4,9 @@ For a decoder that treats the samples of a batch independently (every generator 
 mode does), pushing the tangent e_j for every sample through ``jvp`` of the batched
 decoder yields column j of every sample's Jacobian at once. ``vmap`` over the d tangent
 directions (in chunks, to bound memory) gives the whole batch of Jacobians while the
-primal pass runs once per chunk: the cost is close to (d + 1) plain forward passes.
+primal pass runs once per chunk: in principle (d + 1) plain forward passes, measured
+1.5-1.9x that on 2 CPU cores (benchmarks/RESULTS.md). The engine prefers ``stacked``, which
+reaches the floor, and uses these where the stacked method has no rule for an op.
 """
 
 from __future__ import annotations
@@ -139,3 +141,26 @@ def replicated_jacobian(
         columns.append(output_tangent.reshape(count, batch, -1))
     jacobian = torch.cat(columns, dim=0)
     return (jacobian, outputs) if with_outputs else jacobian
+
+
+def reverse_mode_columns(flat_fn: DecoderFn, latents: torch.Tensor, max_columns: int) -> torch.Tensor:
+    """The first ``max_columns`` Jacobian columns (k, B, D) by reverse mode alone: the reference
+    the stacked method is checked against before a run, without torch.func (whose first call
+    imports torch._dynamo, 1.5 s of start-up).
+
+    Double-vjp identity: g(w) = J^T w is linear in w, so the vjp of g with cotangent e_j is
+    J e_j. For a decoder that treats rows independently, one pass serves every row. Exact (the
+    same derivative formulas, by the chain rule); needs ops with double backward.
+    """
+    inputs = latents.detach().requires_grad_(True)
+    with torch.enable_grad():
+        outputs = flat_fn(inputs)
+        weights = torch.zeros_like(outputs, requires_grad=True)
+        # scalar objectives: an explicit grad_outputs tensor makes autograd import sympy (0.4 s)
+        (transposed,) = torch.autograd.grad((outputs * weights).sum(), inputs, create_graph=True)
+        columns = []
+        for column in range(max_columns):
+            (jacobian_column,) = torch.autograd.grad(transposed[:, column].sum(), weights,
+                                                     retain_graph=True, allow_unused=True)
+            columns.append(torch.zeros_like(outputs) if jacobian_column is None else jacobian_column.detach())
+    return torch.stack(columns)

@@ -6,12 +6,14 @@ per sample serves every scale s.
 
 from __future__ import annotations
 
+import math
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Sequence
 
 import torch
 
-from .defaults import GRAM_SLAB_BYTES
+from .defaults import CPU_GRAM_SLAB_BYTES, EIGVALSH_THREAD_MIN_BATCH, GRAM_SLAB_BYTES, TRANSPOSED_GRAM_MAX_DIM
 
 
 @dataclass
@@ -22,23 +24,78 @@ class GramSpectrum:
     clipped_count: int
 
 
-def gram_matrices(jacobian_columns: torch.Tensor, slab_bytes: int = GRAM_SLAB_BYTES) -> torch.Tensor:
+class Workspace:
+    """A reusable float64 buffer for the Gram step. A fresh tensor of tens of MB is a fresh
+    memory mapping whose pages the OS must fault in and zero on every batch (for a small
+    decoder that costs as much as its last layer); one buffer kept across batches does not."""
+
+    def __init__(self) -> None:
+        self._buffer: torch.Tensor | None = None
+
+    def take(self, shape: tuple[int, ...], device: torch.device) -> torch.Tensor:
+        size = math.prod(shape)
+        if self._buffer is None or self._buffer.numel() < size or self._buffer.device != device:
+            self._buffer = torch.empty(size, dtype=torch.float64, device=device)
+        return self._buffer[:size].view(shape)
+
+
+def gram_matrices(jacobian_columns: torch.Tensor, slab_bytes: int | None = None,
+                  workspace: Workspace | None = None) -> torch.Tensor:
     """J^T J per sample in float64, (B, d, d), from Jacobian columns shaped (d, B, D).
 
     The float64 copy of the columns is made a slab of samples at a time (at most about
-    ``slab_bytes``), not for the whole batch at once. A float32 (or narrower) entry is exact
-    in float64, and so is each product; only the sums round, in float64.
+    ``slab_bytes``; default ``CPU_GRAM_SLAB_BYTES`` on a CPU, ``GRAM_SLAB_BYTES`` elsewhere),
+    into ``workspace`` where one is given, laid out (b, D, d) for d <= ``TRANSPOSED_GRAM_MAX_DIM``
+    (faster there) and (b, d, D) above. A float32 (or narrower) entry is exact in float64, and
+    so is each product; only the sums round, in float64.
     """
     dim, batch, output_dim = jacobian_columns.shape
-    gram = torch.empty((batch, dim, dim), dtype=torch.float64, device=jacobian_columns.device)
+    device = jacobian_columns.device
+    if slab_bytes is None:
+        slab_bytes = CPU_GRAM_SLAB_BYTES if device.type == "cpu" else GRAM_SLAB_BYTES
+    transposed = dim <= TRANSPOSED_GRAM_MAX_DIM
+    gram = torch.empty((batch, dim, dim), dtype=torch.float64, device=device)
     step = max(1, slab_bytes // max(1, dim * output_dim * 8))
     for first in range(0, batch, step):
-        per_sample = jacobian_columns[:, first : first + step].to(torch.float64).permute(1, 0, 2)  # (b, d, D)
-        torch.bmm(per_sample, per_sample.transpose(1, 2), out=gram[first : first + step])
+        columns = jacobian_columns[:, first : first + step]
+        slab = columns.permute(1, 2, 0) if transposed else columns.permute(1, 0, 2)  # (b, D, d) or (b, d, D)
+        if slab.dtype != torch.float64 or transposed:
+            target = workspace.take(tuple(slab.shape), device) if workspace is not None else None
+            slab = target.copy_(slab) if target is not None else slab.to(torch.float64, memory_format=torch.contiguous_format)
+        if transposed:
+            torch.bmm(slab.transpose(1, 2), slab, out=gram[first : first + step])
+        else:
+            torch.bmm(slab, slab.transpose(1, 2), out=gram[first : first + step])
     return gram
 
 
-def gram_eigenvalues(jacobian_columns: torch.Tensor, slab_bytes: int = GRAM_SLAB_BYTES) -> GramSpectrum:
+_EIGVALSH_POOL: ThreadPoolExecutor | None = None
+
+
+def batched_eigvalsh(gram: torch.Tensor) -> torch.Tensor:
+    """``torch.linalg.eigvalsh`` of (B, d, d); on a CPU, a large batch is split over the
+    intra-op threads (each matrix is decomposed by the same LAPACK call either way, so the
+    eigenvalues are identical to one call's)."""
+    global _EIGVALSH_POOL
+    threads = torch.get_num_threads()
+    batch = gram.shape[0]
+    if gram.device.type != "cpu" or threads < 2 or batch < EIGVALSH_THREAD_MIN_BATCH:
+        return torch.linalg.eigvalsh(gram)
+    if _EIGVALSH_POOL is None or _EIGVALSH_POOL._max_workers != threads:
+        _EIGVALSH_POOL = ThreadPoolExecutor(threads, thread_name_prefix="genentropy-eigvalsh")
+    eigenvalues = gram.new_empty(gram.shape[:-1])
+    bounds = [batch * part // threads for part in range(threads + 1)]
+
+    def decompose(first: int, last: int) -> None:
+        torch.linalg.eigvalsh(gram[first:last], out=eigenvalues[first:last])
+
+    for future in [_EIGVALSH_POOL.submit(decompose, first, last) for first, last in zip(bounds, bounds[1:])]:
+        future.result()
+    return eigenvalues
+
+
+def gram_eigenvalues(jacobian_columns: torch.Tensor, slab_bytes: int | None = None,
+                     workspace: Workspace | None = None) -> GramSpectrum:
     """Eigenvalues of J^T J for each sample from Jacobian columns shaped (d, B, D).
 
     The Gram matrix is formed and decomposed in float64 whatever the decoder's dtype:
@@ -46,7 +103,7 @@ def gram_eigenvalues(jacobian_columns: torch.Tensor, slab_bytes: int = GRAM_SLAB
     Round-off can leave eigenvalues of a PSD matrix slightly negative; they are clipped
     to zero and counted.
     """
-    eigenvalues = torch.linalg.eigvalsh(gram_matrices(jacobian_columns, slab_bytes))
+    eigenvalues = batched_eigvalsh(gram_matrices(jacobian_columns, slab_bytes, workspace))
     negative = eigenvalues < 0
     clipped = int(negative.sum().item())
     if clipped:

@@ -86,6 +86,12 @@ def memory_in_use(device: torch.device) -> int:
 class _RowBytesMeter(TorchDispatchMode):
     """The largest bytes one op holds in batch-carrying tensors (inputs plus outputs), per row."""
 
+    @classmethod
+    def _should_skip_dynamo(cls) -> bool:
+        """No torch._dynamo wrapper around ``__torch_dispatch__``: nothing is compiled in here, and
+        the wrapper's first call imports torch._dynamo (seconds of start-up)."""
+        return False
+
     def __init__(self, rows: int):
         super().__init__()
         self.rows, self.peak = rows, 0

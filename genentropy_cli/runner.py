@@ -28,6 +28,7 @@ from .defaults import (
     PRECISION_PROBE_SAMPLES,
     TARGET_STDERR_MIN_SAMPLES,
 )
+from .allocator import keep_freed_memory
 from .checkpoint import check_same_settings, decoder_fingerprint, load_checkpoint, save_checkpoint
 from .distributed import (
     ProcessGroup,
@@ -130,6 +131,24 @@ class AdaptiveSizes:
         self.initial_batch, self.initial_chunk = self.batch, self.chunk
 
 
+def plan_for(prepared: PreparedDecoder, max_memory: int | None = None, *, dtype: torch.dtype | None = None,
+             batch_size: int | None = None, tangent_chunk: int | None = None) -> BatchPlan:
+    """Batch size and tangent chunk for ``prepared`` run in ``dtype`` (default its own):
+    ``planning.plan_batch`` within ``max_memory`` less what is in use now, else within the
+    device's default budget, for the decoder's measured activation bytes per row."""
+    dtype = dtype or prepared.dtype
+    row_bytes = prepared.activation_bytes_per_row
+    if row_bytes and dtype != prepared.dtype:
+        row_bytes = row_bytes * dtype.itemsize // prepared.dtype.itemsize
+    return plan_batch(
+        prepared.latent.dim, prepared.output_dim, dtype, prepared.device, max_memory,
+        activation_bytes_per_row=row_bytes,
+        memory_in_use=memory_in_use(prepared.device) if max_memory is not None else 0,
+        working_memory=device_memory_budget(prepared.device), batch_size=batch_size,
+        tangent_chunk=tangent_chunk, method=prepared.jacobian_method,
+    )
+
+
 def compute_terms_retrying(prepared: PreparedDecoder, latents: torch.Tensor, indices: np.ndarray,
                            scales: Sequence[float], sizes: AdaptiveSizes, log: LogCallback) -> SampleTerms:
     """``compute_sample_terms`` for a batch; an out-of-memory error halves the batch (then the
@@ -191,8 +210,8 @@ class EstimateRun:
         self.progress = progress if group.is_main else None
         self.log = self._ranked(options.log or warn_to_python)
         self.prepared = prepare_decoder(decoder, spec, device, dtype)
-        self.plan = self.plan_sizes(dtype, batch_size)
-        self.sizes = AdaptiveSizes(*self.plan)
+        self.sizes = AdaptiveSizes(*plan_for(self.prepared, options.max_memory, batch_size=batch_size,
+                                             tangent_chunk=options.tangent_chunk))
         self.stream = LatentStream(spec, seed)
         self.ledger = RunLedger(num_samples, self.stream.block_size, scales, skip_nonfinite=options.skip_nonfinite,
                                 target_stderr=options.target_stderr, min_samples=options.min_samples)
@@ -204,22 +223,6 @@ class EstimateRun:
         self.resumed_from = 0
         self.interrupted = False
         self._defining_settings: dict | None = None
-
-    def plan_sizes(self, dtype: torch.dtype, batch_size: int | None = None,
-                   tangent_chunk: int | None = None) -> BatchPlan:
-        """Batch size and tangent chunk for ``dtype`` (``planning.plan_batch``): within
-        --max-memory less what the process holds now, else within the device's default budget."""
-        prepared, max_memory = self.prepared, self.options.max_memory
-        row_bytes = prepared.activation_bytes_per_row
-        if row_bytes and dtype != prepared.dtype:
-            row_bytes = row_bytes * dtype.itemsize // prepared.dtype.itemsize
-        return plan_batch(
-            self.spec.dim, prepared.output_dim, dtype, prepared.device, max_memory,
-            activation_bytes_per_row=row_bytes,
-            memory_in_use=memory_in_use(prepared.device) if max_memory is not None else 0,
-            working_memory=device_memory_budget(prepared.device), batch_size=batch_size,
-            tangent_chunk=tangent_chunk or self.options.tangent_chunk, method=prepared.jacobian_method,
-        )
 
     def _ranked(self, log: LogCallback) -> LogCallback:
         if self.group.world_size == 1:
@@ -294,7 +297,8 @@ class EstimateRun:
         if self.probe is not None or count == 0:
             return
         # the float64 copy holds twice the bytes per row: its own plan, within the same budget
-        batch, chunk = self.plan_sizes(torch.float64, tangent_chunk=self.sizes.chunk)
+        batch, chunk = plan_for(self.prepared, self.options.max_memory, dtype=torch.float64,
+                                tangent_chunk=self.sizes.chunk)
         self.probe = self.group.run_on_main(lambda: measure_precision(
             self.decoder, self.prepared, self.stream.range(0, count), self.scales, chunk, batch_size=batch))
 
@@ -467,6 +471,7 @@ def run_estimate(decoder: Any, spec: LatentSpec, scales: tuple[float, ...], num_
                  progress: ProgressCallback | None, options: RunOptions) -> EntropyResult:
     """Join the process group (under torchrun), then run with TF32 off and signals handled."""
     options.validate()
+    keep_freed_memory()  # batches reuse memory instead of page-faulting it in again (allocator.py)
     wanted = device
     if options.distributed is not False and launched_by_torchrun():
         wanted = rank_device(str(device), int(os.environ.get("LOCAL_RANK", "0")))

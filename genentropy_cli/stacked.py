@@ -3,7 +3,7 @@
 Forward-mode AD through torch.func (``jacobian.batched_jacobian``) recomputes the primal at
 the small batch once per tangent chunk, pushes the parameters' zero tangents through real
 matmuls and convolutions, and copies tangents between layouts: on 2 CPU cores it costs
-1.4-2x the floor of (d + 1) plain forward passes. For a decoder that treats the rows of its
+1.5-1.9x the floor of (d + 1) plain forward passes (benchmarks/RESULTS.md). For a decoder that treats the rows of its
 batch independently, the primal batch P (B rows) and k tangent batches T_1..T_k stacked as
 one batch S of N = (k + 1) B rows can go through the decoder ONCE, at the floor's speed,
 provided the few ops that are not linear in their stacked input follow a rule:
@@ -31,15 +31,31 @@ from typing import Any, Callable
 import torch
 from torch.func import jvp, vmap
 from torch.utils._python_dispatch import TorchDispatchMode
-from torch.utils._pytree import tree_flatten
-from torch.utils.weak import WeakIdKeyDictionary
 
 DecoderFn = Callable[[torch.Tensor], torch.Tensor]
 aten = torch.ops.aten
+_TAG = "_genentropy_stacked"
+"""Attribute a stacked tensor carries: (the mode's token, m). A view is a new tensor object
+without it, as with the weak dictionary this replaces; the tag keeps nothing alive."""
 
 
 class UnsupportedOperation(RuntimeError):
     """The decoder uses an op the stacked method has no exact rule for (use torch.func)."""
+
+
+def _leaves(*values: Any) -> list:
+    """The tensors and scalars in op arguments: positional values, lists of them (cat, stack),
+    dict values (kwargs), one level deep as aten schemas have them (cheaper than pytree)."""
+    found = []
+    for value in values:
+        if isinstance(value, dict):
+            value = list(value.values())
+        if isinstance(value, (list, tuple)):
+            for item in value:
+                found.extend(item if isinstance(item, (list, tuple)) else (item,))
+        else:
+            found.append(value)
+    return found
 
 
 def _dim(dim: int, ndim: int) -> int:
@@ -61,12 +77,18 @@ class StackedRows(TorchDispatchMode):
     activation footprint ``planning`` sizes batches with.
     """
 
+    @classmethod
+    def _should_skip_dynamo(cls) -> bool:
+        """No torch._dynamo wrapper around ``__torch_dispatch__``: nothing is compiled in here, and
+        the wrapper's first call imports torch._dynamo (seconds of start-up)."""
+        return False
+
     def __init__(self, primal_rows: int, slots: int):
         super().__init__()
         self.primal_rows = primal_rows
         self.slots = slots
         self.rows = primal_rows * (slots + 1)
-        self.multiplicity: WeakIdKeyDictionary = WeakIdKeyDictionary()
+        self._token = object()  # tags this call's stacked tensors (``_TAG`` attribute: cheaper than a weak dict)
         self.peak_row_bytes = 0
         self._outside_keys = None
         self.unsupported: str | None = None
@@ -86,18 +108,23 @@ class StackedRows(TorchDispatchMode):
         size = tensor.shape[0] if tensor.dim() else 0
         if size == 0 or size % self.rows:
             raise UnsupportedOperation(f"an op returned {size} rows for a batch of {self.rows}: it mixes rows")
-        self.multiplicity[tensor] = size // self.rows
+        setattr(tensor, _TAG, (self._token, size // self.rows))
         return tensor
 
     def is_stacked(self, value: Any) -> bool:
-        return isinstance(value, torch.Tensor) and value in self.multiplicity
+        tag = getattr(value, _TAG, None) if isinstance(value, torch.Tensor) else None
+        return tag is not None and tag[0] is self._token
+
+    def multiplicity(self, tensor: torch.Tensor) -> int:
+        """m: the tensor carries each stacked row in m consecutive rows."""
+        return getattr(tensor, _TAG)[1]
 
     def primal(self, tensor: torch.Tensor) -> torch.Tensor:
-        return tensor[: self.primal_rows * self.multiplicity[tensor]]
+        return tensor[: self.primal_rows * self.multiplicity(tensor)]
 
     def tangents(self, tensor: torch.Tensor) -> torch.Tensor:
         """Tangent rows as (k, B * m, ...)."""
-        width = self.primal_rows * self.multiplicity[tensor]
+        width = self.primal_rows * self.multiplicity(tensor)
         return tensor[width:].unflatten(0, (self.slots, width))
 
     def assemble(self, primal: torch.Tensor, tangents: torch.Tensor) -> torch.Tensor:
@@ -112,7 +139,7 @@ class StackedRows(TorchDispatchMode):
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
-        leaves, _ = tree_flatten((args, kwargs))
+        leaves = _leaves(args, kwargs)
         stacked = [leaf for leaf in leaves if self.is_stacked(leaf)]
         if not stacked:
             return func(*args, **kwargs)  # parameters, shapes, fresh constants
@@ -141,7 +168,7 @@ class StackedRows(TorchDispatchMode):
 
 def _only_first_stacked(mode: StackedRows, args, kwargs, name: str) -> torch.Tensor:
     source = args[0]
-    leaves, _ = tree_flatten((args[1:], kwargs))
+    leaves = _leaves(args[1:], kwargs)
     if not mode.is_stacked(source) or any(mode.is_stacked(leaf) for leaf in leaves):
         raise UnsupportedOperation(f"{name} with a stacked operand other than its input")
     return source
@@ -155,7 +182,7 @@ def _structural(dim_positions: tuple[int, ...] = (), dim_lists: tuple[int, ...] 
     """
 
     def rule(mode: StackedRows, func, args, kwargs):
-        ndim = max(a.dim() for a in tree_flatten(args)[0] if mode.is_stacked(a))
+        ndim = max(a.dim() for a in _leaves(args) if mode.is_stacked(a))
         for position in dim_positions:
             dims = args[position] if position < len(args) else None
             if any(_dim(d, ndim) == 0 for d in ([dims] if isinstance(dims, int) else dims or ())):
@@ -166,7 +193,7 @@ def _structural(dim_positions: tuple[int, ...] = (), dim_lists: tuple[int, ...] 
                 raise UnsupportedOperation(f"{func.overloadpacket.__name__} over all dimensions")
             if any(_dim(d, ndim) == 0 for d in ([dims] if isinstance(dims, int) else dims)):
                 raise UnsupportedOperation(f"{func.overloadpacket.__name__} along the batch dimension")
-        leaves = tree_flatten(args)[0]
+        leaves = _leaves(args)
         if any(isinstance(leaf, torch.Tensor) and not mode.is_stacked(leaf) for leaf in leaves):
             raise UnsupportedOperation(f"{func.overloadpacket.__name__} of stacked and constant tensors")
         result = func(*args, **kwargs)
@@ -246,7 +273,7 @@ def _convolution(mode, func, args, kwargs):
     source = _only_first_stacked(mode, args, kwargs, "convolution")
     weight, bias = args[1], args[2]
     out = mode.mark(func(source, weight, None, *args[3:], **kwargs))
-    _add_bias(out, bias, mode.primal_rows * mode.multiplicity[out])
+    _add_bias(out, bias, mode.primal_rows * mode.multiplicity(out))
     return out
 
 
@@ -287,7 +314,7 @@ def _linear_combination(mode, func, args, kwargs):
     first, second = args[0], args[1]
     alpha = kwargs.get("alpha", 1)
     if mode.is_stacked(first) and mode.is_stacked(second):
-        if mode.multiplicity[first] != mode.multiplicity[second] or first.shape != second.shape:
+        if mode.multiplicity(first) != mode.multiplicity(second) or first.shape != second.shape:
             return _pointwise(mode, func, args, kwargs)
         return mode.mark(func(*args, **kwargs))
     stacked, constant = (first, second) if mode.is_stacked(first) else (second, first)
@@ -319,6 +346,21 @@ def _scaling(mode, func, args, kwargs):
     return _pointwise(mode, func, args, kwargs)
 
 
+def _leaky_relu_derivative(x: torch.Tensor, y: torch.Tensor, slope: float = 0.01, *rest: Any) -> torch.Tensor:
+    return torch.where(x > 0, torch.ones_like(x), torch.full_like(x, slope))
+
+
+_DERIVATIVES: dict[str, Callable[..., torch.Tensor]] = {
+    "relu": lambda x, y, *rest: (x > 0).to(x.dtype),
+    "sigmoid": lambda x, y, *rest: y * (1 - y),
+    "tanh": lambda x, y, *rest: 1 - y * y,
+    "exp": lambda x, y, *rest: y,
+    "leaky_relu": _leaky_relu_derivative,
+}
+"""f'(x) from the input x and output y (and the op's other arguments), as torch's own
+derivative formulas have them; every other pointwise op is differentiated by jvp."""
+
+
 def _pointwise(mode, func, args, kwargs):
     """y = f(x_1, ..., x_n) elementwise: primal rows f(P); tangent rows sum_i df/dx_i(P) * T_i.
 
@@ -332,10 +374,10 @@ def _pointwise(mode, func, args, kwargs):
     def compute(first, *rest, **options):  # an in-place op is differentiated on a copy
         return func(first.clone() if inplace else first, *rest, **options)
 
-    if any(mode.is_stacked(leaf) for leaf in tree_flatten(kwargs)[0]):
+    if any(mode.is_stacked(leaf) for leaf in _leaves(kwargs)):
         raise UnsupportedOperation(f"{func.overloadpacket.__name__} with a stacked keyword argument")
     positions = [index for index, arg in enumerate(args) if mode.is_stacked(arg)]
-    multiplicities = {mode.multiplicity[args[index]] for index in positions}
+    multiplicities = {mode.multiplicity(args[index]) for index in positions}
     ndim = max(args[index].dim() for index in positions)
     if len(multiplicities) != 1 or any(arg.dim() != ndim for arg in (args[i] for i in positions)):
         raise UnsupportedOperation(f"{func.overloadpacket.__name__} of stacked tensors of different layouts")
@@ -343,7 +385,13 @@ def _pointwise(mode, func, args, kwargs):
         raise UnsupportedOperation(f"{func.overloadpacket.__name__} with a constant that differs per row")
     primals = [mode.primal(arg) if index in positions else arg for index, arg in enumerate(args)]
 
+    closed_form = _DERIVATIVES.get(func.overloadpacket.__name__.rstrip("_")) if positions == [0] else None
+
     def partial(index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        if closed_form is not None:  # the common activations, without jvp's per-call overhead
+            value = compute(*primals, **kwargs)
+            return value, closed_form(primals[0], value, *primals[1:])
+
         def along(value):
             return compute(*primals[:index], value, *primals[index + 1:], **kwargs)
 
@@ -480,9 +528,11 @@ def stacked_jacobian_profiled(
             if mode.unsupported is not None:
                 raise UnsupportedOperation(mode.unsupported) from None
             raise
-        if not mode.is_stacked(result) or mode.multiplicity[result] != 1 or result.dim() != 2:
+        if not mode.is_stacked(result) or mode.multiplicity(result) != 1 or result.dim() != 2:
             raise UnsupportedOperation("the decoder's output does not follow its input row by row")
         peak_row_bytes = max(peak_row_bytes, mode.peak_row_bytes)
+        if count == wanted:  # one call: the decoder's output rows are the Jacobian, no copy
+            return result[batch:].view(count, batch, -1), result[:batch], peak_row_bytes
         if columns is None:
             columns = result.new_empty((wanted, batch, result.shape[1]))
             outputs = result[:batch].clone()

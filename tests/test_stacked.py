@@ -16,7 +16,7 @@ from genentropy_cli.architectures import DCGANGenerator, InfoGANGenerator, MLPDe
 from genentropy_cli.engine import compute_sample_terms, prepare_decoder
 from genentropy_cli.jacobian import batched_jacobian, flat_decoder, torchscript_safe
 from genentropy_cli.latents import LatentStream, make_latent_spec
-from genentropy_cli.logdet import gram_matrices
+from genentropy_cli.logdet import Workspace, gram_matrices
 from genentropy_cli.references import HalfSphereRadial
 from genentropy_cli.stacked import UnsupportedOperation, stacked_jacobian
 
@@ -201,3 +201,6 @@ def test_gram_matrices_in_slabs_equal_one_slab():
     per_sample = columns.double().permute(1, 0, 2)
     torch.testing.assert_close(whole, per_sample @ per_sample.transpose(1, 2), rtol=1e-15, atol=1e-15)
     assert torch.equal(gram_matrices(columns, slab_bytes=1), whole)  # one sample at a time
+    workspace = Workspace()
+    for slab_bytes in (10**9, 1, 3 * 5 * 11 * 8):  # the buffer is reused, shrunk and regrown
+        assert torch.equal(gram_matrices(columns, slab_bytes, workspace), whole)

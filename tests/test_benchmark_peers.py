@@ -1,0 +1,36 @@
+"""The benchmark's peers compute the same Jacobians as the engine (so its table compares like with like)."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import torch
+
+from genentropy_cli.architectures import MLPDecoder
+from genentropy_cli.jacobian import flat_decoder
+from genentropy_cli.stacked import stacked_jacobian
+
+PEERS = Path(__file__).resolve().parent.parent / "benchmarks" / "peers.py"
+
+
+def load_peers():
+    spec = importlib.util.spec_from_file_location("benchmark_peers", PEERS)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_every_peer_gives_the_engines_jacobian():
+    peers = load_peers()
+    torch.manual_seed(0)
+    decoder = MLPDecoder(5, 12, hidden=(8,), activation="tanh").double().eval()
+    flat = flat_decoder(decoder, (5,))
+    latents = torch.randn(3, 5, dtype=torch.float64)
+    expected = stacked_jacobian(flat, latents, 2)  # (d, B, D)
+    for columns in (peers.autograd_loop(flat, latents), peers.vmap_jacrev(flat, latents, chunk_size=5),
+                    peers.batch_jacfwd_diagonal(flat, latents)):
+        torch.testing.assert_close(columns, expected, rtol=1e-10, atol=1e-12)
+    # the slice the slow peers are timed on: the first output rows
+    torch.testing.assert_close(peers.autograd_loop(flat, latents, output_rows=7), expected[:, :, :7])
+    torch.testing.assert_close(peers.vmap_jacrev(flat, latents, output_rows=7), expected[:, :, :7])

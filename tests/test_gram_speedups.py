@@ -1,0 +1,87 @@
+"""The Gram step's speed-ups change nothing but speed: both slab layouts, the threaded
+eigenvalues and the allocator setting give what the plain computation gives."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import torch
+
+from genentropy_cli import logdet
+from genentropy_cli.allocator import OPT_OUT_VARIABLE
+from genentropy_cli.defaults import EIGVALSH_THREAD_MIN_BATCH, TRANSPOSED_GRAM_MAX_DIM
+from genentropy_cli.logdet import Workspace, batched_eigvalsh, gram_eigenvalues, gram_matrices
+
+
+def exact_gram(columns: torch.Tensor) -> torch.Tensor:
+    per_sample = columns.double().permute(1, 0, 2)  # (B, d, D)
+    return per_sample @ per_sample.transpose(1, 2)
+
+
+@pytest.mark.parametrize("dim", [3, TRANSPOSED_GRAM_MAX_DIM, TRANSPOSED_GRAM_MAX_DIM + 1, 40])
+@pytest.mark.parametrize("slab_bytes", [1, 5000, None])
+def test_gram_matrices_either_layout_any_slab(dim, slab_bytes):
+    columns = torch.randn(dim, 9, 23, generator=torch.Generator().manual_seed(dim))
+    gram = gram_matrices(columns, slab_bytes, Workspace())
+    torch.testing.assert_close(gram, exact_gram(columns), rtol=1e-14, atol=1e-13)
+    assert torch.equal(gram, gram.transpose(1, 2)) or torch.allclose(gram, gram.transpose(1, 2), rtol=1e-15)
+
+
+def test_the_two_layouts_agree(monkeypatch):
+    columns = torch.randn(12, 17, 300, generator=torch.Generator().manual_seed(1))
+    transposed = gram_matrices(columns)
+    monkeypatch.setattr(logdet, "TRANSPOSED_GRAM_MAX_DIM", 0)
+    plain = gram_matrices(columns)
+    torch.testing.assert_close(transposed, plain, rtol=1e-14, atol=1e-12)
+
+
+def test_float64_columns_need_no_copy_and_agree():
+    columns = torch.randn(6, 5, 30, dtype=torch.float64, generator=torch.Generator().manual_seed(2))
+    torch.testing.assert_close(gram_matrices(columns), exact_gram(columns), rtol=1e-14, atol=1e-13)
+
+
+@pytest.mark.parametrize("threads", [1, 2, 3])
+def test_threaded_eigenvalues_equal_one_call(threads):
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        for batch in (1, EIGVALSH_THREAD_MIN_BATCH - 1, EIGVALSH_THREAD_MIN_BATCH, 101):
+            gram = exact_gram(torch.randn(7, batch, 20, generator=torch.Generator().manual_seed(batch)))
+            assert torch.equal(batched_eigvalsh(gram), torch.linalg.eigvalsh(gram))
+    finally:
+        torch.set_num_threads(before)
+
+
+def test_spectrum_of_a_known_jacobian():
+    """J = Q diag(sigma) with orthonormal Q: eigenvalues sigma^2 whatever the layout or threads."""
+    sigma = torch.tensor([1e-3, 0.5, 2.0, 30.0], dtype=torch.float64)
+    q, _ = torch.linalg.qr(torch.randn(50, 4, dtype=torch.float64, generator=torch.Generator().manual_seed(3)))
+    jacobian = q * sigma  # (D, d)
+    columns = jacobian.T.unsqueeze(1).expand(4, 40, 50).contiguous()  # (d, B, D): 40 samples alike
+    spectrum = gram_eigenvalues(columns)
+    torch.testing.assert_close(spectrum.eigenvalues, (sigma**2).expand(40, 4), rtol=1e-9, atol=1e-14)
+
+
+def _child(code: str, **env: str) -> str:
+    environment = {key: value for key, value in os.environ.items()
+                   if key not in (OPT_OUT_VARIABLE, "MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_")}
+    environment.update(env)
+    return subprocess.run([sys.executable, "-c", textwrap.dedent(code)], capture_output=True, text=True,
+                          env=environment, check=True).stdout.strip()
+
+
+CHILD = """
+from genentropy_cli.allocator import keep_freed_memory
+print(keep_freed_memory(), keep_freed_memory())
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's mallopt")
+def test_keep_freed_memory_applies_once_and_respects_opt_outs():
+    assert _child(CHILD) == "True True"
+    assert _child(CHILD, **{OPT_OUT_VARIABLE: "0"}) == "False False"
+    assert _child(CHILD, MALLOC_TRIM_THRESHOLD_="1000000") == "False False"  # the user's own tuning stands
