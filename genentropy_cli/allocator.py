@@ -12,6 +12,9 @@ from the heap) and the trim threshold to ``MALLOC_TRIM_THRESHOLD_BYTES``, once p
 cost: the process keeps up to that much freed memory instead of returning it. Set
 ``GENENTROPY_KEEP_FREED_MEMORY=0`` to leave the allocator alone; environment settings
 ``MALLOC_MMAP_THRESHOLD_`` / ``MALLOC_TRIM_THRESHOLD_`` are respected as they are.
+``release_freed_memory`` (``malloc_trim``) gives the kept memory back at the end of a run, so a
+later run in the same process, which plans ``--max-memory`` from the memory in use, does not
+count it.
 """
 
 from __future__ import annotations
@@ -20,6 +23,8 @@ import ctypes
 import ctypes.util
 import os
 import sys
+from contextlib import contextmanager
+from typing import Iterator
 
 from .defaults import MALLOC_MMAP_THRESHOLD_BYTES, MALLOC_TRIM_THRESHOLD_BYTES
 
@@ -27,7 +32,7 @@ OPT_OUT_VARIABLE = "GENENTROPY_KEEP_FREED_MEMORY"
 _M_TRIM_THRESHOLD = -1  # glibc's mallopt parameter numbers (malloc.h)
 _M_MMAP_THRESHOLD = -3
 
-_state: dict[str, bool | None] = {"applied": None}
+_state: dict[str, object] = {"applied": None, "libc": None}
 
 
 def keep_freed_memory() -> bool:
@@ -49,5 +54,26 @@ def _apply() -> bool:
     except (OSError, AttributeError):  # not glibc (musl has no mallopt)
         return False
     mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
+    _state["libc"] = libc
     return bool(mallopt(_M_MMAP_THRESHOLD, MALLOC_MMAP_THRESHOLD_BYTES)) and bool(
         mallopt(_M_TRIM_THRESHOLD, MALLOC_TRIM_THRESHOLD_BYTES))
+
+
+def release_freed_memory() -> bool:
+    """Return the freed memory kept by ``keep_freed_memory`` to the OS (glibc's malloc_trim);
+    True if anything was released. Does nothing where the thresholds were not applied."""
+    libc = _state["libc"]
+    if not _state["applied"] or libc is None:
+        return False
+    trim = libc.malloc_trim
+    trim.argtypes, trim.restype = [ctypes.c_size_t], ctypes.c_int
+    return bool(trim(0))
+
+
+@contextmanager
+def reusing_freed_memory() -> Iterator[bool]:
+    """``keep_freed_memory`` for the block, ``release_freed_memory`` after it (an estimate)."""
+    try:
+        yield keep_freed_memory()
+    finally:
+        release_freed_memory()

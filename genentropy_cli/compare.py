@@ -26,7 +26,7 @@ import numpy as np
 import torch
 
 from . import __version__
-from .allocator import keep_freed_memory
+from .allocator import reusing_freed_memory
 from .defaults import (
     COMPARE_SIGNIFICANCE_LEVEL,
     DEFAULT_DEVICE,
@@ -308,8 +308,7 @@ def compare_models(
     shared = [shared_latents and _spec_key(specs[a]) == _spec_key(specs[b]) for a, b in pairs]
 
     started = time.perf_counter()
-    keep_freed_memory()
-    with strict_float32():
+    with strict_float32(), reusing_freed_memory():
         prepared = [prepare_decoder(decoder, spec, torch_device, torch_dtype) for decoder, spec in zip(decoders, specs)]
         sizes = [resolve_work_sizes(spec.dim, item.output_dim, torch_dtype, torch_device, batch_size, tangent_chunk)
                  for spec, item in zip(specs, prepared)]

@@ -73,7 +73,7 @@ MALLOC_MMAP_THRESHOLD_BYTES: int = 32 * 1024**2
 """glibc's largest mmap threshold: smaller blocks come from the heap and are reused (allocator.py)."""
 
 MALLOC_TRIM_THRESHOLD_BYTES: int = 1024**3
-"""Freed heap memory the process keeps for reuse before returning it to the OS (allocator.py)."""
+"""Freed heap memory the process keeps for reuse during a run before returning it to the OS (allocator.py)."""
 
 CONFIDENCE_Z_95: float = 1.959963984540054
 """Two-sided 95% quantile of the standard normal, for the confidence interval."""

@@ -28,7 +28,7 @@ from .defaults import (
     PRECISION_PROBE_SAMPLES,
     TARGET_STDERR_MIN_SAMPLES,
 )
-from .allocator import keep_freed_memory
+from .allocator import reusing_freed_memory
 from .checkpoint import check_same_settings, decoder_fingerprint, load_checkpoint, save_checkpoint
 from .distributed import (
     ProcessGroup,
@@ -471,7 +471,6 @@ def run_estimate(decoder: Any, spec: LatentSpec, scales: tuple[float, ...], num_
                  progress: ProgressCallback | None, options: RunOptions) -> EntropyResult:
     """Join the process group (under torchrun), then run with TF32 off and signals handled."""
     options.validate()
-    keep_freed_memory()  # batches reuse memory instead of page-faulting it in again (allocator.py)
     wanted = device
     if options.distributed is not False and launched_by_torchrun():
         wanted = rank_device(str(device), int(os.environ.get("LOCAL_RANK", "0")))
@@ -479,7 +478,8 @@ def run_estimate(decoder: Any, spec: LatentSpec, scales: tuple[float, ...], num_
     group = join_process_group(torch_device, options.distributed)
     notify = options.log or warn_to_python
     try:
-        with strict_float32(), graceful_interrupts(options.handle_signals, notify) as interrupt:
+        # batches reuse freed memory instead of page-faulting it in again (allocator.py)
+        with strict_float32(), reusing_freed_memory(), graceful_interrupts(options.handle_signals, notify) as interrupt:
             run = EstimateRun(decoder, spec, scales, num_samples, batch_size, torch_device, dtype, seed,
                               progress, options, group, interrupt)
             return run.execute()

@@ -85,3 +85,25 @@ def test_keep_freed_memory_applies_once_and_respects_opt_outs():
     assert _child(CHILD) == "True True"
     assert _child(CHILD, **{OPT_OUT_VARIABLE: "0"}) == "False False"
     assert _child(CHILD, MALLOC_TRIM_THRESHOLD_="1000000") == "False False"  # the user's own tuning stands
+
+
+RELEASE = """
+import torch
+from genentropy_cli.allocator import keep_freed_memory, release_freed_memory
+
+def resident():
+    with open("/proc/self/status") as status:
+        return next(int(line.split()[1]) * 1024 for line in status if line.startswith("VmRSS:"))
+
+keep_freed_memory()
+blocks = [torch.ones(4 * 2**20) for _ in range(40)]  # 40 x 16 MiB, from the heap
+del blocks
+kept = resident()
+released = release_freed_memory()
+print(released, kept - resident() > 300 * 2**20)
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's malloc_trim")
+def test_freed_memory_is_kept_during_a_run_and_released_after():
+    assert _child(RELEASE) == "True True"
