@@ -43,6 +43,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 import peers  # noqa: E402  (benchmarks/peers.py)
+from sweep_vs_single import timed  # noqa: E402  (benchmarks/sweep_vs_single.py)
 from genentropy_cli import estimate_entropy  # noqa: E402
 from genentropy_cli.allocator import keep_freed_memory  # noqa: E402
 from genentropy_cli.architectures import DCGANGenerator, InfoGANGenerator, MLPDecoder  # noqa: E402
@@ -92,17 +93,6 @@ class Alternative:
         times = self.wall if kind == "wall" else self.cpu
         scaled = [value * self.factor / self.samples for value in times]
         return min(scaled), statistics.median(scaled)
-
-
-def timed(action: Callable[[], object], device: torch.device) -> tuple[float, float]:
-    """(wall, CPU-of-this-process) seconds of one call."""
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    wall, cpu = time.perf_counter(), time.process_time()
-    action()
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    return time.perf_counter() - wall, time.process_time() - cpu
 
 
 def interleave(alternatives: list[Alternative], rounds: int, device: torch.device, label: str) -> None:
