@@ -7,6 +7,7 @@ per sample serves every scale s.
 from __future__ import annotations
 
 import math
+import os
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Sequence
@@ -69,7 +70,8 @@ def gram_matrices(jacobian_columns: torch.Tensor, slab_bytes: int | None = None,
     return gram
 
 
-_EIGVALSH_POOL: ThreadPoolExecutor | None = None
+_EIGVALSH_POOL: tuple[int, int, ThreadPoolExecutor] | None = None
+"""(process id, workers, pool): a forked child has none of its parent's threads, so it makes its own."""
 
 
 def batched_eigvalsh(gram: torch.Tensor) -> torch.Tensor:
@@ -81,15 +83,16 @@ def batched_eigvalsh(gram: torch.Tensor) -> torch.Tensor:
     batch = gram.shape[0]
     if gram.device.type != "cpu" or threads < 2 or batch < EIGVALSH_THREAD_MIN_BATCH:
         return torch.linalg.eigvalsh(gram)
-    if _EIGVALSH_POOL is None or _EIGVALSH_POOL._max_workers != threads:
-        _EIGVALSH_POOL = ThreadPoolExecutor(threads, thread_name_prefix="genentropy-eigvalsh")
+    if _EIGVALSH_POOL is None or _EIGVALSH_POOL[:2] != (os.getpid(), threads):
+        _EIGVALSH_POOL = (os.getpid(), threads, ThreadPoolExecutor(threads, thread_name_prefix="genentropy-eigvalsh"))
+    pool = _EIGVALSH_POOL[2]
     eigenvalues = gram.new_empty(gram.shape[:-1])
     bounds = [batch * part // threads for part in range(threads + 1)]
 
     def decompose(first: int, last: int) -> None:
         torch.linalg.eigvalsh(gram[first:last], out=eigenvalues[first:last])
 
-    for future in [_EIGVALSH_POOL.submit(decompose, first, last) for first, last in zip(bounds, bounds[1:])]:
+    for future in [pool.submit(decompose, first, last) for first, last in zip(bounds, bounds[1:])]:
         future.result()
     return eigenvalues
 

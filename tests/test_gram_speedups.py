@@ -107,3 +107,17 @@ print(released, kept - resident() > 300 * 2**20)
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's malloc_trim")
 def test_freed_memory_is_kept_during_a_run_and_released_after():
     assert _child(RELEASE) == "True True"
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
+def test_threaded_eigenvalues_work_in_a_forked_child():
+    """A child forked after the pool exists has none of its threads: it must make its own."""
+    gram = exact_gram(torch.randn(5, 64, 12, generator=torch.Generator().manual_seed(4)))
+    expected = torch.linalg.eigvalsh(gram)
+    assert torch.equal(batched_eigvalsh(gram), expected)  # the parent's pool exists now
+    import multiprocessing
+
+    context = multiprocessing.get_context("fork")
+    with context.Pool(1) as children:
+        result = children.apply_async(batched_eigvalsh, (gram,)).get(timeout=60)
+    assert torch.equal(result, expected)
