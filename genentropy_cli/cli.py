@@ -187,8 +187,7 @@ def emit(document: dict, json_output: bool, output: Optional[str], render: Calla
         reporting.print_json(document)
         return
     rendered = render()
-    for renderable in rendered if isinstance(rendered, (list, tuple)) else [rendered]:
-        reporting.stdout_console.print(renderable)
+    reporting.print_results(*(rendered if isinstance(rendered, (list, tuple)) else [rendered]))
 
 
 def emit_result(document: dict, result: EntropyResult, output: Optional[str], json_output: bool,
@@ -473,9 +472,8 @@ def compare(
         if json_output:
             reporting.print_json(document)
             return
-        for scale_index in range(len(scales)):
-            reporting.stdout_console.print(models_table(result, scale_index))
-            reporting.stdout_console.print(pairs_table(result, scale_index))
+        reporting.print_results(*[table for scale_index in range(len(scales))
+                                  for table in (models_table(result, scale_index), pairs_table(result, scale_index))])
 
     run_guarded(body)
 
@@ -524,7 +522,7 @@ def samples(
         if json_output:
             reporting.print_json(document)
         else:
-            reporting.stdout_console.print(samples_table(result, loaded.path))
+            reporting.print_results(samples_table(result, loaded.path))
 
     run_guarded(body)
 

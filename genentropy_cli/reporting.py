@@ -19,12 +19,36 @@ from .stopping import STOP_REASONS
 
 stdout_console = Console(highlight=False)
 stderr_console = Console(stderr=True, highlight=False)
+PIPED_WIDTH = 200
+"""Columns for tables on a stdout that is not a terminal (a file, a pipe): Rich's 80 would
+wrap a model name or a number across lines where a program or an editor reads them."""
+
+
+def print_results(*renderables: object) -> None:
+    """Tables on stdout: the terminal's width, ``COLUMNS`` if set, else ``PIPED_WIDTH`` when piped."""
+    if not stdout_console.is_terminal and not os.environ.get("COLUMNS"):
+        stdout_console.width = PIPED_WIDTH
+    for renderable in renderables:
+        stdout_console.print(renderable)
 
 
 def format_number(value: float | None, digits: int = 4) -> str:
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return "-"
     return f"{value:.{digits}f}"
+
+
+def entropy_digits(stderr: float | None, minimum: int = 4) -> int:
+    """Decimals that show the first two significant digits of the standard error (``minimum``
+    at least, at most 12): a value printed to fewer would hide what the run resolves (an
+    entropy difference of 0.004 with SE 0.001 is not "0.00"). An exact value gets 4: an SE below
+    1e-10 is round-off (two linear decoders on shared latents differ by a constant), no sample
+    size resolves that much."""
+    if stderr is not None and 0 <= stderr < 1e-10:
+        return max(minimum, 4)
+    if stderr is None or not (stderr > 0 and math.isfinite(stderr)):
+        return minimum
+    return int(min(12, max(minimum, 1 - math.floor(math.log10(stderr)))))
 
 
 def format_error(value: float | None) -> str:
@@ -60,12 +84,13 @@ def estimate_table(result: EntropyResult, model_path: str) -> Table:
     for header in headers + (["dtype shift"] if shifts else []):
         table.add_column(header, justify="right")
     for index, item in enumerate(result.estimates):
+        digits = entropy_digits(item.stderr)
         row = [
             f"{item.scale:.0e}",
-            format_number(item.entropy),
+            format_number(item.entropy, digits),
             format_error(item.stderr),
             format_number(item.std),
-            f"{format_number(item.ci95[0])} to {format_number(item.ci95[1])}",
+            f"{format_number(item.ci95[0], digits)} to {format_number(item.ci95[1], digits)}",
             str(item.num_samples),
         ]
         if shifts:

@@ -204,6 +204,7 @@ class EstimateRun:
                  batch_size: int | None, device: torch.device, dtype: torch.dtype, seed: int,
                  progress: ProgressCallback | None, options: RunOptions, group: ProcessGroup,
                  interrupt: InterruptFlag):
+        created = time.perf_counter()
         self.decoder, self.spec, self.scales = decoder, spec, scales
         self.num_samples, self.seed, self.options, self.group = num_samples, int(seed), options, group
         self.interrupt = interrupt
@@ -223,6 +224,7 @@ class EstimateRun:
         self.resumed_from = 0
         self.interrupted = False
         self._defining_settings: dict | None = None
+        self.setup_seconds = time.perf_counter() - created  # decoder copy, probes, batch planning
 
     def _ranked(self, log: LogCallback) -> LogCallback:
         if self.group.world_size == 1:
@@ -448,6 +450,7 @@ class EstimateRun:
             "samples_computed": self.computed,
             "resumed_from_samples": self.resumed_from,
             "elapsed_seconds_total": self.elapsed_before + elapsed,
+            "setup_seconds": self.setup_seconds,
         }
         return EntropyResult(
             estimates=estimates,

@@ -8,19 +8,11 @@ from rich.console import Group
 from rich.table import Table
 from rich.text import Text
 
-from .reporting import format_error, format_number, latent_label
+from .reporting import entropy_digits, format_error, format_number, latent_label
 from .sweep import Comparison, SweepResult, format_stderrs
 
 BAR_WIDTH = 32
 """Characters of the longest convergence bar."""
-
-
-def entropy_digits(stderr: float) -> int:
-    """Decimals that show the first significant digit of the standard error (4 at least, as
-    in Table 1), so a float64 sweep at s = 1e-6 shows what it resolves."""
-    if not (stderr > 0 and math.isfinite(stderr)):
-        return 4
-    return int(min(12, max(4, 1 - math.floor(math.log10(stderr)))))
 
 
 def format_difference(value: float) -> str:

@@ -10,7 +10,7 @@ from rich.table import Table
 
 from .compare import ComparisonResult
 from .extremes import ExtremeSamples
-from .reporting import format_error, format_number
+from .reporting import entropy_digits, format_error, format_number
 
 
 def model_names(paths: Sequence[str]) -> list[str]:
@@ -38,8 +38,9 @@ def models_table(result: ComparisonResult, scale_index: int = 0) -> Table:
     for index in order:
         model = result.models[index]
         estimate = model.estimates[scale_index]
-        table.add_row(model.name, model.latent.describe(), format_number(estimate.entropy, 2),
-                      format_error(estimate.stderr), format_number(estimate.std, 2), str(model.ranks[scale_index]))
+        table.add_row(model.name, model.latent.describe(),
+                      format_number(estimate.entropy, entropy_digits(estimate.stderr, 2)), format_error(estimate.stderr),
+                      format_number(estimate.std, 2), str(model.ranks[scale_index]))
     return table
 
 
@@ -68,9 +69,10 @@ def pairs_table(result: ComparisonResult, scale_index: int = 0) -> Table:
         first, second = (pair.first, pair.second) if pair.difference >= 0 else (pair.second, pair.first)
         oriented = result.pair(names[first], names[second], scale)
         paired = format_error(oriented.paired_stderr)
+        tested_stderr = oriented.paired_stderr if oriented.shared_latents else oriented.unpaired_stderr
         table.add_row(
             f"{names[first]} - {names[second]}",
-            format_number(oriented.difference, 2),
+            format_number(oriented.difference, entropy_digits(tested_stderr, 2)),
             f"[bold]{paired}[/bold]" if oriented.shared_latents else f"({paired})",
             format_error(oriented.unpaired_stderr) if oriented.shared_latents
             else f"[bold]{format_error(oriented.unpaired_stderr)}[/bold]",

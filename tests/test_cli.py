@@ -39,6 +39,8 @@ def test_json_schema_keys_are_stable(run_cli, tmp_path):
     assert document["command"] == "estimate"
     assert set(document) >= {"genentropy_version", "command", "model", "settings", "estimates", "elapsed_seconds"}
     assert document["model"]["path"] == str(HALF_SPHERE)
+    timing = document["diagnostics"]
+    assert 0 < timing["setup_seconds"] and 0 < timing["elapsed_seconds_total"] <= document["elapsed_seconds"] + 1e-9
     assert document["model"]["format"] == "torchscript"
     assert document["model"]["latent_shape"] == [2]
     assert document["model"]["latent_distribution"] == "normal"

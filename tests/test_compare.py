@@ -239,3 +239,26 @@ def test_cli_compare_bad_input(run_cli, linear_files, tmp_path):
     assert_one_line_error(run_cli("compare", linear_files[0]), "at least two")
     assert_one_line_error(run_cli("compare", linear_files[0], tmp_path / "missing.pt"), "not found")
     assert_one_line_error(run_cli("compare", *linear_files, "-n", "0"), "at least 2 samples")
+
+
+def test_tables_print_a_small_difference_to_the_precision_of_its_error():
+    """Closed form: x = 1.002 A z against x = A z differs by 3 log 1.002 = 0.00599 exactly (paired
+    SE 0); two decimals would print it as 0.01. The shown digits follow the standard error."""
+    from rich.console import Console
+
+    from genentropy_cli.reporting import entropy_digits
+    from genentropy_cli.tables import models_table, pairs_table
+
+    matrix = matrix_with_singular_values(SIGMAS_A, 5, seed=0)
+    result = compare_models([LinearDecoder(1.002 * matrix), LinearDecoder(matrix)], [DIM, DIM],
+                            names=["wider", "base"], n_samples=400, device="cpu", dtype="float64")
+    expected = DIM * math.log(1.002)
+    assert result.pair("wider", "base").difference == pytest.approx(expected, abs=1e-9)
+    console = Console(width=200, record=True, file=__import__("io").StringIO())
+    console.print(pairs_table(result))
+    console.print(models_table(result))
+    text = console.export_text()
+    assert f"{expected:.4f}" in text and "0.0060" in text
+    assert entropy_digits(0.0012) == 4 and entropy_digits(0.012, 2) == 3 and entropy_digits(0.5, 2) == 2
+    assert entropy_digits(3e-7) == 8 and entropy_digits(0.0) == 4 and entropy_digits(float("nan"), 2) == 2
+    assert entropy_digits(2e-17) == 4 and entropy_digits(2e-10) == 11 and entropy_digits(1e-9, 2) == 10
