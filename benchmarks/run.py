@@ -15,6 +15,8 @@ Sections (all by default; ``--quick``: MLP and infoGAN, fewer rounds, smaller ru
   interleaved rounds, so drifts in machine load hit all alike; a figure is the fastest round
   (the least disturbed), the median round is printed beside it; ratios are to the best floor.
 * ``rows``: the engine's time against its rows per decoder call (what ``CPU_CALL_BYTES`` is from).
+* ``gram``: the float64 Gram step in pieces (copy + J^T J, J^T J alone, eigenvalues alone) against
+  the floor at the engine's rows per call: why the MLP misses 1.2 x the floor.
 * ``memory``: the peak memory of one engine batch at the planned sizes next to the planner's
   model, and the whole CLI on the DCGAN generator under ``--max-memory`` (CPU: peak RSS of the
   process, VmHWM; CUDA: max_memory_allocated).
@@ -56,7 +58,8 @@ from genentropy_cli.engine import (  # noqa: E402
 )
 from genentropy_cli.latents import LatentStream, make_latent_spec  # noqa: E402
 from genentropy_cli.loading import load_model, save_torchscript  # noqa: E402
-from genentropy_cli.logdet import gram_eigenvalues  # noqa: E402
+from genentropy_cli.defaults import TRANSPOSED_GRAM_MAX_DIM  # noqa: E402
+from genentropy_cli.logdet import batched_eigvalsh, gram_eigenvalues, gram_matrices  # noqa: E402
 from genentropy_cli.memory import device_name, memory_in_use  # noqa: E402
 from genentropy_cli.planning import batch_peak_bytes, format_bytes, rows_per_call  # noqa: E402
 from genentropy_cli.runner import plan_for  # noqa: E402
@@ -269,6 +272,68 @@ def rows_section(names: list[str], device: torch.device, rounds: int) -> list[di
     return results
 
 
+# ----------------------------------------------------------------------------- the Gram step
+
+
+def gram_section(names: list[str], device: torch.device, rounds: int) -> list[dict]:
+    """The float64 Gram step in pieces on the engine's batch, against the floor at the engine's
+    rows per call: how much of acceptance item 1's 0.2 x floor headroom its kernels take alone."""
+    results = []
+    for name in names:
+        prepared, spec = build(name, device, torch.float32)
+        batch, chunk = plan_for(prepared)
+        dim, flat = spec.dim, prepared.flat()
+        latents = LatentStream(spec, seed=0).range(0, batch).to(device=device, dtype=torch.float32)
+        rows = rows_per_call(batch, chunk)
+        floor_inputs = LatentStream(spec, seed=1).range(0, rows).to(device=device, dtype=torch.float32)
+        floor_inputs = floor_inputs.reshape(rows, *spec.shape)
+        with strict_float32():
+            columns = JACOBIAN_METHODS[prepared.jacobian_method](flat, latents, chunk)
+            layout = (1, 2, 0) if dim <= TRANSPOSED_GRAM_MAX_DIM else (1, 0, 2)
+            in_float64 = columns.permute(*layout).to(torch.float64, memory_format=torch.contiguous_format)
+            gram = gram_matrices(columns, workspace=prepared.workspace)
+
+        def floor() -> None:
+            with torch.no_grad():
+                prepared.function(floor_inputs)
+
+        def bmm_only() -> None:
+            if dim <= TRANSPOSED_GRAM_MAX_DIM:
+                torch.bmm(in_float64.transpose(1, 2), in_float64)
+            else:
+                torch.bmm(in_float64, in_float64.transpose(1, 2))
+
+        alternatives = [  # the floor: one call of the engine's rows, scaled to (d + 1) rows per sample
+            Alternative("floor", floor, batch, f"(d + 1) forward passes of the batch, {rows} rows per call",
+                        factor=(dim + 1) / (chunk + 1)),
+            Alternative("Jacobian", lambda: JACOBIAN_METHODS[prepared.jacobian_method](flat, latents, chunk), batch,
+                        f"{prepared.jacobian_method}, chunk {chunk}"),
+            Alternative("Gram step", lambda: gram_eigenvalues(columns, workspace=prepared.workspace), batch,
+                        "float64 copy + J^T J + eigenvalues (what the engine runs)"),
+            Alternative("float64 copy + J^T J", lambda: gram_matrices(columns, workspace=prepared.workspace), batch,
+                        "gram_matrices"),
+            Alternative("J^T J alone", bmm_only, batch, "batched matmul on a float64 copy made beforehand"),
+            Alternative("eigenvalues alone", lambda: batched_eigvalsh(gram), batch, f"{batch} x ({dim} x {dim})"),
+        ]
+        with strict_float32():
+            interleave(alternatives, rounds, device, f"{name} gram")
+        floor_seconds = alternatives[0].per_sample()[0]
+        print(f"\n### the float64 Gram step: {name} (d = {dim}, D = {prepared.output_dim}, batch {batch})\n")
+        print("| piece | setting | ms/sample (best) | x floor |")
+        print("|---|---|---|---|")
+        table = []
+        for item in alternatives:
+            seconds = item.per_sample()[0]
+            table.append({"piece": item.name, "ms_per_sample": seconds * 1e3, "x_floor": seconds / floor_seconds})
+            print(f"| {item.name} | {item.note} | {seconds * 1e3:.4f} | {seconds / floor_seconds:.3f} |")
+        kernels = sum(item.per_sample()[0] for item in alternatives[4:]) / floor_seconds
+        print(f"\nJ^T J and eigenvalues alone (no float64 copy): {kernels:.3f} x floor; item 1 leaves the Gram "
+              "step 0.2 x floor less what the Jacobian takes above the floor.", flush=True)
+        results.append({"architecture": name, "batch": batch, "chunk": chunk, "pieces": table,
+                        "kernels_x_floor": kernels})
+    return results
+
+
 # ----------------------------------------------------------------------------- memory
 
 
@@ -442,7 +507,7 @@ def cli_section(device: torch.device, quick: bool, workdir: Path) -> dict:
 
 # ----------------------------------------------------------------------------- main
 
-SECTIONS = ("speed", "memory", "scales", "cli", "rows")
+SECTIONS = ("speed", "memory", "scales", "cli", "rows", "gram")
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -451,7 +516,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--quick", action="store_true", help="MLP and infoGAN, fewer rounds, smaller runs")
     parser.add_argument("--arch", nargs="*", default=None, choices=list(ARCHITECTURES))
     parser.add_argument("--section", nargs="*", default=None, choices=SECTIONS,
-                        help="default: all but rows (rows: the rows-per-call sweep, long)")
+                        help="default: all but rows and gram (rows: the rows-per-call sweep, long; "
+                             "gram: the Gram step in pieces)")
     parser.add_argument("--rounds", type=int, default=None, help="interleaved rounds (default 5; --quick 3)")
     parser.add_argument("--json", default=None, help="also write every figure to this JSON file")
     parser.add_argument("--child-batch-peak", default=None, help=argparse.SUPPRESS)
@@ -464,7 +530,7 @@ def main(argv: list[str] | None = None) -> dict:
     # that the floor and the peers run under the same allocator as the engine
     kept = keep_freed_memory()
     names = args.arch or (["mlp", "infogan-mnist"] if args.quick else list(ARCHITECTURES))
-    sections = args.section or [section for section in SECTIONS if section != "rows"]
+    sections = args.section or [section for section in SECTIONS if section not in ("rows", "gram")]
     rounds = args.rounds or (3 if args.quick else 5)
     header = {"torch": torch.__version__, "device": device_name(device), "threads": torch.get_num_threads(),
               "date": time.strftime("%Y-%m-%d"), "quick": args.quick, "keep_freed_memory": kept}
@@ -477,6 +543,8 @@ def main(argv: list[str] | None = None) -> dict:
             results["speed"] = speed_section(names, device, rounds, args.quick)
         if "rows" in sections:
             results["rows"] = rows_section(names, device, rounds)
+        if "gram" in sections:
+            results["gram"] = gram_section(names, device, rounds)
         if "memory" in sections:
             results["memory"] = memory_section(names, device, args.quick, workdir)
         if "scales" in sections:
