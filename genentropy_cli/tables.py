@@ -38,8 +38,8 @@ def models_table(result: ComparisonResult, scale_index: int = 0) -> Table:
     for index in order:
         model = result.models[index]
         estimate = model.estimates[scale_index]
-        table.add_row(model.name, model.latent.describe(),
-                      format_number(estimate.entropy, entropy_digits(estimate.stderr, 2)), format_error(estimate.stderr),
+        entropy = format_number(estimate.entropy, entropy_digits(estimate.stderr, 2))
+        table.add_row(model.name, model.latent.describe(), entropy, format_error(estimate.stderr),
                       format_number(estimate.std, 2), str(model.ranks[scale_index]))
     return table
 

@@ -56,5 +56,6 @@ def test_gram_section_times_every_piece_against_the_floor(capsys):
     assert list(pieces) == ["floor", "Jacobian", "Gram step", "float64 copy + J^T J", "J^T J alone",
                             "eigenvalues alone"]
     assert pieces["floor"]["x_floor"] == 1.0 and all(row["ms_per_sample"] > 0 for row in pieces.values())
-    assert result["kernels_x_floor"] == pytest.approx(pieces["J^T J alone"]["x_floor"] + pieces["eigenvalues alone"]["x_floor"])
+    kernels = pieces["J^T J alone"]["x_floor"] + pieces["eigenvalues alone"]["x_floor"]
+    assert result["kernels_x_floor"] == pytest.approx(kernels)
     assert "the float64 Gram step: mlp" in capsys.readouterr().out
