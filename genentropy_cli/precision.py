@@ -14,13 +14,14 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
 
 from .defaults import PRECISION_PROBE_THRESHOLD, SUPPORTED_DTYPES
 from .engine import PreparedDecoder, compute_sample_terms, prepare_decoder
+from .errors import InputError
 from .memory import is_out_of_memory, release_cached_memory
 
 
@@ -110,28 +111,36 @@ class PrecisionProbe:
 
 def measure_precision(decoder: Any, prepared: PreparedDecoder, latents: torch.Tensor,
                       scales: Sequence[float], tangent_chunk: int | None,
-                      batch_size: int | None = None) -> PrecisionProbe | None:
+                      batch_size: int | None = None,
+                      plan: Callable[[PreparedDecoder], tuple[int, int]] | None = None) -> PrecisionProbe | None:
     """Compute the probe samples ``latents`` with ``prepared`` (the run's dtype) and again with
     the decoder in each more precise dtype, ``batch_size`` samples at a time (None: all at
-    once); None where the run already uses float64."""
+    once); None where the run already uses float64. ``plan``, where given, sizes the batches
+    (batch, chunk) of each more precise copy once that copy exists, so that a memory plan
+    counts the copy's own bytes."""
     dtype = dtype_name(prepared.dtype)
     references = more_precise_dtypes(dtype)
     if not references or latents.shape[0] == 0:
         return None
     probe = PrecisionProbe(dtype, int(latents.shape[0]))
-    step = int(batch_size) if batch_size else latents.shape[0]
 
-    def terms(which: PreparedDecoder) -> np.ndarray:
+    def terms(which: PreparedDecoder, batch: int | None, chunk: int | None) -> np.ndarray:
+        step = int(batch) if batch else latents.shape[0]
         return np.concatenate([
-            compute_sample_terms(which, latents[first : first + step], scales, tangent_chunk).entropy_terms.numpy()
+            compute_sample_terms(which, latents[first : first + step], scales, chunk).entropy_terms.numpy()
             for first in range(0, latents.shape[0], step)
         ])
 
     try:
-        low = terms(prepared)
+        low = terms(prepared, batch_size, tangent_chunk)
         for reference in references:
             precise = prepare_decoder(decoder, prepared.latent, prepared.device, getattr(torch, reference))
-            high = terms(precise)
+            try:
+                batch, chunk = plan(precise) if plan is not None else (batch_size, tangent_chunk)
+            except InputError as error:  # the memory cap leaves no room for the copy's batch
+                return PrecisionProbe(dtype, int(latents.shape[0]),
+                                      skipped=f"no room for the {reference} copy of the decoder ({error})")
+            high = terms(precise, batch, chunk)
             del precise
             probe.comparisons.append(ProbeComparison.from_differences(reference, low - high))
     except RuntimeError as error:

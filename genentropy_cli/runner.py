@@ -28,7 +28,7 @@ from .defaults import (
     PRECISION_PROBE_SAMPLES,
     TARGET_STDERR_MIN_SAMPLES,
 )
-from .allocator import reusing_freed_memory
+from .allocator import release_freed_memory, reusing_freed_memory
 from .checkpoint import check_same_settings, decoder_fingerprint, load_checkpoint, save_checkpoint
 from .distributed import (
     ProcessGroup,
@@ -66,7 +66,7 @@ from .memory import (
     release_cached_memory,
     reset_peak_memory,
 )
-from .planning import BatchPlan, batch_peak_bytes, parse_memory_size, plan_batch
+from .planning import BatchPlan, batch_peak_bytes, format_bytes, parse_memory_size, plan_batch
 from .per_sample import PerSampleWriter, per_sample_format
 from .precision import PrecisionProbe, dtype_name, measure_precision, probe_warning
 from .stopping import STOP_INTERRUPTED, STOP_NUM_SAMPLES, STOP_TARGET_STDERR
@@ -149,6 +149,15 @@ def plan_for(prepared: PreparedDecoder, max_memory: int | None = None, *, dtype:
     )
 
 
+def over_memory_cap(peak_bytes: int, max_memory: int | None) -> str | None:
+    """The warning when the measured peak went over ``--max-memory`` (the planner's memory model
+    is an estimate: kernel workspaces and allocator slack are not in it), else None."""
+    if max_memory is None or peak_bytes <= max_memory:
+        return None
+    return (f"peak memory {format_bytes(peak_bytes)} went over --max-memory {format_bytes(max_memory)}: the "
+            "planner underestimated this decoder; give a lower --max-memory or a smaller --batch-size")
+
+
 def compute_terms_retrying(prepared: PreparedDecoder, latents: torch.Tensor, indices: np.ndarray,
                            scales: Sequence[float], sizes: AdaptiveSizes, log: LogCallback) -> SampleTerms:
     """``compute_sample_terms`` for a batch; an out-of-memory error halves the batch (then the
@@ -211,6 +220,7 @@ class EstimateRun:
         self.progress = progress if group.is_main else None
         self.log = self._ranked(options.log or warn_to_python)
         self.prepared = prepare_decoder(decoder, spec, device, dtype)
+        self.requested_batch_size = batch_size
         self.sizes = AdaptiveSizes(*plan_for(self.prepared, options.max_memory, batch_size=batch_size,
                                              tangent_chunk=options.tangent_chunk))
         self.stream = LatentStream(spec, seed)
@@ -298,11 +308,24 @@ class EstimateRun:
         count = min(int(self.options.probe_samples), self.num_samples)
         if self.probe is not None or count == 0:
             return
-        # the float64 copy holds twice the bytes per row: its own plan, within the same budget
-        batch, chunk = plan_for(self.prepared, self.options.max_memory, dtype=torch.float64,
-                                tangent_chunk=self.sizes.chunk)
+        max_memory = self.options.max_memory
+
+        def plan_precise(precise: PreparedDecoder) -> BatchPlan:
+            """The float64 copy holds twice the bytes per row: its own plan within the same cap,
+            made once the copy exists (its bytes count as in use, freed ones do not)."""
+            if max_memory is not None:
+                release_freed_memory()
+            return plan_for(precise, max_memory, tangent_chunk=self.sizes.chunk)
+
         self.probe = self.group.run_on_main(lambda: measure_precision(
-            self.decoder, self.prepared, self.stream.range(0, count), self.scales, chunk, batch_size=batch))
+            self.decoder, self.prepared, self.stream.range(0, count), self.scales, self.sizes.chunk,
+            batch_size=self.sizes.batch, plan=plan_precise))
+        if max_memory is not None and self.sizes.oom_retries == 0:
+            # the copy is gone: hand its freed memory back, so that what is in use is what is live,
+            # and plan the run's batches within the cap from there
+            release_freed_memory()
+            self.sizes = AdaptiveSizes(*plan_for(self.prepared, max_memory, batch_size=self.requested_batch_size,
+                                                 tangent_chunk=self.options.tangent_chunk))
 
     def next_message(self, batcher: SpanBatcher) -> BatchMessage:
         """Compute this rank's next batch (none once its share is done or a stop was asked)."""
@@ -408,6 +431,10 @@ class EstimateRun:
             if note and self.group.is_main:
                 (self.options.log or warn_to_python)(note)
         prepared, sizes = self.prepared, self.sizes
+        peak = peak_memory(prepared.device)
+        over_cap = over_memory_cap(peak["peak_memory_bytes"], self.options.max_memory)
+        if over_cap:
+            self.log(over_cap)
         settings = {
             "num_samples": self.num_samples,
             "batch_size": sizes.initial_batch,
@@ -445,7 +472,8 @@ class EstimateRun:
             "tangent_chunk": sizes.initial_chunk,
             "tangent_chunk_final": sizes.chunk,
             "oom_retries": sizes.oom_retries,
-            **peak_memory(prepared.device),
+            **peak,
+            "max_memory_exceeded": bool(over_cap),
             "world_size": self.group.world_size,
             "samples_computed": self.computed,
             "resumed_from_samples": self.resumed_from,

@@ -93,3 +93,40 @@ def test_max_memory_on_the_cli(run_cli, model_dir):
         refused = run_cli("estimate", path, "-n", "300", "--max-memory", bad, "--quiet")
         assert refused.exit_code == 2 and message in refused.stderr
         assert "Traceback" not in refused.stderr and refused.stderr.strip().count("\n") == 0
+
+
+def test_a_peak_over_max_memory_is_reported_not_hidden(monkeypatch):
+    """The plan is a model; where the measured peak goes over the cap anyway the run says so (one
+    line naming the remedy) and the JSON flags it; under the cap nothing is said."""
+    import genentropy_cli.runner as runner
+
+    assert runner.over_memory_cap(10, None) is None and runner.over_memory_cap(10, 10) is None
+    assert "went over --max-memory" in runner.over_memory_cap(11, 10)
+    notes: list[str] = []
+    kwargs = dict(n_samples=200, seed=1, log=notes.append, max_memory="1 TiB")
+    within = estimate_entropy(HalfSphereRadial(), 2, **kwargs)
+    assert within.diagnostics["max_memory_exceeded"] is False and not any("went over" in note for note in notes)
+    monkeypatch.setattr(runner, "peak_memory", lambda device: {"peak_memory_bytes": 2**41,
+                                                                "peak_memory_kind": "process peak RSS"})
+    over = estimate_entropy(HalfSphereRadial(), 2, **kwargs)
+    assert over.diagnostics["max_memory_exceeded"] is True
+    assert [note for note in notes if "went over --max-memory" in note and "--batch-size" in note]
+    assert [e.entropy for e in over.estimates] == [e.entropy for e in within.estimates]
+
+
+def test_the_precision_probe_is_skipped_not_fatal_when_the_cap_leaves_no_room(monkeypatch):
+    """The float64 copy's batch is planned once the copy exists; if the cap cannot hold it, the
+    probe is skipped with the reason and the estimate goes on."""
+    import genentropy_cli.runner as runner
+
+    real_plan = runner.plan_for
+
+    def plan_for(prepared, max_memory=None, **kwargs):
+        if prepared.dtype == torch.float64 and max_memory is not None:
+            raise InputError("--max-memory 1 TiB is too small: one sample needs about 2 TiB more")
+        return real_plan(prepared, max_memory, **kwargs)
+
+    monkeypatch.setattr(runner, "plan_for", plan_for)
+    result = estimate_entropy(HalfSphereRadial(), 2, n_samples=300, max_memory="1 TiB", probe_samples=100)
+    assert result.precision_probe["skipped"].startswith("no room for the float64 copy of the decoder")
+    assert result.estimates[0].num_samples == 300
