@@ -43,6 +43,14 @@ memory kept for reuse (allocator.py) the MLP's forward pass and the engine are f
 at 4096-8192 rows on 2 CPU cores; the per-call cost of the stacked method (about 1 ms of Python
 dispatch) is then spread over more samples."""
 
+CALIBRATION_DIVISOR: int = 4
+"""Under --max-memory on a CPU the first batch runs at 1/this of the planned size, its resident
+peak measured, before later batches are sized from that measurement (memory.FirstBatchCalibration)."""
+
+CALIBRATION_ROOM_SHARE: float = 0.85
+"""The share of the room under the cap that batches sized from the measured first batch may
+fill: growth is not quite linear in the batch (heap fragmentation), so the rest is margin."""
+
 ACTIVATION_SAFETY_FACTOR: float = 2.0
 """Live bytes per row of a call, as a multiple of the largest op's inputs plus output (other
 tensors a decoder keeps alive, allocator slack); calibrated by peak RSS, benchmarks/RESULTS.md."""

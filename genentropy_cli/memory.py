@@ -13,12 +13,15 @@ from __future__ import annotations
 import platform
 import resource
 import sys
+from typing import Callable, TypeVar
 
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 
-from .defaults import CUDA_MEMORY_FRACTION, JACOBIAN_MEMORY_BUDGET_BYTES
+from .defaults import CALIBRATION_DIVISOR, CALIBRATION_ROOM_SHARE, CUDA_MEMORY_FRACTION, JACOBIAN_MEMORY_BUDGET_BYTES
+
+T = TypeVar("T")
 
 METER_ROWS = 13
 """Rows of the plain forward pass ``activation_bytes_per_row`` meters: a prime, so that few
@@ -49,6 +52,77 @@ def release_cached_memory(device: torch.device) -> None:
         torch.cuda.empty_cache()
 
 
+_RESIDENT_PEAK_BEFORE_RESETS = [0]
+"""The process's resident peak as it was before ``peak_growth`` last reset it (VmHWM restarts
+from the current resident size), so that ``peak_memory`` still reports the whole run's."""
+
+
+def resident_peak_bytes() -> int | None:
+    """VmHWM, the process's resident peak, from /proc (Linux); None elsewhere."""
+    try:
+        with open("/proc/self/status") as handle:
+            for line in handle:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
+def peak_growth(compute: Callable[[], T]) -> tuple[T, int | None]:
+    """``compute()``, and how far the process's resident peak rose above its resident size before
+    it (bytes): the peak is restarted through /proc/self/clear_refs. None where that cannot be
+    measured (not Linux, or /proc not writable)."""
+    previous_peak = resident_peak_bytes()
+    if previous_peak is None:
+        return compute(), None
+    try:
+        with open("/proc/self/clear_refs", "w") as handle:
+            handle.write("5")
+    except OSError:
+        return compute(), None
+    _RESIDENT_PEAK_BEFORE_RESETS[0] = max(_RESIDENT_PEAK_BEFORE_RESETS[0], previous_peak)
+    start = memory_in_use(torch.device("cpu"))
+    result = compute()
+    peak = resident_peak_bytes()
+    return result, None if peak is None else max(0, peak - start)
+
+
+class FirstBatchCalibration:
+    """A memory plan checked against a measurement before it is trusted (CPU, under a cap): the
+    plan is a model (kernel workspaces, per-thread heaps and allocator slack are not in it), so
+    the first batch runs at 1/``CALIBRATION_DIVISOR`` of the planned size while the resident peak
+    is watched, and later batches get the size that measurement leaves room for."""
+
+    def __init__(self, max_memory: int | None, device: torch.device, planned: int, fixed: bool = False):
+        self.max_memory, self.planned = max_memory, int(planned)
+        self.active = (max_memory is not None and device.type == "cpu" and self.planned > 1 and not fixed
+                       and resident_peak_bytes() is not None)
+        self.calibrated: int | None = None
+        self.measured: tuple[int, int] | None = None  # (samples, bytes of resident growth)
+
+    def first_size(self) -> int:
+        return max(1, self.planned // CALIBRATION_DIVISOR) if self.active else self.planned
+
+    def run(self, samples: int, compute: Callable[[], T]) -> T:
+        """``compute()`` of the first batch (``samples`` samples); sets ``calibrated``."""
+        self.active = False
+        room = int(self.max_memory) - memory_in_use(torch.device("cpu"))
+        result, growth = peak_growth(compute)
+        if growth is not None:
+            self.measured = (samples, growth)
+            self.calibrated = calibrated_batch_size(growth, samples, room, self.planned)
+        return result
+
+
+def calibrated_batch_size(growth: int, samples: int, room: int, planned: int) -> int:
+    """Samples per batch from one measured batch: ``CALIBRATION_ROOM_SHARE`` of the room the cap
+    leaves over the measured resident growth per sample (its fixed part counted per sample too),
+    at most ``planned`` and at least 1."""
+    per_sample = max(1, int(growth)) / max(1, int(samples))
+    return int(max(1, min(int(planned), CALIBRATION_ROOM_SHARE * room // per_sample)))
+
+
 def reset_peak_memory(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
@@ -62,7 +136,8 @@ def peak_memory(device: torch.device) -> dict:
                 "peak_memory_kind": "cuda max_memory_allocated"}
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     scale = 1 if sys.platform == "darwin" else 1024  # bytes on macOS, KiB on Linux
-    return {"peak_memory_bytes": int(peak * scale), "peak_memory_kind": "process peak RSS"}
+    peak = max(int(peak * scale), _RESIDENT_PEAK_BEFORE_RESETS[0], resident_peak_bytes() or 0)
+    return {"peak_memory_bytes": peak, "peak_memory_kind": "process peak RSS"}
 
 
 def device_name(device: torch.device) -> str:

@@ -22,7 +22,7 @@ import torch
 from .defaults import PRECISION_PROBE_THRESHOLD, SUPPORTED_DTYPES
 from .engine import PreparedDecoder, compute_sample_terms, prepare_decoder
 from .errors import InputError
-from .memory import is_out_of_memory, release_cached_memory
+from .memory import FirstBatchCalibration, is_out_of_memory, release_cached_memory
 
 
 def dtype_name(dtype: torch.dtype) -> str:
@@ -112,12 +112,14 @@ class PrecisionProbe:
 def measure_precision(decoder: Any, prepared: PreparedDecoder, latents: torch.Tensor,
                       scales: Sequence[float], tangent_chunk: int | None,
                       batch_size: int | None = None,
-                      plan: Callable[[PreparedDecoder], tuple[int, int]] | None = None) -> PrecisionProbe | None:
+                      plan: Callable[[PreparedDecoder], tuple[int, int]] | None = None,
+                      calibration: Callable[[int], FirstBatchCalibration] | None = None) -> PrecisionProbe | None:
     """Compute the probe samples ``latents`` with ``prepared`` (the run's dtype) and again with
     the decoder in each more precise dtype, ``batch_size`` samples at a time (None: all at
     once); None where the run already uses float64. ``plan``, where given, sizes the batches
     (batch, chunk) of each more precise copy once that copy exists, so that a memory plan
-    counts the copy's own bytes."""
+    counts the copy's own bytes. ``calibration``, where given, makes each pass's first batch a
+    measured one (``memory.FirstBatchCalibration``) that sizes the rest."""
     dtype = dtype_name(prepared.dtype)
     references = more_precise_dtypes(dtype)
     if not references or latents.shape[0] == 0:
@@ -125,11 +127,20 @@ def measure_precision(decoder: Any, prepared: PreparedDecoder, latents: torch.Te
     probe = PrecisionProbe(dtype, int(latents.shape[0]))
 
     def terms(which: PreparedDecoder, batch: int | None, chunk: int | None) -> np.ndarray:
-        step = int(batch) if batch else latents.shape[0]
-        return np.concatenate([
-            compute_sample_terms(which, latents[first : first + step], scales, chunk).entropy_terms.numpy()
-            for first in range(0, latents.shape[0], step)
-        ])
+        count = latents.shape[0]
+        step = int(batch) if batch else count
+
+        def compute(first: int, last: int) -> np.ndarray:
+            return compute_sample_terms(which, latents[first:last], scales, chunk).entropy_terms.numpy()
+
+        parts, first = [], 0
+        measured = calibration(step) if calibration is not None else None
+        if measured is not None and measured.active:
+            first = min(count, measured.first_size())
+            parts.append(measured.run(first, lambda: compute(0, first)))
+            step = min(step, measured.calibrated or step)
+        parts += [compute(start, min(count, start + step)) for start in range(first, count, step)]
+        return np.concatenate(parts)
 
     try:
         low = terms(prepared, batch_size, tangent_chunk)

@@ -58,6 +58,7 @@ from .interrupts import InterruptFlag, graceful_interrupts
 from .latents import LatentSpec, LatentStream, distribution_label
 from .ledger import RunLedger, SampleRows
 from .memory import (
+    FirstBatchCalibration,
     device_memory_budget,
     device_name,
     is_out_of_memory,
@@ -234,6 +235,7 @@ class EstimateRun:
         self.resumed_from = 0
         self.interrupted = False
         self._defining_settings: dict | None = None
+        self.calibration: FirstBatchCalibration | None = None
         self.setup_seconds = time.perf_counter() - created  # decoder copy, probes, batch planning
 
     def _ranked(self, log: LogCallback) -> LogCallback:
@@ -317,9 +319,13 @@ class EstimateRun:
                 release_freed_memory()
             return plan_for(precise, max_memory, tangent_chunk=self.sizes.chunk)
 
+        def calibration(planned: int) -> FirstBatchCalibration:
+            return FirstBatchCalibration(max_memory, self.prepared.device, planned,
+                                         fixed=self.requested_batch_size is not None)
+
         self.probe = self.group.run_on_main(lambda: measure_precision(
             self.decoder, self.prepared, self.stream.range(0, count), self.scales, self.sizes.chunk,
-            batch_size=self.sizes.batch, plan=plan_precise))
+            batch_size=self.sizes.batch, plan=plan_precise, calibration=calibration))
         if max_memory is not None and self.sizes.oom_retries == 0:
             # the copy is gone: hand its freed memory back, so that what is in use is what is live,
             # and plan the run's batches within the cap from there
@@ -331,13 +337,19 @@ class EstimateRun:
         """Compute this rank's next batch (none once its share is done or a stop was asked)."""
         if self.interrupt.requested or batcher.empty:
             return BatchMessage(done=batcher.empty, interrupted=self.interrupt.requested)
-        segments = batcher.take(self.sizes.batch)
+        calibration = self.calibration
+        segments = batcher.take(calibration.first_size() if calibration.active else self.sizes.batch)
         size = self.stream.block_size
         indices = np.concatenate([np.arange(block * size + start, block * size + stop) for block, start, stop in segments])
         latents = torch.cat([self.stream.block(block)[start:stop] for block, start, stop in segments])
         try:
             try:
-                terms = compute_terms_retrying(self.prepared, latents, indices, self.scales, self.sizes, self.log)
+                def compute() -> SampleTerms:
+                    return compute_terms_retrying(self.prepared, latents, indices, self.scales, self.sizes, self.log)
+
+                terms = calibration.run(len(indices), compute) if calibration.active else compute()
+                if calibration.calibrated is not None and calibration.calibrated < self.sizes.batch:
+                    self.sizes.batch = calibration.calibrated
             except RuntimeError as error:
                 raise EstimationError(
                     f"the decoder failed on samples {indices[0]}..{indices[-1]} ({_first_line(error)})"
@@ -370,6 +382,8 @@ class EstimateRun:
                 self.writer.write(emitted.first_index, emitted.rows, latents)
 
     def loop(self, started: float) -> None:
+        self.calibration = FirstBatchCalibration(self.options.max_memory, self.prepared.device, self.sizes.batch,
+                                                 fixed=self.requested_batch_size is not None)
         spans = deal_round_robin(self.ledger.remaining_spans(), self.group.rank, self.group.world_size)
         batcher = SpanBatcher(spans)
         last_save = time.monotonic()
@@ -469,6 +483,7 @@ class EstimateRun:
             "decoder_dtype": dtype_name(prepared.dtype),
             "batch_size": sizes.initial_batch,
             "batch_size_final": sizes.batch,
+            "batch_size_calibrated": self.calibration.calibrated if self.calibration else None,
             "tangent_chunk": sizes.initial_chunk,
             "tangent_chunk_final": sizes.chunk,
             "oom_retries": sizes.oom_retries,

@@ -130,3 +130,69 @@ def test_the_precision_probe_is_skipped_not_fatal_when_the_cap_leaves_no_room(mo
     result = estimate_entropy(HalfSphereRadial(), 2, n_samples=300, max_memory="1 TiB", probe_samples=100)
     assert result.precision_probe["skipped"].startswith("no room for the float64 copy of the decoder")
     assert result.estimates[0].num_samples == 300
+
+
+def test_a_calibrated_batch_fills_its_share_of_the_room():
+    from genentropy_cli.defaults import CALIBRATION_ROOM_SHARE
+    from genentropy_cli.memory import calibrated_batch_size
+
+    # 10 MiB per sample measured, 100 MiB of room: 85 MiB / 10 MiB -> 8
+    assert calibrated_batch_size(20 * MIB, 2, 100 * MIB, planned=64) == int(CALIBRATION_ROOM_SHARE * 100 / 10)
+    assert calibrated_batch_size(20 * MIB, 2, 10**12, planned=64) == 64  # never above the plan
+    assert calibrated_batch_size(20 * MIB, 2, 0, planned=64) == 1  # never below one sample
+    assert calibrated_batch_size(0, 4, 100 * MIB, planned=7) == 7  # no growth measured: the plan stands
+
+
+def test_under_max_memory_the_first_batch_is_measured_and_sizes_the_rest(monkeypatch):
+    """The first batch runs at a quarter of the plan while the resident peak is watched; a large
+    measured growth per sample shrinks the later batches, and the estimate does not change."""
+    import genentropy_cli.memory as memory
+    from genentropy_cli.defaults import CALIBRATION_DIVISOR
+
+    if memory.resident_peak_bytes() is None:
+        pytest.skip("no /proc resident peak on this platform")
+    kwargs = dict(scales=[1e-4], n_samples=600, seed=5, probe_samples=0)
+    reference = estimate_entropy(HalfSphereRadial(), 2, batch_size=600, **kwargs)
+    seen: list[int] = []
+
+    def peak_growth(compute):  # pretend each sample of the first batch grew the process by 2^36 bytes
+        result = compute()
+        seen.append(1)
+        return result, 2**36 * first_batch[0]
+
+    first_batch = [0]
+    real_run = memory.FirstBatchCalibration.run
+
+    def run(self, samples, compute):
+        first_batch[0] = samples
+        return real_run(self, samples, compute)
+
+    monkeypatch.setattr(memory, "peak_growth", peak_growth)
+    monkeypatch.setattr(memory.FirstBatchCalibration, "run", run)
+    capped = estimate_entropy(HalfSphereRadial(), 2, max_memory="1 TiB", **kwargs)
+    planned = capped.diagnostics["batch_size"]
+    assert seen == [1] and first_batch[0] == max(1, planned // CALIBRATION_DIVISOR)
+    expected = memory.calibrated_batch_size(2**36 * first_batch[0], first_batch[0], 2**40, planned)
+    assert capped.diagnostics["batch_size_calibrated"] <= expected < planned  # 1 TiB less what is in use
+    assert capped.diagnostics["batch_size_final"] == capped.diagnostics["batch_size_calibrated"]
+    assert capped.estimates[0].entropy == pytest.approx(reference.estimates[0].entropy, rel=1e-12)
+    # without a cap, or with the batch size given, nothing is calibrated
+    assert estimate_entropy(HalfSphereRadial(), 2, **kwargs).diagnostics["batch_size_calibrated"] is None
+    fixed = estimate_entropy(HalfSphereRadial(), 2, max_memory="1 TiB", batch_size=50, **kwargs)
+    assert fixed.diagnostics["batch_size_calibrated"] is None and len(seen) == 1
+
+
+def test_the_reported_peak_survives_the_calibrations_reset():
+    import numpy as np
+
+    import genentropy_cli.memory as memory
+
+    if memory.resident_peak_bytes() is None:
+        pytest.skip("no /proc resident peak on this platform")
+    block = np.ones(64 * MIB // 8)  # touch 64 MiB, then free it
+    high = memory.resident_peak_bytes()
+    del block
+    memory.peak_growth(lambda: None)  # restarts VmHWM from the (smaller) resident size
+    # (the kernel's resident counters are synced lazily: VmHWM can read a few pages lower later)
+    assert memory.peak_memory(torch.device("cpu"))["peak_memory_bytes"] >= high - MIB
+    assert memory.resident_peak_bytes() < high - 32 * MIB  # the reset did happen
