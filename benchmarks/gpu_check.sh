@@ -1,0 +1,33 @@
+#!/usr/bin/env bash
+# One call on a lent GPU machine (see /work/.library/device): the test suite (its GPU tests run
+# there), a closed-form check on CUDA, and the benchmark suite with --device cuda. Everything
+# lands under $OUT as it is made, so a run cut short still returns what it finished.
+#
+#     OUT=/tmp/gpu bash benchmarks/gpu_check.sh        # anywhere with CUDA and the project's deps
+set -uo pipefail
+OUT=${OUT:-/tmp/genentropy-gpu}
+mkdir -p "$OUT"
+export PYTHONPATH=$PWD PYTHONUNBUFFERED=1
+PY=${PYTHON:-python3}
+
+{ nvidia-smi -L; nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.sm --format=csv
+  $PY -c "import sys, torch; print(sys.version.split()[0], torch.__version__, torch.version.cuda,
+torch.cuda.get_device_name(), torch.get_num_threads())"; } 2>&1 | tee "$OUT/device.txt"
+
+# the whole suite (CUDA-only tests included); -n uses pytest-xdist where it is installed
+workers=$($PY -c "import xdist" 2>/dev/null && echo "-n 8" || echo "")
+timeout 150 $PY -m pytest -q -p no:cacheprovider $workers 2>&1 | tail -15 | tee "$OUT/tests.txt"
+
+# closed form on CUDA: the half-sphere's H at s = 1e-4 (README: 1.8379, the CPU run 1.837900)
+timeout 60 $PY -m genentropy_cli estimate sample_models/half_sphere.pt -n 200000 --device cuda \
+    --scale 1e-1 --scale 1e-4 --json --quiet > "$OUT/half_sphere_cuda.json" 2>&1
+$PY -c "import json; d = json.load(open('$OUT/half_sphere_cuda.json'))
+print('half-sphere on', d['diagnostics']['device_name'], [(e['scale'], e['entropy'], e['stderr']) for e in d['estimates']])" \
+    2>&1 | tee -a "$OUT/tests.txt"
+
+timeout 200 $PY benchmarks/run.py --device cuda --rounds 3 --section speed gram \
+    --json "$OUT/bench_speed.json" > "$OUT/bench_speed.md" 2> "$OUT/bench_speed.err"
+tail -n 60 "$OUT/bench_speed.md"
+timeout 150 $PY benchmarks/run.py --device cuda --arch infogan-mnist dcgan-64 --section scales memory cli \
+    --json "$OUT/bench_rest.json" > "$OUT/bench_rest.md" 2> "$OUT/bench_rest.err"
+tail -n 30 "$OUT/bench_rest.md"
