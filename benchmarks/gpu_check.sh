@@ -16,7 +16,9 @@ torch.cuda.get_device_name(), torch.get_num_threads())"; } 2>&1 | tee "$OUT/devi
 
 # the whole suite (CUDA-only tests included); -n uses pytest-xdist where it is installed
 workers=$($PY -c "import xdist" 2>/dev/null && echo "-n 8" || echo "")
-timeout 150 $PY -m pytest -q -p no:cacheprovider $workers 2>&1 | tail -15 | tee "$OUT/tests.txt"
+timeout 150 $PY -m pytest -q -p no:cacheprovider $workers > "$OUT/tests_full.txt" 2>&1
+grep -E "^(FAILED|ERROR)" "$OUT/tests_full.txt" | cut -c1-200 | head -20 | tee "$OUT/tests.txt"
+tail -n 1 "$OUT/tests_full.txt" | tee -a "$OUT/tests.txt"
 
 # closed form on CUDA: the half-sphere's H at s = 1e-4 (README: 1.8379, the CPU run 1.837900)
 timeout 60 $PY -m genentropy_cli estimate sample_models/half_sphere.pt -n 200000 --device cuda \

@@ -361,13 +361,20 @@ _DERIVATIVES: dict[str, Callable[..., torch.Tensor]] = {
 derivative formulas have them; every other pointwise op is differentiated by jvp."""
 
 
+def _is_inplace(func) -> bool:
+    """An op that writes into its first argument: tagged so where torch has ``Tag.inplace`` (not
+    2.11, which the project's ``torch>=2.3`` admits), else named so (relu_, add_)."""
+    tag = getattr(torch.Tag, "inplace", None)
+    return (tag is not None and tag in func.tags) or func.overloadpacket.__name__.endswith("_")
+
+
 def _pointwise(mode, func, args, kwargs):
     """y = f(x_1, ..., x_n) elementwise: primal rows f(P); tangent rows sum_i df/dx_i(P) * T_i.
 
     Each partial derivative df/dx_i(P) is the jvp of f in x_i with a tangent of ones
     (exact for an elementwise f), computed once at the primal and broadcast over the k slots.
     """
-    inplace = torch.Tag.inplace in func.tags or func.overloadpacket.__name__.endswith("_")
+    inplace = _is_inplace(func)
     if inplace and not mode.is_stacked(args[0]):
         raise UnsupportedOperation(f"in-place {func.overloadpacket.__name__} into a constant")
 

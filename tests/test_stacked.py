@@ -204,3 +204,27 @@ def test_gram_matrices_in_slabs_equal_one_slab():
     workspace = Workspace()
     for slab_bytes in (10**9, 1, 3 * 5 * 11 * 8):  # the buffer is reused, shrunk and regrown
         assert torch.equal(gram_matrices(columns, slab_bytes, workspace), whole)
+
+
+def test_in_place_ops_are_recognised_on_a_torch_without_the_inplace_tag(monkeypatch):
+    """torch 2.11 has no torch.Tag.inplace (it raised AttributeError on every pointwise op there):
+    the aten name's trailing '_' then marks an in-place op, and the Jacobians stay exact."""
+    real_tags = torch.Tag
+
+    class TagsOfTorch211:
+        def __getattr__(self, name):
+            if name == "inplace":
+                raise AttributeError(name)
+            return getattr(real_tags, name)
+
+    monkeypatch.setattr(torch, "Tag", TagsOfTorch211())
+    latents = torch.randn(5, 4, dtype=torch.float64, generator=torch.Generator().manual_seed(2))
+
+    def in_place(z):
+        h = torch.sin(z @ W)
+        return torch.relu_(h.mul_(h) - 0.1)
+
+    expected = reference_jacobians(lambda z: torch.relu(torch.sin(z @ W) ** 2 - 0.1), latents)
+    torch.testing.assert_close(stacked_jacobian(in_place, latents, 3), expected, rtol=1e-12, atol=1e-14)
+    torch.testing.assert_close(stacked_jacobian(lambda z: torch.sigmoid(z @ W), latents, 4),
+                               reference_jacobians(lambda z: torch.sigmoid(z @ W), latents), rtol=1e-12, atol=1e-14)
