@@ -101,12 +101,16 @@ def gram_eigenvalues(jacobian_columns: torch.Tensor, slab_bytes: int | None = No
                      workspace: Workspace | None = None) -> GramSpectrum:
     """Eigenvalues of J^T J for each sample from Jacobian columns shaped (d, B, D).
 
-    The Gram matrix is formed and decomposed in float64 whatever the decoder's dtype:
+    The Gram matrix is formed (on the decoder's device) and decomposed (on the CPU) in float64
+    whatever the decoder's dtype:
     float32 log-determinants of near-singular matrices come out NaN or with a wrong sign.
     Round-off can leave eigenvalues of a PSD matrix slightly negative; they are clipped
     to zero and counted.
     """
-    eigenvalues = batched_eigvalsh(gram_matrices(jacobian_columns, slab_bytes, workspace))
+    # LAPACK on the CPU whatever the device: the same routine everywhere (same answer on any
+    # device), and on an H100 CUDA's batched float64 eigvalsh was 20x slower for d = 62 and lost
+    # the closed form's tiny eigenvalues at s = 1e-6 (benchmarks/RESULTS.md, GPU section)
+    eigenvalues = batched_eigvalsh(gram_matrices(jacobian_columns, slab_bytes, workspace).cpu())
     negative = eigenvalues < 0
     clipped = int(negative.sum().item())
     if clipped:

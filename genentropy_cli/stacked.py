@@ -145,7 +145,7 @@ class StackedRows(TorchDispatchMode):
             return func(*args, **kwargs)  # parameters, shapes, fresh constants
         packet = func.overloadpacket
         rule = _RULES.get(packet)
-        if rule is None and torch.Tag.pointwise in func.tags:
+        if rule is None and (torch.Tag.pointwise in func.tags or packet.__name__.rstrip("_") in _ELEMENTWISE):
             rule = _pointwise
         try:
             if rule is None or "out" in func._overloadname:
@@ -306,7 +306,7 @@ def _native_batch_norm(mode, func, args, kwargs):
         raise UnsupportedOperation("batch norm in training mode mixes the rows of a batch (use eval mode)")
     out = _batch_norm_affine(mode, source, weight, bias, mean, var, eps)
     empty = source.new_empty((0,))
-    return out, empty, empty
+    return (out, *[empty] * (len(func._schema.returns) - 1))  # cuDNN's adds a reserve buffer
 
 
 def _linear_combination(mode, func, args, kwargs):
@@ -359,6 +359,10 @@ _DERIVATIVES: dict[str, Callable[..., torch.Tensor]] = {
 }
 """f'(x) from the input x and output y (and the op's other arguments), as torch's own
 derivative formulas have them; every other pointwise op is differentiated by jvp."""
+
+_ELEMENTWISE = frozenset(_DERIVATIVES) | {
+    "elu", "celu", "selu", "gelu", "silu", "mish", "softplus", "hardtanh", "hardswish", "hardsigmoid", "threshold"}
+"""Elementwise activations that older torch releases (2.11) leave without ``Tag.pointwise``."""
 
 
 def _is_inplace(func) -> bool:
@@ -483,6 +487,8 @@ _RULES: dict[Any, Callable] = {
     aten.mm: _mm, aten.bmm: _bmm, aten.addmm: _addmm, aten.convolution: _convolution,
     aten._native_batch_norm_legit_no_training: _batch_norm_no_training,
     aten.native_batch_norm: _native_batch_norm,
+    aten.cudnn_batch_norm: _native_batch_norm,  # what eval-mode batch norm runs on CUDA
+    aten.miopen_batch_norm: _native_batch_norm,  # ... and on ROCm
     aten.add: _linear_combination, aten.sub: _linear_combination,
     aten.mul: _scaling, aten.div: _scaling,
     # nonlinear but row by row

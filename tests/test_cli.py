@@ -32,7 +32,7 @@ def assert_one_line_error(result, *fragments: str, exit_code: int = 2) -> None:
 def test_json_schema_keys_are_stable(run_cli, tmp_path):
     output = tmp_path / "result.json"
     result = run_cli("estimate", HALF_SPHERE, "-n", "500", "--batch-size", "100", "--seed", "3",
-                     "--json", "--output", output)
+                     "--json", "--output", output, "--device", "cpu")
     assert result.exit_code == 0, result.stderr
     document = result.json()  # exactly one JSON document on stdout
     assert json.loads(output.read_text()) == document

@@ -21,7 +21,7 @@ def test_torchrun_two_processes_give_the_one_process_estimate(tmp_path, run_cli)
     3500 samples = 3 whole latent blocks and a partial one, dealt 0, 2 / 1, 3 to the ranks."""
     model = save_small_mlp(tmp_path / "mlp.pt")
     arguments = ["estimate", model, "-n", "3500", "--batch-size", "96", "--dtype", "float64",
-                 "-s", "1e-1", "-s", "1e-3", "--json", "--quiet"]
+                 "-s", "1e-1", "-s", "1e-3", "--json", "--quiet", "--device", "cpu"]
     launched = run_subprocess("-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
                               "-m", "genentropy_cli", *arguments, "--per-sample", tmp_path / "two.jsonl")
     if launched.returncode != 0 and GLOO_UNAVAILABLE.search(launched.stderr):

@@ -59,7 +59,8 @@ def test_per_sample_rows_match_closed_forms_and_regenerate_the_latents(run_cli, 
 def test_diagnostics_in_json_and_under_the_table(run_cli, tmp_path):
     model = tmp_path / "linear.pt"
     save_torchscript(linear_decoder(SIGMAS), model, latent=make_latent_spec(3))
-    arguments = ["estimate", model, "-n", str(N), "--batch-size", "64", "-s", "1e-2", "-s", "1e-4", "--quiet"]
+    arguments = ["estimate", model, "-n", str(N), "--batch-size", "64", "-s", "1e-2", "-s", "1e-4", "--quiet",
+                 "--device", "cpu"]
     document = run_cli(*arguments, "--json", "--dtype", "float64").json()
     diagnostics = document["diagnostics"]
     for name in ("min", "q01", "median", "q99", "max"):  # the same J for every sample

@@ -151,7 +151,7 @@ def test_under_max_memory_the_first_batch_is_measured_and_sizes_the_rest(monkeyp
 
     if memory.resident_peak_bytes() is None:
         pytest.skip("no /proc resident peak on this platform")
-    kwargs = dict(scales=[1e-4], n_samples=600, seed=5, probe_samples=0)
+    kwargs = dict(scales=[1e-4], n_samples=600, seed=5, probe_samples=0, device="cpu")  # a CPU measurement
     reference = estimate_entropy(HalfSphereRadial(), 2, batch_size=600, **kwargs)
     seen: list[int] = []
 

@@ -54,7 +54,8 @@ STARTUP = """
 import sys, torch
 from genentropy_cli import estimate_entropy
 from genentropy_cli.architectures import InfoGANGenerator
-result = estimate_entropy(InfoGANGenerator(width=0.25).eval(), 62, n_samples=8, probe_samples=4, log=lambda m: None)
+result = estimate_entropy(InfoGANGenerator(width=0.25).eval(), 62, n_samples=8, probe_samples=4, log=lambda m: None,
+                          device="cpu")
 print(result.diagnostics["jacobian_method"], "torch._dynamo" in sys.modules)
 """
 

@@ -190,7 +190,8 @@ def test_a_branch_without_rules_mid_run_falls_back_to_torch_func_with_the_same_a
 
 
 def test_a_decoder_the_stacked_method_cannot_run_uses_vmap_and_says_why():
-    result = estimate_entropy(lambda z: torch.sort(z @ W, dim=1).values, 4, n_samples=20, dtype="float64")
+    result = estimate_entropy(lambda z: torch.sort(z @ W, dim=1).values, 4, n_samples=20, dtype="float64",
+                              device="cpu")  # W lives on the CPU
     assert result.diagnostics["jacobian_method"] == "vmap"
     assert "sort" in result.diagnostics["jacobian_method_note"]
 
@@ -228,3 +229,44 @@ def test_in_place_ops_are_recognised_on_a_torch_without_the_inplace_tag(monkeypa
     torch.testing.assert_close(stacked_jacobian(in_place, latents, 3), expected, rtol=1e-12, atol=1e-14)
     torch.testing.assert_close(stacked_jacobian(lambda z: torch.sigmoid(z @ W), latents, 4),
                                reference_jacobians(lambda z: torch.sigmoid(z @ W), latents), rtol=1e-12, atol=1e-14)
+
+
+def test_cudnn_batch_norm_is_the_eval_mode_affine_map():
+    """On CUDA eval-mode batch norm dispatches to aten.cudnn_batch_norm (4 outputs); its rule is the
+    same per-channel affine map as native_batch_norm's (the H100 fell back to torch.func without it).
+    The rule never calls the cuDNN kernel, so it is checked here on the CPU against F.batch_norm."""
+    generator = torch.Generator().manual_seed(3)
+    weight, bias, mean, var = (torch.rand(3, generator=generator, dtype=torch.float64) + 0.5 for _ in range(4))
+    mix = torch.randn(4, 12, generator=generator, dtype=torch.float64)
+
+    def with_cudnn(z):
+        x = (z @ mix).reshape(-1, 3, 4)
+        return torch.ops.aten.cudnn_batch_norm(x, weight, bias, mean, var, False, 0.1, 1e-5)[0].flatten(1)
+
+    def with_native(z):
+        x = (z @ mix).reshape(-1, 3, 4)
+        return torch.nn.functional.batch_norm(x, mean, var, weight, bias, False, 0.1, 1e-5).flatten(1)
+
+    latents = torch.randn(5, 4, dtype=torch.float64, generator=generator)
+    torch.testing.assert_close(stacked_jacobian(with_cudnn, latents, 4), reference_jacobians(with_native, latents),
+                               rtol=1e-12, atol=1e-14)
+
+
+def test_elementwise_activations_without_the_pointwise_tag_still_go_stacked(monkeypatch):
+    """torch 2.11 leaves leaky_relu (and other activations) without Tag.pointwise: those known to be
+    elementwise get the pointwise rule by name, exact against autograd."""
+    real_tags = torch.Tag
+
+    class TagsWithoutPointwiseMarks:
+        pointwise = object()  # in no op's tags: only the rules and the names remain
+
+        def __getattr__(self, name):
+            return getattr(real_tags, name)
+
+    monkeypatch.setattr(torch, "Tag", TagsWithoutPointwiseMarks())
+    latents = torch.randn(5, 4, dtype=torch.float64, generator=torch.Generator().manual_seed(4))
+    activations = (torch.nn.functional.leaky_relu, torch.nn.functional.gelu, torch.nn.functional.silu,
+                   torch.nn.functional.elu, torch.nn.functional.softplus, torch.nn.functional.hardtanh)
+    for activation in activations:
+        torch.testing.assert_close(stacked_jacobian(lambda z: activation(z @ W), latents, 4),
+                                   reference_jacobians(lambda z: activation(z @ W), latents), rtol=1e-12, atol=1e-14)
