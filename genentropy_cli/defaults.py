@@ -73,9 +73,10 @@ TRANSPOSED_GRAM_MAX_DIM: int = 32
 """Up to this latent size the float64 slab is laid out (b, D, d) and J^T J taken as X^T X, which
 the CPU's batched GEMM does about twice as fast for small d; above it, (b, d, D) is faster."""
 
-EIGVALSH_THREAD_MIN_BATCH: int = 32
-"""CPU batches of at least this many Gram matrices have their eigenvalues taken on every
-intra-op thread (LAPACK's batched eigvalsh runs one matrix after another on one core)."""
+EIGVALSH_THREAD_MIN_WORK: int = 32 * 16**3
+"""CPU batches of Gram matrices with at least this much work (matrices x d^3: 32 of 16 x 16, or
+two of 100 x 100) have their eigenvalues taken on every intra-op thread (LAPACK's batched
+eigvalsh runs one matrix after another on one core)."""
 
 MALLOC_MMAP_THRESHOLD_BYTES: int = 32 * 1024**2
 """glibc's largest mmap threshold: smaller blocks come from the heap and are reused (allocator.py)."""

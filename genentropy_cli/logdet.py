@@ -14,7 +14,7 @@ from typing import Sequence
 
 import torch
 
-from .defaults import CPU_GRAM_SLAB_BYTES, EIGVALSH_THREAD_MIN_BATCH, GRAM_SLAB_BYTES, TRANSPOSED_GRAM_MAX_DIM
+from .defaults import CPU_GRAM_SLAB_BYTES, EIGVALSH_THREAD_MIN_WORK, GRAM_SLAB_BYTES, TRANSPOSED_GRAM_MAX_DIM
 
 
 @dataclass
@@ -75,19 +75,20 @@ _EIGVALSH_POOL: tuple[int, int, ThreadPoolExecutor] | None = None
 
 
 def batched_eigvalsh(gram: torch.Tensor) -> torch.Tensor:
-    """``torch.linalg.eigvalsh`` of (B, d, d); on a CPU, a large batch is split over the
-    intra-op threads (each matrix is decomposed by the same LAPACK call either way, so the
+    """``torch.linalg.eigvalsh`` of (B, d, d); on a CPU, a batch with enough work
+    (``EIGVALSH_THREAD_MIN_WORK``) is split over the intra-op threads (each matrix is decomposed by the same LAPACK call either way, so the
     eigenvalues are identical to one call's)."""
     global _EIGVALSH_POOL
     threads = torch.get_num_threads()
     batch = gram.shape[0]
-    if gram.device.type != "cpu" or threads < 2 or batch < EIGVALSH_THREAD_MIN_BATCH:
+    parts = min(threads, batch)
+    if gram.device.type != "cpu" or parts < 2 or batch * gram.shape[-1] ** 3 < EIGVALSH_THREAD_MIN_WORK:
         return torch.linalg.eigvalsh(gram)
     if _EIGVALSH_POOL is None or _EIGVALSH_POOL[:2] != (os.getpid(), threads):
         _EIGVALSH_POOL = (os.getpid(), threads, ThreadPoolExecutor(threads, thread_name_prefix="genentropy-eigvalsh"))
     pool = _EIGVALSH_POOL[2]
     eigenvalues = gram.new_empty(gram.shape[:-1])
-    bounds = [batch * part // threads for part in range(threads + 1)]
+    bounds = [batch * part // parts for part in range(parts + 1)]
 
     def decompose(first: int, last: int) -> None:
         torch.linalg.eigvalsh(gram[first:last], out=eigenvalues[first:last])

@@ -25,9 +25,12 @@ wrap a model name or a number across lines where a program or an editor reads th
 
 
 def print_results(*renderables: object) -> None:
-    """Tables on stdout: the terminal's width, ``COLUMNS`` if set, else ``PIPED_WIDTH`` when piped."""
-    if not stdout_console.is_terminal and not os.environ.get("COLUMNS"):
-        stdout_console.width = PIPED_WIDTH
+    """Tables on stdout: ``COLUMNS`` if set, else the terminal's width, else ``PIPED_WIDTH``."""
+    columns = os.environ.get("COLUMNS", "").strip()
+    if columns.isdigit() and int(columns) > 0:
+        stdout_console.width = int(columns)
+    else:
+        stdout_console.width = None if stdout_console.is_terminal else PIPED_WIDTH
     for renderable in renderables:
         stdout_console.print(renderable)
 

@@ -201,7 +201,8 @@ def linear_files(tmp_path):
     return paths
 
 
-def test_cli_compare_table_and_json(run_cli, linear_files, tmp_path):
+def test_cli_compare_table_and_json(run_cli, linear_files, tmp_path, monkeypatch):
+    monkeypatch.delenv("COLUMNS", raising=False)  # piped: the tables are laid out 200 wide, no row wraps
     result = run_cli("compare", *linear_files, "-n", "600", "--quiet")
     assert result.exit_code == 0, result.stderr
     assert "wide - narrow" in result.stdout and "Rank" in result.stdout and "***" in result.stdout
@@ -262,3 +263,12 @@ def test_tables_print_a_small_difference_to_the_precision_of_its_error():
     assert entropy_digits(0.0012) == 4 and entropy_digits(0.012, 2) == 3 and entropy_digits(0.5, 2) == 2
     assert entropy_digits(3e-7) == 8 and entropy_digits(0.0) == 4 and entropy_digits(float("nan"), 2) == 2
     assert entropy_digits(2e-17) == 4 and entropy_digits(2e-10) == 11 and entropy_digits(1e-9, 2) == 10
+
+
+def test_columns_sets_the_table_width_when_given(run_cli, linear_files, monkeypatch):
+    monkeypatch.setenv("COLUMNS", "60")
+    narrow = run_cli("compare", *linear_files, "-n", "300", "--quiet")
+    assert narrow.exit_code == 0 and max(len(line) for line in narrow.stdout.splitlines()) <= 60
+    monkeypatch.delenv("COLUMNS")
+    wide = run_cli("compare", *linear_files, "-n", "300", "--quiet")
+    assert "wide - narrow" in wide.stdout and max(len(line) for line in wide.stdout.splitlines()) > 60

@@ -13,7 +13,7 @@ import torch
 
 from genentropy_cli import logdet
 from genentropy_cli.allocator import OPT_OUT_VARIABLE
-from genentropy_cli.defaults import EIGVALSH_THREAD_MIN_BATCH, TRANSPOSED_GRAM_MAX_DIM
+from genentropy_cli.defaults import EIGVALSH_THREAD_MIN_WORK, TRANSPOSED_GRAM_MAX_DIM
 from genentropy_cli.logdet import Workspace, batched_eigvalsh, gram_eigenvalues, gram_matrices
 
 
@@ -49,8 +49,9 @@ def test_threaded_eigenvalues_equal_one_call(threads):
     before = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
-        for batch in (1, EIGVALSH_THREAD_MIN_BATCH - 1, EIGVALSH_THREAD_MIN_BATCH, 101):
-            gram = exact_gram(torch.randn(7, batch, 20, generator=torch.Generator().manual_seed(batch)))
+        for dim, batch in ((7, 1), (7, EIGVALSH_THREAD_MIN_WORK // 7**3 - 1), (7, EIGVALSH_THREAD_MIN_WORK // 7**3),
+                           (7, 1001), (60, 2), (60, 3), (60, 5)):  # below and above the work threshold
+            gram = exact_gram(torch.randn(dim, batch, 80, generator=torch.Generator().manual_seed(batch)))
             assert torch.equal(batched_eigvalsh(gram), torch.linalg.eigvalsh(gram))
     finally:
         torch.set_num_threads(before)
