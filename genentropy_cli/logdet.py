@@ -76,8 +76,8 @@ _EIGVALSH_POOL: tuple[int, int, ThreadPoolExecutor] | None = None
 
 def batched_eigvalsh(gram: torch.Tensor) -> torch.Tensor:
     """``torch.linalg.eigvalsh`` of (B, d, d); on a CPU, a batch with enough work
-    (``EIGVALSH_THREAD_MIN_WORK``) is split over the intra-op threads (each matrix is decomposed by the same LAPACK call either way, so the
-    eigenvalues are identical to one call's)."""
+    (``EIGVALSH_THREAD_MIN_WORK``) is split over the intra-op threads (each matrix is decomposed
+    by the same LAPACK call either way, so the eigenvalues are identical to one call's)."""
     global _EIGVALSH_POOL
     threads = torch.get_num_threads()
     batch = gram.shape[0]
@@ -109,7 +109,7 @@ def gram_eigenvalues(jacobian_columns: torch.Tensor, slab_bytes: int | None = No
     to zero and counted.
     """
     # LAPACK on the CPU whatever the device: the same routine everywhere (same answer on any
-    # device), and on an H100 CUDA's batched float64 eigvalsh was 20x slower for d = 62 and lost
+    # device), and on an H100 CUDA's batched float64 eigvalsh was 12x slower for d = 62 and lost
     # the closed form's tiny eigenvalues at s = 1e-6 (benchmarks/RESULTS.md, GPU section)
     eigenvalues = batched_eigvalsh(gram_matrices(jacobian_columns, slab_bytes, workspace).cpu())
     negative = eigenvalues < 0

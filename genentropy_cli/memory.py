@@ -99,7 +99,6 @@ class FirstBatchCalibration:
         self.active = (max_memory is not None and device.type == "cpu" and self.planned > 1 and not fixed
                        and resident_peak_bytes() is not None)
         self.calibrated: int | None = None
-        self.measured: tuple[int, int] | None = None  # (samples, bytes of resident growth)
 
     def first_size(self) -> int:
         return max(1, self.planned // CALIBRATION_DIVISOR) if self.active else self.planned
@@ -110,7 +109,6 @@ class FirstBatchCalibration:
         room = int(self.max_memory) - memory_in_use(torch.device("cpu"))
         result, growth = peak_growth(compute)
         if growth is not None:
-            self.measured = (samples, growth)
             self.calibrated = calibrated_batch_size(growth, samples, room, self.planned)
         return result
 
