@@ -58,8 +58,8 @@ from genentropy_cli.engine import (  # noqa: E402
 )
 from genentropy_cli.latents import LatentStream, make_latent_spec  # noqa: E402
 from genentropy_cli.loading import load_model, save_torchscript  # noqa: E402
-from genentropy_cli.defaults import TRANSPOSED_GRAM_MAX_DIM  # noqa: E402
-from genentropy_cli.logdet import batched_eigvalsh, gram_eigenvalues, gram_matrices  # noqa: E402
+from genentropy_cli.logdet import (  # noqa: E402
+    batched_eigvalsh, gram_eigenvalues, gram_layout, gram_matrices, gram_product)
 from genentropy_cli.memory import device_name, memory_in_use  # noqa: E402
 from genentropy_cli.planning import batch_peak_bytes, format_bytes, rows_per_call  # noqa: E402
 from genentropy_cli.runner import plan_for  # noqa: E402
@@ -289,8 +289,8 @@ def gram_section(names: list[str], device: torch.device, rounds: int) -> list[di
         floor_inputs = floor_inputs.reshape(rows, *spec.shape)
         with strict_float32():
             columns = JACOBIAN_METHODS[prepared.jacobian_method](flat, latents, chunk)
-            layout = (1, 2, 0) if dim <= TRANSPOSED_GRAM_MAX_DIM else (1, 0, 2)
-            in_float64 = columns.permute(*layout).to(torch.float64, memory_format=torch.contiguous_format)
+            slab, transposed = gram_layout(columns)
+            in_float64 = slab.to(torch.float64, memory_format=torch.contiguous_format)
             gram = gram_matrices(columns, workspace=prepared.workspace)
 
         def floor() -> None:
@@ -298,10 +298,7 @@ def gram_section(names: list[str], device: torch.device, rounds: int) -> list[di
                 prepared.function(floor_inputs)
 
         def bmm_only() -> None:
-            if dim <= TRANSPOSED_GRAM_MAX_DIM:
-                torch.bmm(in_float64.transpose(1, 2), in_float64)
-            else:
-                torch.bmm(in_float64, in_float64.transpose(1, 2))
+            gram_product(in_float64, transposed)
 
         alternatives = [  # the floor: one call of the engine's rows, scaled to (d + 1) rows per sample
             Alternative("floor", floor, batch, f"(d + 1) forward passes of the batch, {rows} rows per call",
