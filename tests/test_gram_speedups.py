@@ -52,7 +52,11 @@ def test_threaded_eigenvalues_equal_one_call(threads):
         for dim, batch in ((7, 1), (7, EIGVALSH_THREAD_MIN_WORK // 7**3 - 1), (7, EIGVALSH_THREAD_MIN_WORK // 7**3),
                            (7, 1001), (60, 2), (60, 3), (60, 5)):  # below and above the work threshold
             gram = exact_gram(torch.randn(dim, batch, 80, generator=torch.Generator().manual_seed(batch)))
-            assert torch.equal(batched_eigvalsh(gram), torch.linalg.eigvalsh(gram))
+            # a threaded split may run LAPACK through another code path (MKL without CNR, other
+            # thread counts): the same eigenvalues to round-off, never demanded bit for bit
+            reference = torch.linalg.eigvalsh(gram)
+            scale = reference.abs().amax(dim=-1, keepdim=True)
+            torch.testing.assert_close(batched_eigvalsh(gram) / scale, reference / scale, rtol=0, atol=1e-12)
     finally:
         torch.set_num_threads(before)
 
