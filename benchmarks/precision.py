@@ -18,9 +18,9 @@ import statistics
 import torch
 
 from genentropy_cli import estimate_entropy
-from genentropy_cli.architectures import DCGANGenerator, InfoGANGenerator, MLPDecoder
-from genentropy_cli.engine import resolve_device
-from genentropy_cli.memory import device_name
+from genentropy_cli.models.architectures import DCGANGenerator, InfoGANGenerator, MLPDecoder
+from genentropy_cli.core.device import resolve_device
+from genentropy_cli.run.memory import device_name
 
 ARCHITECTURES = {
     "mlp": (lambda: MLPDecoder(16, 784), (16,)),

@@ -2,9 +2,17 @@
 
 __version__ = "0.1.0"
 
-from .engine import EntropyResult, ScaleEstimate, estimate_entropy  # noqa: E402
-from .latents import LatentSpec, StandardNormal, TruncatedNormal, Uniform, make_latent_spec, parse_distribution  # noqa: E402
-from .sweep import Reference, SweepResult, sweep_scale  # noqa: E402
+from genentropy_cli.run.results import EntropyResult, ScaleEstimate
+from genentropy_cli.jobs.estimate import estimate_entropy
+from genentropy_cli.core.latents import (
+    LatentSpec,
+    StandardNormal,
+    TruncatedNormal,
+    Uniform,
+    make_latent_spec,
+    parse_distribution,
+)
+from genentropy_cli.jobs.sweep import Reference, SweepResult, sweep_scale
 
 __all__ = [
     "__version__",

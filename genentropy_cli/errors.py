@@ -38,3 +38,4 @@ def first_line(error: BaseException) -> str:
     """The first line of an exception's message (its type name if it has none), for one-line errors."""
     text = str(error).strip().splitlines()
     return text[0] if text else type(error).__name__
+

@@ -32,7 +32,7 @@ After training, every generator's BatchNorm running statistics are recomputed ex
 prior: the estimator evaluates decoders in eval mode, where those statistics replace the
 batch statistics seen during training.
 
-Each decoder is saved with ``genentropy_cli.specs.save_safetensors`` (architecture, kwargs,
+Each decoder is saved with ``genentropy_cli.models.specs.save_safetensors`` (architecture, kwargs,
 latent spec, training settings embedded), weights in float16 (the loader casts them back
 to the module's dtype), so ``genentropy estimate sample_models/NAME.safetensors`` needs no
 flags. A grid of samples per model goes to docs/figures/.
@@ -53,8 +53,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from genentropy_cli.architectures import InfoGANGenerator
-from genentropy_cli.specs import save_safetensors
+from genentropy_cli.models.architectures import InfoGANGenerator
+from genentropy_cli.models.specs import save_safetensors
 
 ROOT = Path(__file__).resolve().parent.parent
 SAMPLE_DIR = ROOT / "sample_models"
@@ -370,7 +370,7 @@ def plan(width: float, class_width: float, epochs: dict[str, int], class_epochs:
 
 def describe_models(out_dir: Path) -> None:
     """Print a Markdown table of the trained files' embedded training settings."""
-    from genentropy_cli.specs import read_safetensors
+    from genentropy_cli.models.specs import read_safetensors
 
     print("| file | model | latent | digits | width | epochs | optimiser | final epoch | seed |")
     print("|---|---|---|---|---|---|---|---|---|")

@@ -10,7 +10,7 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from genentropy_cli.cli import app
+from genentropy_cli.cli.app import app
 
 
 def pytest_collection_modifyitems(config, items):

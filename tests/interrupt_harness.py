@@ -12,8 +12,8 @@ import os
 import signal
 import sys
 
-import genentropy_cli.runner as runner
-from genentropy_cli.cli import main
+import genentropy_cli.run.loop as runner
+from genentropy_cli.cli.app import main
 
 
 def signalling_after(compute, signal_name: str, after_batches: int):

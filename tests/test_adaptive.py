@@ -7,10 +7,10 @@ import math
 import numpy as np
 import pytest
 
-import genentropy_cli.runner as runner
+import genentropy_cli.run.loop as runner
 from genentropy_cli import estimate_entropy
-from genentropy_cli.stats import RunningMoments
-from genentropy_cli.stopping import first_index_meeting_target
+from genentropy_cli.core.stats import RunningMoments
+from genentropy_cli.run.stopping import first_index_meeting_target
 from interrupt_harness import signalling_after
 from longrun_support import linear_terms, linear_decoder, save_small_mlp
 

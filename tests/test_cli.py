@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from genentropy_cli.latents import make_latent_spec
-from genentropy_cli.loading import save_torchscript
+from genentropy_cli.core.latents import make_latent_spec
+from genentropy_cli.models.loading import save_torchscript
 
 ROOT = Path(__file__).resolve().parent.parent
 HALF_SPHERE = ROOT / "sample_models" / "half_sphere.pt"

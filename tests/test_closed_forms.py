@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from genentropy_cli.latents import make_latent_spec
-from genentropy_cli.loading import save_torchscript
-from genentropy_cli.references import (
+from genentropy_cli.core.latents import make_latent_spec
+from genentropy_cli.models.loading import save_torchscript
+from genentropy_cli.core.references import (
     ElementwiseExp,
     HALF_SPHERE_ENTROPY,
     LinearDecoder,
@@ -62,7 +62,7 @@ def test_elementwise_exp_gives_lognormal_entropy(run_cli, model_dir):
 def test_scaling_output_adds_d_log_a(run_cli, model_dir):
     """x -> a x adds d log a (d, not D) as s -> 0."""
     from genentropy_cli import estimate_entropy
-    from genentropy_cli.references import HalfSphereRadial
+    from genentropy_cli.core.references import HalfSphereRadial
 
     class Scaled(torch.nn.Module):
         def __init__(self, factor):

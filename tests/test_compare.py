@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 import torch
 
-from genentropy_cli.compare import (
+from genentropy_cli.jobs.compare import (
     compare_models,
     correlation_from_moments,
     holm_adjust,
@@ -26,10 +26,10 @@ from genentropy_cli.compare import (
     two_sided_p_value,
     unpaired_stderr,
 )
-from genentropy_cli.engine import estimate_entropy
-from genentropy_cli.latents import make_latent_spec
-from genentropy_cli.loading import save_torchscript
-from genentropy_cli.references import ElementwiseExp, LinearDecoder, matrix_with_singular_values
+from genentropy_cli.jobs.estimate import estimate_entropy
+from genentropy_cli.core.latents import make_latent_spec
+from genentropy_cli.models.loading import save_torchscript
+from genentropy_cli.core.references import ElementwiseExp, LinearDecoder, matrix_with_singular_values
 
 DIM = 3
 SIGMAS_A = (1.0, 2.0, 3.0)
@@ -247,8 +247,8 @@ def test_tables_print_a_small_difference_to_the_precision_of_its_error():
     SE 0); two decimals would print it as 0.01. The shown digits follow the standard error."""
     from rich.console import Console
 
-    from genentropy_cli.reporting import entropy_digits
-    from genentropy_cli.tables import models_table, pairs_table
+    from genentropy_cli.cli.reporting import entropy_digits
+    from genentropy_cli.cli.tables import models_table, pairs_table
 
     matrix = matrix_with_singular_values(SIGMAS_A, 5, seed=0)
     result = compare_models([LinearDecoder(1.002 * matrix), LinearDecoder(matrix)], [DIM, DIM],

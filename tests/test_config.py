@@ -59,8 +59,8 @@ def test_config_for_another_command_is_refused_and_configuration_is_embedded_wit
 
 def test_python_api_documents_carry_no_configuration():
     from genentropy_cli import estimate_entropy
-    from genentropy_cli.config import with_configuration
-    from genentropy_cli.references import HalfSphereRadial
+    from genentropy_cli.cli.config import with_configuration
+    from genentropy_cli.core.references import HalfSphereRadial
 
     document = estimate_entropy(HalfSphereRadial(), 2, n_samples=50, dtype="float64").to_dict()
     assert "configuration" not in with_configuration(document)

@@ -7,8 +7,8 @@ import re
 import numpy as np
 import pytest
 
-from genentropy_cli.distributed import deal_round_robin
-from genentropy_cli.ledger import RunLedger, SampleRows
+from genentropy_cli.run.distributed import deal_round_robin
+from genentropy_cli.run.ledger import RunLedger, SampleRows
 from longrun_support import assert_same_estimates, parse_json, run_subprocess, save_small_mlp
 
 GLOO_UNAVAILABLE = re.compile(r"DistNetworkError|DistStoreError|RendezvousError|Gloo connectFullMesh failed|"

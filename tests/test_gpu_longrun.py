@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from genentropy_cli import estimate_entropy
-from genentropy_cli.memory import device_memory_budget
+from genentropy_cli.run.memory import device_memory_budget
 from longrun_support import assert_same_estimates, linear_decoder, small_mlp
 
 pytestmark = pytest.mark.gpu

@@ -11,10 +11,10 @@ import textwrap
 import pytest
 import torch
 
-from genentropy_cli import logdet
-from genentropy_cli.allocator import OPT_OUT_VARIABLE
+from genentropy_cli.core import logdet
+from genentropy_cli.run.allocator import OPT_OUT_VARIABLE
 from genentropy_cli.defaults import EIGVALSH_THREAD_MIN_WORK, TRANSPOSED_GRAM_MAX_DIM
-from genentropy_cli.logdet import Workspace, batched_eigvalsh, gram_eigenvalues, gram_matrices
+from genentropy_cli.core.logdet import Workspace, batched_eigvalsh, gram_eigenvalues, gram_matrices
 
 
 def exact_gram(columns: torch.Tensor) -> torch.Tensor:
@@ -80,7 +80,7 @@ def _child(code: str, **env: str) -> str:
 
 
 CHILD = """
-from genentropy_cli.allocator import keep_freed_memory
+from genentropy_cli.run.allocator import keep_freed_memory
 print(keep_freed_memory(), keep_freed_memory())
 """
 
@@ -94,7 +94,7 @@ def test_keep_freed_memory_applies_once_and_respects_opt_outs():
 
 RELEASE = """
 import torch
-from genentropy_cli.allocator import keep_freed_memory, release_freed_memory
+from genentropy_cli.run.allocator import keep_freed_memory, release_freed_memory
 
 def resident():
     with open("/proc/self/status") as status:

@@ -9,10 +9,10 @@ import pytest
 import torch
 
 from genentropy_cli import estimate_entropy
-from genentropy_cli.latents import make_latent_spec
-from genentropy_cli.loading import load_model, save_torchscript
-from genentropy_cli.references import LinearDecoder, matrix_with_singular_values
-from genentropy_cli.specs import read_safetensors, write_spec_file
+from genentropy_cli.core.latents import make_latent_spec
+from genentropy_cli.models.loading import load_model, save_torchscript
+from genentropy_cli.core.references import LinearDecoder, matrix_with_singular_values
+from genentropy_cli.models.specs import read_safetensors, write_spec_file
 
 from test_cli import assert_one_line_error
 
@@ -119,8 +119,8 @@ def test_convert_records_flag_overrides_and_refuses_what_it_cannot_do(run_cli, t
 
 
 def test_convert_python_api(tmp_path):
-    from genentropy_cli.convert import convert_to_safetensors
-    from genentropy_cli.resolve import ModelOptions
+    from genentropy_cli.models.convert import convert_to_safetensors
+    from genentropy_cli.models.resolve import ModelOptions
 
     report = convert_to_safetensors(ModelOptions(SAMPLES / "mlp_small.pt2"), tmp_path / "x.safetensors")
     assert report["spec"]["architecture"] == "mlp" and report["tensors"] == 4

@@ -10,9 +10,9 @@ import pytest
 import torch
 from scipy import integrate, stats
 
-from genentropy_cli.latents import parse_distribution
-from genentropy_cli.references import matrix_with_singular_values
-from genentropy_cli.specs import build_from_spec, save_safetensors
+from genentropy_cli.core.latents import parse_distribution
+from genentropy_cli.core.references import matrix_with_singular_values
+from genentropy_cli.models.specs import build_from_spec, save_safetensors
 
 SINGULAR_VALUES = [0.05, 0.3, 1.0, 4.0]
 DIM, OUTPUT_DIM = len(SINGULAR_VALUES), 7

@@ -7,10 +7,10 @@ import torch
 
 from genentropy_cli import estimate_entropy
 from genentropy_cli.errors import InputError
-from genentropy_cli.latents import make_latent_spec
-from genentropy_cli.loading import save_torchscript
-from genentropy_cli.planning import batch_peak_bytes, parse_memory_size, plan_batch, speed_plan
-from genentropy_cli.references import HalfSphereRadial
+from genentropy_cli.core.latents import make_latent_spec
+from genentropy_cli.models.loading import save_torchscript
+from genentropy_cli.run.planning import batch_peak_bytes, parse_memory_size, plan_batch, speed_plan
+from genentropy_cli.core.references import HalfSphereRadial
 
 MIB = 2**20
 
@@ -98,7 +98,7 @@ def test_max_memory_on_the_cli(run_cli, model_dir):
 def test_a_peak_over_max_memory_is_reported_not_hidden(monkeypatch):
     """The plan is a model; where the measured peak goes over the cap anyway the run says so (one
     line naming the remedy) and the JSON flags it; under the cap nothing is said."""
-    import genentropy_cli.runner as runner
+    import genentropy_cli.run.loop as runner
 
     assert runner.over_memory_cap(10, None) is None and runner.over_memory_cap(10, 10) is None
     assert "went over --max-memory" in runner.over_memory_cap(11, 10)
@@ -117,7 +117,7 @@ def test_a_peak_over_max_memory_is_reported_not_hidden(monkeypatch):
 def test_the_precision_probe_is_skipped_not_fatal_when_the_cap_leaves_no_room(monkeypatch):
     """The float64 copy's batch is planned once the copy exists; if the cap cannot hold it, the
     probe is skipped with the reason and the estimate goes on."""
-    import genentropy_cli.runner as runner
+    import genentropy_cli.run.loop as runner
 
     real_plan = runner.plan_for
 
@@ -134,7 +134,7 @@ def test_the_precision_probe_is_skipped_not_fatal_when_the_cap_leaves_no_room(mo
 
 def test_a_calibrated_batch_fills_its_share_of_the_room():
     from genentropy_cli.defaults import CALIBRATION_ROOM_SHARE
-    from genentropy_cli.memory import calibrated_batch_size
+    from genentropy_cli.run.memory import calibrated_batch_size
 
     # 10 MiB per sample measured, 100 MiB of room: 85 MiB / 10 MiB -> 8
     assert calibrated_batch_size(20 * MIB, 2, 100 * MIB, planned=64) == int(CALIBRATION_ROOM_SHARE * 100 / 10)
@@ -146,7 +146,7 @@ def test_a_calibrated_batch_fills_its_share_of_the_room():
 def test_under_max_memory_the_first_batch_is_measured_and_sizes_the_rest(monkeypatch):
     """The first batch runs at a quarter of the plan while the resident peak is watched; a large
     measured growth per sample shrinks the later batches, and the estimate does not change."""
-    import genentropy_cli.memory as memory
+    import genentropy_cli.run.memory as memory
     from genentropy_cli.defaults import CALIBRATION_DIVISOR
 
     if memory.resident_peak_bytes() is None:
@@ -185,7 +185,7 @@ def test_under_max_memory_the_first_batch_is_measured_and_sizes_the_rest(monkeyp
 def test_the_reported_peak_survives_the_calibrations_reset():
     import numpy as np
 
-    import genentropy_cli.memory as memory
+    import genentropy_cli.run.memory as memory
 
     if memory.resident_peak_bytes() is None:
         pytest.skip("no /proc resident peak on this platform")

@@ -7,9 +7,9 @@ import math
 import pytest
 
 from genentropy_cli import estimate_entropy
-from genentropy_cli.latents import make_latent_spec
-from genentropy_cli.loading import save_torchscript
-from genentropy_cli.references import linear_decoder_entropy
+from genentropy_cli.core.latents import make_latent_spec
+from genentropy_cli.models.loading import save_torchscript
+from genentropy_cli.core.references import linear_decoder_entropy
 from longrun_support import linear_decoder
 
 ILL_CONDITIONED = (1e4, 1.0, 1e-4)  # singular values at s and 1e8 times s: float32's J loses the small one

@@ -10,10 +10,10 @@ import textwrap
 import pytest
 import torch
 
-from genentropy_cli.architectures import DCGANGenerator, InfoGANGenerator, MLPDecoder
-from genentropy_cli.engine import fallback_method, prepare_decoder
-from genentropy_cli.jacobian import batched_jacobian, flat_decoder, reverse_mode_columns
-from genentropy_cli.latents import make_latent_spec
+from genentropy_cli.models.architectures import DCGANGenerator, InfoGANGenerator, MLPDecoder
+from genentropy_cli.core.decoder import fallback_method, prepare_decoder
+from genentropy_cli.core.jacobian import batched_jacobian, flat_decoder, reverse_mode_columns
+from genentropy_cli.core.latents import make_latent_spec
 
 
 @pytest.mark.parametrize("make, shape", [
@@ -53,7 +53,7 @@ def test_the_fallback_method_is_found_on_first_need():
 STARTUP = """
 import sys, torch
 from genentropy_cli import estimate_entropy
-from genentropy_cli.architectures import InfoGANGenerator
+from genentropy_cli.models.architectures import InfoGANGenerator
 result = estimate_entropy(InfoGANGenerator(width=0.25).eval(), 62, n_samples=8, probe_samples=4, log=lambda m: None,
                           device="cpu")
 print(result.diagnostics["jacobian_method"], "torch._dynamo" in sys.modules)

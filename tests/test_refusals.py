@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from genentropy_cli.specs import build_from_spec, save_safetensors, save_weights, write_spec_file
+from genentropy_cli.models.specs import build_from_spec, save_safetensors, save_weights, write_spec_file
 
 from test_cli import assert_one_line_error
 

@@ -7,10 +7,10 @@ import signal
 import numpy as np
 import pytest
 
-import genentropy_cli.checkpoint as checkpoint_module
-import genentropy_cli.runner as runner
+import genentropy_cli.run.checkpoint as checkpoint_module
+import genentropy_cli.run.loop as runner
 from genentropy_cli import estimate_entropy
-from genentropy_cli.checkpoint import load_checkpoint
+from genentropy_cli.run.checkpoint import load_checkpoint
 from genentropy_cli.errors import InputError
 from interrupt_harness import signalling_after
 from longrun_support import (

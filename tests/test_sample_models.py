@@ -15,8 +15,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from genentropy_cli.loading import load_model, resolve_latent_spec
-from genentropy_cli.specs import read_safetensors
+from genentropy_cli.models.loading import load_model, resolve_latent_spec
+from genentropy_cli.models.specs import read_safetensors
 
 SAMPLE_DIR = Path(__file__).resolve().parent.parent / "sample_models"
 TABLE_2 = ("vae", "gan", "wgan-gp", "wgan")
@@ -73,7 +73,7 @@ def test_loads_with_no_flags_and_decodes_digit_like_images(name):
 @pytest.mark.slow
 def test_table_2_the_vae_has_the_lowest_entropy():
     """The paper's Table 2 finding, on our models (docs/reproducing-the-paper.md gives the command)."""
-    from genentropy_cli.compare import compare_models
+    from genentropy_cli.jobs.compare import compare_models
 
     loaded = [load_model(model_path(name)) for name in TABLE_2]
     specs = [resolve_latent_spec(item)[0] for item in loaded]

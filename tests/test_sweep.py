@@ -11,12 +11,12 @@ import pytest
 import torch
 
 from genentropy_cli import estimate_entropy, sweep_scale
-from genentropy_cli.engine import ScaleEstimate
+from genentropy_cli.run.results import ScaleEstimate
 from genentropy_cli.errors import InputError
-from genentropy_cli.latents import make_latent_spec
-from genentropy_cli.loading import save_torchscript
-from genentropy_cli.references import HALF_SPHERE_ENTROPY, HalfSphereRadial
-from genentropy_cli.sweep import (
+from genentropy_cli.core.latents import make_latent_spec
+from genentropy_cli.models.loading import save_torchscript
+from genentropy_cli.core.references import HALF_SPHERE_ENTROPY, HalfSphereRadial
+from genentropy_cli.jobs.sweep import (
     Comparison,
     assess_convergence,
     evaluate_constant_expression,
@@ -178,7 +178,7 @@ def test_acceptance_3_sweep_equals_estimate_at_every_scale(run_cli, tmp_path):
     """Each scale of a sweep equals an `estimate` with that scale and seed (float64, 1e-10
     relative), even with another batch size: the sweep adds no numerics of its own."""
     torch.manual_seed(1)
-    from genentropy_cli.architectures import MLPDecoder
+    from genentropy_cli.models.architectures import MLPDecoder
 
     path = save_torchscript(MLPDecoder(4, 9, hidden=(16,), activation="tanh", output_activation="none"),
                             tmp_path / "mlp.pt", latent=make_latent_spec(4))

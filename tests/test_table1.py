@@ -20,7 +20,7 @@ import pytest
 import torch
 
 from genentropy_cli import sweep_scale
-from genentropy_cli.references import (
+from genentropy_cli.core.references import (
     HALF_SPHERE_ENTROPY,
     HalfSphereGaussianCDF,
     HalfSphereRadial,

@@ -10,11 +10,11 @@ import pytest
 import torch
 
 from genentropy_cli import estimate_entropy
-from genentropy_cli.latents import make_latent_spec
-from genentropy_cli.loading import save_torchscript
-from genentropy_cli.references import HALF_SPHERE_ENTROPY
-from genentropy_cli.specs import build_from_spec, write_spec_file
-from genentropy_cli.transforms import OutputTransform, parse_output_range, parse_output_select
+from genentropy_cli.core.latents import make_latent_spec
+from genentropy_cli.models.loading import save_torchscript
+from genentropy_cli.core.references import HALF_SPHERE_ENTROPY
+from genentropy_cli.models.specs import build_from_spec, write_spec_file
+from genentropy_cli.models.transforms import OutputTransform, parse_output_range, parse_output_select
 
 from test_cli import assert_one_line_error
 
@@ -104,8 +104,8 @@ def test_transform_parsing_and_api():
 
 
 def test_a_checkpoint_never_resumes_under_another_output_transform():
-    from genentropy_cli.checkpoint import decoder_fingerprint
-    from genentropy_cli.references import HalfSphereRadial
+    from genentropy_cli.run.checkpoint import decoder_fingerprint
+    from genentropy_cli.core.references import HalfSphereRadial
 
     plain = HalfSphereRadial()
     prints = {decoder_fingerprint(OutputTransform(range=rng, select=sel).apply(plain))

@@ -1,0 +1,293 @@
+"""Rendering results: Rich tables and JSON on stdout, progress and messages on stderr."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator, Sequence
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskProgressColumn, TextColumn, TimeRemainingColumn
+from rich.table import Table
+
+from genentropy_cli.cli.config import with_configuration
+from genentropy_cli.run.results import EntropyResult
+from genentropy_cli.run.batches import ProgressCallback
+from genentropy_cli.run.stopping import STOP_REASONS
+
+stdout_console = Console(highlight=False)
+stderr_console = Console(stderr=True, highlight=False)
+PIPED_WIDTH = 200
+"""Columns for tables on a stdout that is not a terminal (a file, a pipe): Rich's 80 would
+wrap a model name or a number across lines where a program or an editor reads them."""
+
+
+def print_results(*renderables: object) -> None:
+    """Tables on stdout: ``COLUMNS`` if set, else the terminal's width, else ``PIPED_WIDTH``."""
+    columns = os.environ.get("COLUMNS", "").strip()
+    if columns.isdigit() and int(columns) > 0:
+        stdout_console.width = int(columns)
+    else:
+        stdout_console.width = None if stdout_console.is_terminal else PIPED_WIDTH
+    for renderable in renderables:
+        stdout_console.print(renderable)
+
+
+def format_number(value: float | None, digits: int = 4) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "-"
+    return f"{value:.{digits}f}"
+
+
+def entropy_digits(stderr: float | None, minimum: int = 4) -> int:
+    """Decimals that show the first two significant digits of the standard error (``minimum``
+    at least, at most 12): a value printed to fewer would hide what the run resolves (an
+    entropy difference of 0.004 with SE 0.001 is not "0.00"). An exact value gets 4: an SE below
+    1e-10 is round-off (two linear decoders on shared latents differ by a constant), no sample
+    size resolves that much."""
+    if stderr is not None and 0 <= stderr < 1e-10:
+        return max(minimum, 4)
+    if stderr is None or not (stderr > 0 and math.isfinite(stderr)):
+        return minimum
+    return int(min(12, max(minimum, 1 - math.floor(math.log10(stderr)))))
+
+
+def format_error(value: float | None) -> str:
+    """Standard errors with two significant figures."""
+    if value is None or not math.isfinite(value):
+        return "-"
+    if value == 0:
+        return "0"
+    return f"{value:.2g}" if value < 1e-3 or value >= 1e3 else f"{value:.{max(0, 1 - math.floor(math.log10(value)))}f}"
+
+
+def latent_label(result: EntropyResult) -> str:
+    return result.latent.describe()
+
+
+def estimate_table(result: EntropyResult, model_path: str) -> Table:
+    """One row per scale: entropy, standard error, per-sample std, 95% CI and N; the model,
+    latent, time and throughput in the title and caption."""
+    probe = result.precision_probe or {}
+    shifts = probe.get("difference_in_stderr")
+    table = Table(
+        title=f"Entropy of {model_path}" + (" [bold red]PARTIAL (interrupted)[/bold red]" if result.partial else ""),
+        caption=(
+            f"latent {latent_label(result)}, D = {result.output_dim}; {result.settings['device']}, "
+            f"{result.settings['dtype']}, seed {result.settings['seed']}; "
+            f"{result.elapsed_seconds:.1f} s, {result.samples_per_second:,.0f} samples/s. "
+            "Entropy in nats; Std = per-sample std; Std. error = Std / sqrt(N)."
+            + (f" Last column: mean change of h_i with --dtype {probe['dtype']} instead of float64 "
+               f"(first {probe['num_samples']} samples), in standard errors." if shifts else "")
+        ),
+    )
+    headers = ["Scale s", "Entropy", "Std. error", "Std", "95% CI", "N"]
+    for header in headers + (["dtype shift"] if shifts else []):
+        table.add_column(header, justify="right")
+    for index, item in enumerate(result.estimates):
+        digits = entropy_digits(item.stderr)
+        row = [
+            f"{item.scale:.0e}",
+            format_number(item.entropy, digits),
+            format_error(item.stderr),
+            format_number(item.std),
+            f"{format_number(item.ci95[0], digits)} to {format_number(item.ci95[1], digits)}",
+            str(item.num_samples),
+        ]
+        if shifts:
+            row.append(format_shift(shifts[index], probe["threshold_in_stderr"]))
+        table.add_row(*row)
+    return table
+
+
+def format_shift(value: float, threshold: float) -> str:
+    """A precision-probe shift in standard errors, red where it exceeds the threshold."""
+    if value is None or not math.isfinite(value):
+        return "-"
+    text = f"{value:+.2f} SE"
+    return f"[red]{text}[/red]" if abs(value) > threshold else text
+
+
+def format_bytes(count: int | None) -> str:
+    if count is None:
+        return "-"
+    return f"{count / 1024**2:,.0f} MiB"
+
+
+def _quantile_text(quantiles: dict | None) -> str:
+    if not quantiles:
+        return "-"
+    return " / ".join(f"{quantiles[name]:.3g}" for name in ("min", "q01", "median", "q99", "max"))
+
+
+def diagnostics_table(result: EntropyResult) -> Table:
+    """Under the estimate: why the run stopped, the Jacobians' spectrum, the machine."""
+    diagnostics, settings = result.diagnostics, result.settings
+    table = Table(title="Diagnostics", show_header=False, title_justify="left")
+    table.add_column("item", style="bold")
+    table.add_column("value")
+    used = result.estimates[0].num_samples if result.estimates else 0
+    table.add_row("stopped", f"{STOP_REASONS.get(result.stop_reason, result.stop_reason)} "
+                  f"({used} samples used, {diagnostics.get('samples_computed', '-')} computed in this run"
+                  + (f", resumed at {diagnostics['resumed_from_samples']}" if diagnostics.get("resumed_from_samples") else "")
+                  + ")")
+    table.add_row("smallest singular value of J", f"{_quantile_text(diagnostics.get('smallest_singular_value_quantiles'))}"
+                  "  (min / 1% / median / 99% / max)")
+    table.add_row("largest singular value of J", f"{_quantile_text(diagnostics.get('largest_singular_value_quantiles'))}")
+    collapsed = diagnostics.get("mean_collapsed_directions") or {}
+    table.add_row("mean directions with lambda < s^2",
+                  ", ".join(f"s={scale}: {format_number(value, 2)}" for scale, value in collapsed.items()) or "-")
+    table.add_row("non-finite samples", f"{result.num_nonfinite}" + (" (skipped)" if result.num_nonfinite else ""))
+    table.add_row("device", f"{diagnostics.get('device_name', settings['device'])} ({settings['device']}), "
+                  f"decoder {diagnostics.get('decoder_dtype', settings['dtype'])}, "
+                  f"{diagnostics.get('world_size', 1)} process(es)")
+    table.add_row("batch / tangent chunk", f"{diagnostics.get('batch_size')} -> {diagnostics.get('batch_size_final')} / "
+                  f"{diagnostics.get('tangent_chunk')} -> {diagnostics.get('tangent_chunk_final')}"
+                  f" ({diagnostics.get('oom_retries', 0)} out-of-memory retries)")
+    table.add_row("peak memory", f"{format_bytes(diagnostics.get('peak_memory_bytes'))} "
+                  f"({diagnostics.get('peak_memory_kind', '-')})")
+    probe = result.precision_probe
+    if probe is None:
+        table.add_row("precision probe", "not needed: the decoder ran in float64")
+    elif probe.get("skipped"):
+        table.add_row("precision probe", f"skipped: {probe['skipped']}")
+    else:
+        verdict = (f"exceeds {probe['threshold_in_stderr']:g} SE: use --dtype {probe['suggested_dtype']}"
+                   if probe["flagged"] else f"within {probe['threshold_in_stderr']:g} SE")
+        table.add_row("precision probe", f"{probe['dtype']} vs float64 on the first {probe['num_samples']} samples: "
+                      + ", ".join(f"s={scale:g}: {format_shift(value, probe['threshold_in_stderr'])}"
+                                  for scale, value in zip(probe["scales"], probe["difference_in_stderr"]))
+                      + f" ({verdict})")
+    return table
+
+
+def partial_note(result: EntropyResult) -> str | None:
+    if not result.partial:
+        return None
+    where = f"; rerun the same command to resume from {result.settings['checkpoint']}" if result.settings.get("checkpoint") else ""
+    return f"interrupted: the result is PARTIAL ({result.estimates[0].num_samples} samples){where}"
+
+
+def nonfinite_note(result: EntropyResult) -> str | None:
+    if not result.num_nonfinite:
+        return None
+    shown = ", ".join(str(index) for index in result.nonfinite_indices[:10])
+    more = " ..." if result.num_nonfinite > 10 else ""
+    return f"skipped {result.num_nonfinite} non-finite sample(s) (indices {shown}{more}); N counts the rest"
+
+
+def print_json(document: dict) -> None:
+    """Exactly one JSON document on stdout (with the command's resolved configuration)."""
+    print(json.dumps(with_configuration(document), indent=2, allow_nan=True))
+
+
+def write_json(document: dict, path: str | Path) -> None:
+    """Write the JSON atomically, so a crash never leaves half a file."""
+    target = Path(path)
+    temporary = target.with_name(f".{target.name}.tmp")
+    temporary.write_text(json.dumps(with_configuration(document), indent=2, allow_nan=True) + "\n")
+    os.replace(temporary, target)
+
+
+def warn(message: str) -> None:
+    stderr_console.print(f"[yellow]warning:[/yellow] {message}", soft_wrap=True)
+
+
+def info(message: str) -> None:
+    stderr_console.print(message, soft_wrap=True)
+
+
+@contextmanager
+def progress_bar(description: str, scales: Sequence[float], enabled: bool = True) -> Iterator[ProgressCallback | None]:
+    """A Rich progress bar on stderr with ETA, samples/s and the running estimate."""
+    if not enabled:
+        yield None
+        return
+    progress = Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TaskProgressColumn(),
+        TextColumn("{task.fields[rate]}"),
+        TimeRemainingColumn(),
+        TextColumn("{task.fields[running]}"),
+        console=stderr_console,
+        transient=True,
+    )
+    task = progress.add_task(description, total=None, rate="", running="")
+
+    def update(done: int, total: int, running: Sequence[float]) -> None:
+        elapsed = progress.tasks[task].elapsed or 0.0
+        rate = f"{done / elapsed:,.0f} samples/s" if elapsed > 0 else ""
+        shown = ", ".join(f"H({scale:.0e})={value:.4f}" for scale, value in zip(scales, running))
+        progress.update(task, completed=done, total=total, rate=rate, running=shown)
+
+    with progress:
+        yield update
+
+
+def _field_table(title: str, rows: Sequence[tuple[str, str]], caption: str | None = None) -> Table:
+    table = Table(title=title, caption=caption, show_header=False)
+    table.add_column("field", style="bold")
+    table.add_column("value")
+    for name, value in rows:
+        table.add_row(name, value)
+    return table
+
+
+def _sources(mapping: dict) -> str:
+    return ", ".join(f"{key} from {value}" for key, value in mapping.items()) or "-"
+
+
+def _transform_label(transform: dict) -> str:
+    parts = []
+    if transform.get("select") is not None:
+        parts.append(f"select {transform['select']}")
+    if transform.get("range") is not None:
+        low, high = transform["range"]
+        parts.append(f"[{low:g}, {high:g}] -> [0, 1]")
+    return ", ".join(parts) or "none"
+
+
+def inspect_table(report: dict) -> Table:
+    """``genentropy inspect``: one row per fact."""
+    model, probe, parameters = report["model"], report["jacobian_probe"], report["parameters"]
+    ranks = probe["rank_at_scale"]
+    rows = [
+        ("format", model["format"] + (" (runs code from the file: trusted sources only)"
+                                      if model["runs_code_from_file"] else "")),
+        ("architecture", str(model.get("architecture") or "-")),
+        ("spec", str(model.get("spec_source") or "-")),
+        ("parameters", f"{parameters['count']:,} ({', '.join(parameters['dtypes']) or '-'}); "
+                       f"buffers {parameters['buffers']:,}"),
+        ("latent", f"{'x'.join(str(size) for size in model['latent_shape'])} {model['latent_distribution']} "
+                   f"(d = {model['latent_dim']}; {_sources(model['latent_source'])})"),
+        ("output", f"{'x'.join(str(size) for size in model['output_shape'])} (D = {model['output_dim']})"),
+        ("output transform", _transform_label(model["output_transform"])),
+        ("forward time", f"{report['forward_seconds_per_sample'] * 1e6:,.1f} us/sample "
+                         f"({report['timing']['device']}, {report['timing']['dtype']}, batch {report['timing']['batch']})"),
+        ("singular values", f"{probe['smallest_singular_value']:.3g} to {probe['largest_singular_value']:.3g} "
+                            f"over {probe['num_latents']} latents"),
+        (f"rank at s = {probe['scale']:g}", f"{min(ranks)} to {max(ranks)} of d = {probe['latent_dim']}"),
+    ]
+    return _field_table(f"Model {model['path']}", rows)
+
+
+def convert_table(report: dict) -> Table:
+    """``genentropy convert``: what was written and how it was checked."""
+    spec = report["spec"]
+    rows = [
+        ("source", f"{report['source']['path']} ({report['source']['format']})"),
+        ("written", f"{report['target']} ({report['bytes']:,} bytes)"),
+        ("architecture", str(spec.get("architecture") or f"import {spec.get('import')}")),
+        ("kwargs", json.dumps(spec.get("kwargs") or {})),
+        ("latent", f"{'x'.join(str(size) for size in spec['latent']['shape'])} {spec['latent']['distribution']}"),
+        ("output transform", json.dumps(spec.get("output")) if spec.get("output") else "none"),
+        ("tensors", f"{report['tensors']} ({report['parameters']:,} values), identical after reload: "
+                    f"{'yes' if report['weights_identical'] else 'no'}"),
+        ("outputs", f"max relative difference after reload {report['max_relative_output_difference']:.3g}"),
+    ]
+    return _field_table("Converted to self-describing safetensors", rows)

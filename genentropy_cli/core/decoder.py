@@ -1,0 +1,211 @@
+"""A decoder prepared for estimation (private copy, eval mode, no parameter gradients) and the
+choice of Jacobian method: stacked where an independent AD reference agrees, else torch.func.
+"""
+
+from __future__ import annotations
+
+import math
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+from typing import Any
+import torch
+from genentropy_cli.defaults import STACKED_PROBE_COLUMNS
+from genentropy_cli.errors import InputError, first_line
+from genentropy_cli.core.jacobian import (
+    DecoderFn,
+    batched_jacobian,
+    copy_with_fresh_torchscript,
+    flat_decoder,
+    fresh_torchscript_copy,
+    is_torchscript,
+    replicated_jacobian,
+    reverse_mode_columns,
+    torchscript_parts,
+    torchscript_safe,
+)
+from genentropy_cli.core.latents import LatentSpec, LatentStream
+from genentropy_cli.core.logdet import Workspace
+from genentropy_cli.core.activations import activation_bytes_per_row
+from genentropy_cli.core.stacked import UnsupportedOperation, stacked_jacobian, stacked_jacobian_profiled
+
+@dataclass
+class PreparedDecoder:
+    """A decoder ready for estimation: a private copy in eval mode, gradients off, on
+    ``device`` in ``dtype``; TorchScript reloaded fresh and run without the optimising
+    executor so forward-mode AD stays exact on every call."""
+
+    function: DecoderFn
+    latent: LatentSpec
+    device: torch.device
+    dtype: torch.dtype
+    output_dim: int
+    output_shape: tuple[int, ...]
+    torchscript: bool
+    jacobian_method: str = "vmap"
+    fallback_method: str | None = None
+    """The torch.func method (vmap or replicated) that works; used where stacked meets an op it
+    lacks. Found on first need (``fallback_method``) when the stacked method is chosen."""
+    activation_bytes_per_row: int | None = None
+    """Largest bytes one op of the decoder holds per row (inputs plus output), measured on the probe."""
+    method_note: str | None = None
+    """Why the stacked method is not used, when it is not."""
+    workspace: Workspace = field(default_factory=Workspace, repr=False)
+    """The float64 buffer the Gram step reuses from batch to batch."""
+
+    def context(self):
+        return torchscript_safe() if self.torchscript else nullcontext()
+
+    def flat(self) -> DecoderFn:
+        return flat_decoder(self.function, self.latent.shape)
+
+    def decode(self, flat_latents: torch.Tensor) -> torch.Tensor:
+        """Decoder outputs for flat float64 latents (B, d), as (B, *output_shape)."""
+        with torch.no_grad(), self.context():
+            batch = flat_latents.shape[0]
+            inputs = flat_latents.to(device=self.device, dtype=self.dtype).reshape(batch, *self.latent.shape)
+            return self.function(inputs)
+
+
+def prepare_decoder(
+    decoder: Any,
+    latent: LatentSpec,
+    device: torch.device,
+    dtype: torch.dtype,
+) -> PreparedDecoder:
+    """Copy, configure and probe ``decoder`` on two latents; bad fits are InputErrors."""
+    torchscript = is_torchscript(decoder)
+    if torchscript:
+        module = fresh_torchscript_copy(decoder)
+    elif isinstance(decoder, torch.nn.Module):
+        torchscript = bool(torchscript_parts(decoder))  # e.g. an output transform around TorchScript
+        module = copy_with_fresh_torchscript(decoder)
+    elif callable(decoder):
+        module = decoder
+    else:
+        raise InputError(f"the decoder must be a torch.nn.Module or a callable, got {type(decoder).__name__}")
+    if isinstance(module, torch.nn.Module):
+        module = module.eval()
+        for parameter in module.parameters():
+            parameter.requires_grad_(False)
+        module = module.to(device=device, dtype=dtype)
+
+    probe = torch.zeros(2, *latent.shape, dtype=dtype, device=device)
+    try:
+        with torch.no_grad(), (torchscript_safe() if torchscript else nullcontext()):
+            output = module(probe)
+    except InputError:
+        raise
+    except Exception as error:  # the decoder's own message says what it expected
+        shape = "x".join(str(size) for size in latent.shape)
+        raise InputError(
+            f"latent size {shape} does not fit the decoder ({first_line(error)}); "
+            "set --latent-dim or --latent-shape to what the decoder takes"
+        ) from None
+    if not isinstance(output, torch.Tensor):
+        raise InputError(
+            f"the decoder returned a {type(output).__name__}, not a tensor; "
+            "pick one output with --output-select KEY|INDEX, or wrap it so that it returns one tensor"
+        )
+    if output.dim() == 0 or output.shape[0] != 2:
+        raise InputError(
+            f"the decoder's output shape {tuple(output.shape)} has no batch dimension matching its input; "
+            "it must map a batch of latents (B, ...) to a batch of outputs (B, ...)"
+        )
+    if not output.is_floating_point():
+        raise InputError(f"the decoder returned a {output.dtype} tensor; it must return floating-point outputs")
+    output_shape = tuple(output.shape[1:])
+    output_dim = math.prod(output_shape)
+    if output_dim < latent.dim:
+        raise InputError(
+            f"the decoder's output dimension D = {output_dim} is smaller than the latent dimension d = {latent.dim}; "
+            "the estimator needs D >= d (check the latent size)"
+        )
+    prepared = PreparedDecoder(module, latent, device, dtype, output_dim, output_shape, torchscript)
+    prepared.jacobian_method = _choose_jacobian_method(prepared)
+    return prepared
+
+
+JACOBIAN_METHODS = {"stacked": stacked_jacobian, "vmap": batched_jacobian, "replicated": replicated_jacobian}
+"""stacked: one plain forward pass over stacked primal and tangent rows (``stacked``), the
+fastest; vmap: torch.func jvp under vmap; replicated: jvp on a repeated batch (no vmap)."""
+
+
+def stacked_tolerance(dtype: torch.dtype) -> float:
+    """How far (relative to the largest entry) stacked and torch.func Jacobians may differ on
+    the probe: round-off of the dtype, far below any missing or wrong derivative rule."""
+    return min(0.1, max(1e-10, 1000 * torch.finfo(dtype).eps))
+
+
+def jacobians_agree(candidate: torch.Tensor, reference: torch.Tensor, tolerance: float) -> bool:
+    finite = torch.isfinite(reference)
+    if not torch.equal(finite, torch.isfinite(candidate)):
+        return False
+    if not bool(finite.any()):
+        return True
+    scale = float(reference[finite].abs().max())
+    return float((candidate[finite] - reference[finite]).abs().max()) <= tolerance * max(scale, 1e-300)
+
+
+def _probe_latents(prepared: PreparedDecoder) -> torch.Tensor:
+    return LatentStream(prepared.latent, seed=0).range(0, 2).to(device=prepared.device, dtype=prepared.dtype)
+
+
+def _torch_func_method(prepared: PreparedDecoder, columns: int) -> tuple[str, torch.Tensor]:
+    """The torch.func method that runs through the decoder (vmap over tangents, else the
+    replicated batch) and its first ``columns`` Jacobian columns on the probe latents."""
+    probe, flat = _probe_latents(prepared), prepared.flat()
+    failure: Exception | None = None
+    with prepared.context():
+        for method in ("vmap", "replicated"):
+            try:
+                return method, JACOBIAN_METHODS[method](flat, probe, tangent_chunk=columns, max_columns=columns)
+            except Exception as error:
+                failure = error
+    raise InputError(
+        f"forward-mode AD fails through this decoder ({first_line(failure)}); "
+        "it must be differentiable with torch.func.jvp"
+    ) from None
+
+
+def fallback_method(prepared: PreparedDecoder) -> str:
+    """The torch.func method to use where the stacked method meets an op it has no rule for,
+    found on first need (``_torch_func_method``)."""
+    if prepared.fallback_method is None:
+        prepared.fallback_method, _ = _torch_func_method(prepared, 1)
+    return prepared.fallback_method
+
+
+def _choose_jacobian_method(prepared: PreparedDecoder) -> str:
+    """The stacked method where its result matches an independent AD reference on probe
+    latents, else the torch.func method (compared and probed on the first
+    ``STACKED_PROBE_COLUMNS`` columns: the full Jacobian costs d directions).
+
+    The reference is reverse mode (``reverse_mode_columns``), or torch.func's forward mode
+    where the decoder lacks double backward. Also records the decoder's activation bytes per
+    row for batch planning."""
+    columns = min(prepared.latent.dim, STACKED_PROBE_COLUMNS)
+    probe, flat = _probe_latents(prepared), prepared.flat()
+    tolerance = stacked_tolerance(prepared.dtype)
+    with prepared.context():
+        try:
+            stacked, _, row_bytes = stacked_jacobian_profiled(flat, probe, columns, max_columns=columns)
+        except UnsupportedOperation as error:
+            stacked, prepared.method_note = None, f"stacked method unavailable: {error}"
+        if stacked is not None:
+            try:
+                reference = reverse_mode_columns(flat, probe, columns)
+            except Exception:  # no double backward through some op: compare with torch.func
+                reference = None
+            if reference is not None and jacobians_agree(stacked, reference, tolerance):
+                prepared.activation_bytes_per_row = row_bytes
+                return "stacked"
+    method, reference = _torch_func_method(prepared, columns)
+    prepared.fallback_method = method
+    if stacked is not None:
+        if jacobians_agree(stacked, reference, tolerance):
+            prepared.activation_bytes_per_row = row_bytes
+            return "stacked"
+        prepared.method_note = "the stacked Jacobian differed from torch.func's on the probe latents"
+    with prepared.context():
+        prepared.activation_bytes_per_row = activation_bytes_per_row(flat, probe)
+    return method

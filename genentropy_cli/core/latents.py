@@ -1,0 +1,234 @@
+"""Latent spaces: their shape, their distribution, and the seeded stream of latents.
+
+Sample i's latent depends only on (seed, i): latents are drawn in fixed blocks of
+``LATENT_BLOCK_SIZE``, block b from a CPU generator seeded by (seed, b), in float64.
+Batch size, device and process count therefore never change which latents are used.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Protocol, Sequence, runtime_checkable
+
+import numpy as np
+import torch
+
+from genentropy_cli.defaults import DEFAULT_LATENT_DISTRIBUTION, LATENT_BLOCK_SIZE
+from genentropy_cli.errors import InputError
+
+_LOG_2PI = math.log(2.0 * math.pi)
+
+
+@runtime_checkable
+class LatentDistribution(Protocol):
+    """A product distribution over a flat latent vector of ``dim`` coordinates."""
+
+    name: str
+
+    def sample(self, generator: torch.Generator, num: int, dim: int) -> torch.Tensor:
+        """``num`` float64 latents of shape (num, dim) drawn with ``generator``."""
+        ...
+
+    def log_density(self, latents: torch.Tensor) -> torch.Tensor:
+        """log p(z) per row of a (num, dim) float64 tensor, normalising constants included."""
+        ...
+
+    def entropy(self, dim: int) -> float:
+        """Differential entropy of the ``dim``-dimensional distribution (nats)."""
+        ...
+
+
+@dataclass(frozen=True)
+class StandardNormal:
+    """z ~ N(0, I): log p(z) = -|z|^2/2 - d/2 log(2 pi)."""
+
+    name: str = "normal"
+
+    def sample(self, generator: torch.Generator, num: int, dim: int) -> torch.Tensor:
+        return torch.randn(num, dim, generator=generator, dtype=torch.float64)
+
+    def log_density(self, latents: torch.Tensor) -> torch.Tensor:
+        dim = latents.shape[1]
+        return -0.5 * (latents * latents).sum(dim=1) - 0.5 * dim * _LOG_2PI
+
+    def entropy(self, dim: int) -> float:
+        return 0.5 * dim * math.log(2.0 * math.pi * math.e)
+
+
+@dataclass(frozen=True)
+class Uniform:
+    """z ~ Uniform(low, high)^d: log p(z) = -d log(high - low) inside the box, -inf outside."""
+
+    low: float = -1.0
+    high: float = 1.0
+    name: str = "uniform"
+
+    def sample(self, generator: torch.Generator, num: int, dim: int) -> torch.Tensor:
+        unit = torch.rand(num, dim, generator=generator, dtype=torch.float64)
+        return self.low + (self.high - self.low) * unit
+
+    def log_density(self, latents: torch.Tensor) -> torch.Tensor:
+        dim = latents.shape[1]
+        inside = ((latents >= self.low) & (latents <= self.high)).all(dim=1)
+        value = torch.full((latents.shape[0],), -dim * math.log(self.high - self.low), dtype=torch.float64)
+        return torch.where(inside, value, torch.full_like(value, -math.inf))
+
+    def entropy(self, dim: int) -> float:
+        return dim * math.log(self.high - self.low)
+
+
+@dataclass(frozen=True)
+class TruncatedNormal:
+    """Each coordinate N(0, 1) restricted to [-psi, psi] (the truncation trick).
+
+    log p(z) = sum_j [-z_j^2/2 - log(2 pi)/2 - log Z], Z = erf(psi / sqrt 2), inside the box.
+    """
+
+    psi: float = 1.0
+    name: str = field(default="truncated-normal", init=False)
+
+    def __post_init__(self) -> None:
+        if not (self.psi > 0 and math.isfinite(self.psi)):
+            raise InputError(f"truncated-normal needs a positive finite PSI, got {self.psi!r}")
+
+    @property
+    def _log_mass(self) -> float:
+        return math.log(math.erf(self.psi / math.sqrt(2.0)))
+
+    def sample(self, generator: torch.Generator, num: int, dim: int) -> torch.Tensor:
+        lower = 0.5 * math.erfc(self.psi / math.sqrt(2.0))  # Phi(-psi)
+        unit = torch.rand(num, dim, generator=generator, dtype=torch.float64)
+        samples = torch.special.ndtri(lower + (1.0 - 2.0 * lower) * unit)
+        return samples.clamp(-self.psi, self.psi)
+
+    def log_density(self, latents: torch.Tensor) -> torch.Tensor:
+        dim = latents.shape[1]
+        inside = (latents.abs() <= self.psi).all(dim=1)
+        value = -0.5 * (latents * latents).sum(dim=1) - dim * (0.5 * _LOG_2PI + self._log_mass)
+        return torch.where(inside, value, torch.full_like(value, -math.inf))
+
+    def entropy(self, dim: int) -> float:
+        mass = math.exp(self._log_mass)
+        density_at_psi = math.exp(-0.5 * self.psi**2) / math.sqrt(2.0 * math.pi)
+        per_coordinate = 0.5 * math.log(2.0 * math.pi * math.e) + math.log(mass) - self.psi * density_at_psi / mass
+        return dim * per_coordinate
+
+
+DISTRIBUTION_NAMES: tuple[str, ...] = ("normal", "uniform", "uniform01", "truncated-normal:PSI")
+
+
+def parse_distribution(name: str | LatentDistribution) -> LatentDistribution:
+    """Turn a name such as ``normal`` or ``truncated-normal:0.7`` into a distribution."""
+    if isinstance(name, LatentDistribution):
+        return name
+    text = str(name).strip().lower()
+    if text in ("normal", "gaussian", "standard-normal"):
+        return StandardNormal()
+    if text in ("uniform", "uniform-1-1", "uniform11"):
+        return Uniform(-1.0, 1.0, "uniform")
+    if text == "uniform01":
+        return Uniform(0.0, 1.0, "uniform01")
+    if text.startswith("truncated-normal"):
+        _, _, psi_text = text.partition(":")
+        try:
+            psi = float(psi_text) if psi_text else float("nan")
+        except ValueError:
+            psi = float("nan")
+        if not math.isfinite(psi):
+            raise InputError(f"truncated-normal needs a threshold, e.g. truncated-normal:0.7 (got {name!r})")
+        return TruncatedNormal(psi)
+    raise InputError(f"unknown latent distribution {name!r}; choose one of {', '.join(DISTRIBUTION_NAMES)}")
+
+
+def distribution_label(distribution: LatentDistribution) -> str:
+    """The name that ``parse_distribution`` reads back."""
+    if isinstance(distribution, TruncatedNormal):
+        return f"truncated-normal:{distribution.psi:g}"
+    return distribution.name
+
+
+@dataclass(frozen=True)
+class LatentSpec:
+    """The decoder's latent input: per-sample shape and distribution."""
+
+    shape: tuple[int, ...]
+    distribution: LatentDistribution = field(default_factory=StandardNormal)
+
+    def __post_init__(self) -> None:
+        if len(self.shape) == 0 or any(int(size) <= 0 for size in self.shape):
+            raise InputError(f"latent shape must be positive sizes, got {tuple(self.shape)}")
+
+    @property
+    def dim(self) -> int:
+        return math.prod(self.shape)
+
+    def describe(self) -> str:
+        shape = "x".join(str(size) for size in self.shape)
+        return f"{shape} {distribution_label(self.distribution)}"
+
+
+def make_latent_spec(
+    latent: LatentSpec | int | Sequence[int],
+    distribution: str | LatentDistribution = DEFAULT_LATENT_DISTRIBUTION,
+) -> LatentSpec:
+    """Accept a LatentSpec, a dimension (62) or a shape ((100, 1, 1))."""
+    if isinstance(latent, LatentSpec):
+        return latent
+    if isinstance(latent, (int, np.integer)):
+        shape: tuple[int, ...] = (int(latent),)
+    else:
+        shape = tuple(int(size) for size in latent)
+    return LatentSpec(shape, parse_distribution(distribution))
+
+
+def parse_latent_shape(text: str) -> tuple[int, ...]:
+    """Parse ``100,1,1`` (or ``100x1x1``) into a shape tuple."""
+    parts = [part for part in text.replace("x", ",").split(",") if part.strip()]
+    try:
+        shape = tuple(int(part) for part in parts)
+    except ValueError:
+        shape = ()
+    if not shape or any(size <= 0 for size in shape):
+        raise InputError(f"--latent-shape takes positive integers separated by commas, e.g. 100,1,1 (got {text!r})")
+    return shape
+
+
+def block_seed(seed: int, block_index: int) -> int:
+    """A 64-bit generator seed for one latent block, derived from (seed, block index)."""
+    state = np.random.SeedSequence(entropy=int(seed), spawn_key=(int(block_index),)).generate_state(1, np.uint64)
+    return int(state[0]) & 0x7FFF_FFFF_FFFF_FFFF
+
+
+class LatentStream:
+    """Random access to the latent sequence of a (spec, seed) pair, in float64 on the CPU."""
+
+    def __init__(self, spec: LatentSpec, seed: int, block_size: int = LATENT_BLOCK_SIZE):
+        self.spec = spec
+        self.seed = int(seed)
+        self.block_size = int(block_size)
+        self._cached_index: int | None = None
+        self._cached_block: torch.Tensor | None = None
+
+    def block(self, block_index: int) -> torch.Tensor:
+        """All ``block_size`` latents of one block, shape (block_size, dim)."""
+        if self._cached_index != block_index:
+            generator = torch.Generator(device="cpu")
+            generator.manual_seed(block_seed(self.seed, block_index))
+            self._cached_block = self.spec.distribution.sample(generator, self.block_size, self.spec.dim)
+            self._cached_index = block_index
+        assert self._cached_block is not None
+        return self._cached_block
+
+    def range(self, start: int, stop: int) -> torch.Tensor:
+        """Latents of samples start..stop-1 as a (stop - start, dim) float64 tensor."""
+        pieces = []
+        position = start
+        while position < stop:
+            block_index, offset = divmod(position, self.block_size)
+            take = min(stop - position, self.block_size - offset)
+            pieces.append(self.block(block_index)[offset : offset + take])
+            position += take
+        if not pieces:
+            return torch.empty(0, self.spec.dim, dtype=torch.float64)
+        return torch.cat(pieces, dim=0) if len(pieces) > 1 else pieces[0].clone()

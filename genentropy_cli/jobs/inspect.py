@@ -1,0 +1,99 @@
+"""``genentropy inspect``: what a model file is and how its decoder behaves, before a long run.
+
+Format, parameters, latent spec and where it came from, output shape, forward time per
+sample, and a Jacobian probe on a few latents: singular values sigma_j of J (square roots of
+the eigenvalues of J^T J, float64) and the rank at scale s, #{j : sigma_j > s}. A rank below
+d at the s you plan to use means the estimate there is dominated by s (check with sweeps).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from typing import Any
+
+import torch
+
+from genentropy_cli import __version__
+from genentropy_cli.defaults import (
+    DEFAULT_SCALES,
+    DEFAULT_SEED,
+    INSPECT_PROBE_LATENTS,
+    INSPECT_TIMING_BATCH,
+    INSPECT_TIMING_REPEATS,
+)
+from genentropy_cli.core.terms import compute_sample_terms
+from genentropy_cli.core.decoder import prepare_decoder
+from genentropy_cli.core.device import resolve_device, resolve_dtype, strict_float32
+from genentropy_cli.core.latents import LatentStream, distribution_label
+from genentropy_cli.models.loading import FORMATS_RUNNING_CODE
+from genentropy_cli.models.resolve import ResolvedModel
+
+
+def parameter_summary(decoder: Any) -> dict:
+    """Parameter and buffer counts and their dtypes (a plain callable has none)."""
+    if not isinstance(decoder, torch.nn.Module):
+        return {"count": 0, "buffers": 0, "dtypes": []}
+    parameters = list(decoder.parameters())
+    buffers = list(decoder.buffers())
+    dtypes = sorted({str(tensor.dtype).removeprefix("torch.") for tensor in parameters + buffers
+                     if tensor.is_floating_point()})
+    return {"count": sum(p.numel() for p in parameters), "buffers": sum(b.numel() for b in buffers), "dtypes": dtypes}
+
+
+def forward_seconds_per_sample(prepared, latents: torch.Tensor, repeats: int = INSPECT_TIMING_REPEATS) -> float:
+    """Best of ``repeats`` timed batched forward passes, divided by the batch size."""
+    prepared.decode(latents)  # warm-up
+    best = math.inf
+    for _ in range(repeats):
+        started = time.perf_counter()
+        prepared.decode(latents)
+        if prepared.device.type == "cuda":
+            torch.cuda.synchronize(prepared.device)
+        best = min(best, time.perf_counter() - started)
+    return best / latents.shape[0]
+
+
+def inspect_model(resolved: ResolvedModel, device: str = "auto", dtype: str = "float32",
+                  probe_latents: int = INSPECT_PROBE_LATENTS, scale: float = DEFAULT_SCALES[0],
+                  seed: int = DEFAULT_SEED, timing_batch: int = INSPECT_TIMING_BATCH) -> dict:
+    """The inspect report as a JSON-ready dict."""
+    latent = resolved.latent
+    torch_device, torch_dtype = resolve_device(device), resolve_dtype(dtype)
+    stream = LatentStream(latent, seed)
+    with strict_float32():
+        prepared = prepare_decoder(resolved.decoder, latent, torch_device, torch_dtype)
+        terms = compute_sample_terms(prepared, stream.range(0, probe_latents), [scale])
+        per_sample = forward_seconds_per_sample(prepared, stream.range(0, timing_batch))
+    singular_values = terms.eigenvalues.clamp_min(0.0).sqrt()  # (k, d), ascending
+    ranks = (singular_values > scale).sum(dim=1).tolist()
+    spec = resolved.loaded.spec or {}
+    return {
+        "genentropy_version": __version__,
+        "command": "inspect",
+        "model": {
+            **resolved.describe(),
+            "latent_shape": list(latent.shape),
+            "latent_distribution": distribution_label(latent.distribution),
+            "latent_dim": latent.dim,
+            "output_shape": list(prepared.output_shape),
+            "output_dim": prepared.output_dim,
+            "architecture": spec.get("architecture") or spec.get("import"),
+            "runs_code_from_file": resolved.format in FORMATS_RUNNING_CODE,
+        },
+        "parameters": parameter_summary(resolved.loaded.decoder),
+        "forward_seconds_per_sample": per_sample,
+        "timing": {"batch": timing_batch, "repeats": INSPECT_TIMING_REPEATS, "device": str(torch_device),
+                   "dtype": str(torch_dtype).removeprefix("torch.")},
+        "jacobian_probe": {
+            "num_latents": probe_latents,
+            "seed": seed,
+            "scale": scale,
+            "smallest_singular_value": float(singular_values[:, 0].min()),
+            "largest_singular_value": float(singular_values[:, -1].max()),
+            "rank_at_scale": [int(rank) for rank in ranks],
+            "latent_dim": latent.dim,
+            "jacobian_method": prepared.jacobian_method,
+        },
+        "warnings": list(resolved.loaded.warnings),
+    }

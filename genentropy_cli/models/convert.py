@@ -1,0 +1,138 @@
+"""``genentropy convert``: any loadable decoder -> one self-describing safetensors file.
+
+The result holds the weights and, embedded, a spec naming the architecture (built-in or
+``import:``), its kwargs, the resolved latent spec and the output transform, so it loads
+from its path alone and runs no code from the file. The architecture comes from the source's
+spec (embedded, sidecar or ``--spec``), from a ``spec`` entry in a TorchScript/.pt2 file's
+``genentropy.json``, or, for a trusted pickled module, from its class (kwargs from the spec
+file). The conversion is checked before it is reported: the file is read
+back, every tensor must be identical and the decoder's outputs on probe latents must agree
+(float64).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from genentropy_cli.models.architectures import ARCHITECTURES
+from genentropy_cli.defaults import CONVERT_OUTPUT_TOLERANCE, INSPECT_PROBE_LATENTS
+from genentropy_cli.core.decoder import prepare_decoder
+from genentropy_cli.errors import EstimationError, InputError
+from genentropy_cli.models.exported import ExportedDecoder
+from genentropy_cli.core.latents import LatentStream, distribution_label
+from genentropy_cli.models.loading import LoadedModel, load_safetensors_model
+from genentropy_cli.models.resolve import ModelOptions, ResolvedModel, resolve_model
+from genentropy_cli.models.specs import (
+    build_from_spec,
+    has_architecture,
+    load_state_into,
+    save_safetensors,
+    validate_spec,
+)
+
+RESOLVED_KEYS = ("latent", "output", "weights")
+"""Spec sections the converted file gets afresh (resolved latent and transform; its own tensor names)."""
+
+
+def state_dict_of(decoder: Any) -> dict[str, torch.Tensor]:
+    """The decoder's named weights (an exported program's under their original names)."""
+    module = decoder.program if isinstance(decoder, ExportedDecoder) else decoder
+    if not isinstance(module, torch.nn.Module):
+        raise InputError(f"a {type(decoder).__name__} has no weights to convert")
+    return {name: tensor.detach() for name, tensor in module.state_dict().items()}
+
+
+def architecture_spec(loaded: LoadedModel) -> dict:
+    """architecture/import, kwargs (and any other entries, e.g. training details) for the converted file."""
+    spec_file = loaded.spec_file or {}
+    recorded = loaded.metadata.get("spec")  # a TorchScript/.pt2 file may record the class it came from
+    if has_architecture(loaded.spec):
+        source = loaded.spec
+    elif has_architecture(spec_file):
+        source = spec_file
+    elif isinstance(recorded, dict) and has_architecture(recorded):
+        source = validate_spec(recorded, f"the spec recorded in {loaded.path}")
+    elif loaded.format == "pickle":
+        source = {**_class_reference(type(loaded.decoder)), "kwargs": spec_file.get("kwargs") or {}}
+    else:
+        raise InputError(
+            f"{loaded.path} is {loaded.format}: it does not say which Python class it is; "
+            "give --spec FILE naming its architecture (or import: package.module:Class) and kwargs"
+        )
+    assert source is not None
+    return {key: value for key, value in source.items() if key not in RESOLVED_KEYS}
+
+
+def _class_reference(cls: type) -> dict:
+    for name, builtin in ARCHITECTURES.items():
+        if cls is builtin:
+            return {"architecture": name}
+    if cls.__module__ == "__main__" or "<locals>" in cls.__qualname__:
+        raise InputError(
+            f"the pickled module's class {cls.__qualname__} is not importable (defined in a script or function); "
+            "move it into a module and name it with --spec FILE (import: package.module:Class)"
+        )
+    return {"import": f"{cls.__module__}:{cls.__qualname__}"}
+
+
+def converted_spec(resolved: ResolvedModel) -> dict:
+    """The spec to embed: the architecture plus the resolved latent and output transform."""
+    spec = architecture_spec(resolved.loaded)
+    spec["latent"] = {"shape": list(resolved.latent.shape),
+                      "distribution": distribution_label(resolved.latent.distribution)}
+    transform = resolved.transform
+    if not transform.is_identity:
+        spec["output"] = {key: value for key, value in
+                          (("range", list(transform.range) if transform.range else None), ("select", transform.select))
+                          if value is not None}
+    return spec
+
+
+def _max_output_difference(first: Any, second: Any, resolved: ResolvedModel) -> float:
+    """Largest |difference| of the two decoders' outputs on probe latents, in float64 on the CPU."""
+    latents = LatentStream(resolved.latent, 0).range(0, INSPECT_PROBE_LATENTS)
+    outputs = [prepare_decoder(resolved.transform.apply(decoder), resolved.latent, torch.device("cpu"),
+                               torch.float64).decode(latents) for decoder in (first, second)]
+    scale = float(outputs[0].abs().max()) + 1.0
+    return float((outputs[0] - outputs[1]).abs().max()) / scale
+
+
+def convert_to_safetensors(options: ModelOptions, target: str | Path, overwrite: bool = False) -> dict:
+    """Write ``target`` (.safetensors with the embedded spec) and return a report of the check."""
+    file = Path(target)
+    if file.suffix != ".safetensors":
+        raise InputError(f"convert writes a .safetensors file; got {file}")
+    if file.exists() and not overwrite:
+        raise InputError(f"{file} exists; pass --force to overwrite it")
+    resolved = resolve_model(options)
+    spec = converted_spec(resolved)
+    weights = state_dict_of(resolved.loaded.decoder)
+    module = load_state_into(build_from_spec(spec, options.code_path), weights, resolved.path)
+    save_safetensors(module, file, spec)
+
+    reloaded = load_safetensors_model(file, None, options.code_path)
+    written = state_dict_of(reloaded.decoder)
+    identical = set(written) == set(weights) and all(
+        written[name].dtype == weights[name].dtype and torch.equal(written[name], weights[name]) for name in weights)
+    difference = _max_output_difference(resolved.loaded.decoder, reloaded.decoder, resolved)
+    if not identical or not difference <= CONVERT_OUTPUT_TOLERANCE:
+        file.unlink(missing_ok=True)
+        raise EstimationError(
+            f"the converted model does not reproduce {resolved.path} (weights identical: {identical}, "
+            f"relative output difference {difference:.3g}): check the spec's architecture and kwargs"
+        )
+    return {
+        "command": "convert",
+        "source": resolved.describe(),
+        "target": str(file),
+        "spec": spec,
+        "tensors": len(weights),
+        "parameters": sum(tensor.numel() for tensor in weights.values()),
+        "bytes": file.stat().st_size,
+        "weights_identical": identical,
+        "max_relative_output_difference": difference,
+        "warnings": list(resolved.loaded.warnings),
+    }

@@ -1,0 +1,98 @@
+"""From what the user points at (a file and options) to a decoder ready for the engine.
+
+    ModelOptions(path, spec, code_path, trust_pickle, latent_*, output_*) --resolve_model-->
+    ResolvedModel(decoder with its output transform, latent spec, and where each came from)
+
+Precedence for the latent spec and the output transform: flags, then the spec file
+(``--spec`` or the sidecar), then what the model file embeds, then defaults.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+from genentropy_cli.core.latents import LatentSpec, parse_latent_shape
+from genentropy_cli.models.loading import LoadedModel, load_model, resolve_latent_spec
+from genentropy_cli.models.transforms import OutputTransform, parse_output_range, parse_output_select
+
+
+@dataclass
+class ModelOptions:
+    """Everything that says which decoder to run and how (the CLI's model options)."""
+
+    path: str | Path
+    spec: str | Path | None = None
+    code_path: Sequence[str | Path] = ()
+    trust_pickle: bool = False
+    latent_dim: int | None = None
+    latent_shape: str | Sequence[int] | None = None
+    latent_distribution: str | None = None
+    output_range: str | Sequence[float] | None = None
+    output_select: str | int | None = None
+
+
+@dataclass
+class ResolvedModel:
+    """A loaded model with its latent spec and output transform settled.
+
+    ``decoder`` already applies the transform; ``loaded.decoder`` is the model as stored.
+    Has ``path``, ``format``, ``metadata`` and ``describe()`` like ``LoadedModel``.
+    """
+
+    loaded: LoadedModel
+    latent: LatentSpec
+    latent_origin: dict
+    transform: OutputTransform
+    transform_origin: dict = field(default_factory=dict)
+
+    @property
+    def decoder(self) -> Any:
+        return self.transform.apply(self.loaded.decoder)
+
+    @property
+    def path(self) -> str:
+        return self.loaded.path
+
+    @property
+    def format(self) -> str:
+        return self.loaded.format
+
+    @property
+    def metadata(self) -> dict:
+        return self.loaded.metadata
+
+    def describe(self) -> dict:
+        """The JSON ``model`` record: file, format, spec source, latent origin, transform."""
+        description = self.loaded.describe()
+        description["latent_source"] = dict(self.latent_origin)
+        description["output_transform"] = {**self.transform.describe(), "source": dict(self.transform_origin)}
+        return description
+
+
+def _resolve_transform(loaded: LoadedModel, output_range: Any, output_select: Any) -> tuple[OutputTransform, dict]:
+    origin: dict = {}
+    values = {}
+    for key, flag in (("output_range", output_range), ("output_select", output_select)):
+        if flag is not None:
+            values[key], origin[key.removeprefix("output_")] = flag, "flag"
+        elif loaded.metadata.get(key) is not None:
+            values[key] = loaded.metadata[key]
+            origin[key.removeprefix("output_")] = loaded.origins.get(key, "metadata")
+    transform = OutputTransform(parse_output_range(values.get("output_range")),
+                                parse_output_select(values.get("output_select")))
+    return transform, origin
+
+
+def resolve_model(options: ModelOptions) -> ResolvedModel:
+    """Load the model and settle its latent spec and output transform (flags win)."""
+    loaded = load_model(options.path, spec=options.spec, code_path=tuple(options.code_path),
+                        trust_pickle=options.trust_pickle)
+    shape = options.latent_shape
+    if isinstance(shape, str):
+        shape = parse_latent_shape(shape)
+    latent, latent_origin = resolve_latent_spec(
+        loaded, options.latent_dim, tuple(shape) if shape is not None else None, options.latent_distribution)
+    transform, transform_origin = _resolve_transform(loaded, options.output_range, options.output_select)
+    return ResolvedModel(loaded, latent, latent_origin, transform, transform_origin)

@@ -1,0 +1,140 @@
+"""Per-sample output (``--per-sample FILE``): one row per sample, in sample order.
+
+Columns: ``index`` (sample i; its latent is LatentStream(spec, seed) row i), ``neg_log_density``
+(-log p(z_i)), ``h`` (the entropy term h_i at each scale, in the order of ``settings.scales``),
+``collapsed`` (per scale, the number of directions with lambda < s^2), and with
+``--save-latents`` ``latent`` (z_i, flat, float64). Formats by suffix:
+
+* ``.npy``: a structured array (fields as above; ``h``/``collapsed``/``latent`` are sub-arrays),
+  ``np.load(FILE)`` reads it without pickles;
+* ``.csv``: a header ``index,neg_log_density,h[s=0.1],...,collapsed[s=0.1],...,z0,...``;
+* ``.jsonl``: one JSON object per line with those keys (lists for the per-scale columns).
+
+Rows are appended as they reach the ledger's frontier; a checkpoint records how many bytes
+belong to the rows it covers, and a resumed run cuts the file back to that before appending.
+``.npy`` rows go to a ``FILE.rows`` side file that becomes the ``.npy`` at the end.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from genentropy_cli.errors import InputError
+from genentropy_cli.run.ledger import SampleRows
+
+FORMATS = (".npy", ".csv", ".jsonl")
+
+
+def per_sample_format(path: str | Path) -> str:
+    suffix = Path(path).suffix.lower()
+    if suffix not in FORMATS:
+        raise InputError(f"--per-sample takes a file ending in {', '.join(FORMATS)}, got {str(path)!r}")
+    return suffix
+
+
+def record_dtype(num_scales: int, latent_dim: int | None) -> np.dtype:
+    fields = [("index", "<i8"), ("neg_log_density", "<f8"), ("h", "<f8", (num_scales,)),
+              ("collapsed", "<i8", (num_scales,))]
+    if latent_dim is not None:
+        fields.append(("latent", "<f8", (latent_dim,)))
+    return np.dtype(fields)
+
+
+class PerSampleWriter:
+    """Appends rows to FILE (or its ``.rows`` side file for .npy); see the module."""
+
+    def __init__(self, path: str | Path, scales: Sequence[float], latent_dim: int, save_latents: bool):
+        self.path = Path(path)
+        self.format = per_sample_format(path)
+        self.scales = tuple(scales)
+        self.latent_dim = latent_dim if save_latents else None
+        self.dtype = record_dtype(len(self.scales), self.latent_dim)
+        self.stream_path = self.path.with_name(self.path.name + ".rows") if self.format == ".npy" else self.path
+        self.handle = None
+
+    def open(self, resume_offset: int | None = None) -> None:
+        """Start the file, or cut it back to ``resume_offset`` bytes and append from there."""
+        if resume_offset is None:
+            self.handle = open(self.stream_path, "wb")
+            if self.format == ".csv":
+                self.handle.write((",".join(self._csv_header()) + "\n").encode())
+            return
+        size = self.stream_path.stat().st_size if self.stream_path.exists() else -1
+        if size < resume_offset:
+            raise InputError(
+                f"the per-sample file {self.stream_path} is shorter than the checkpoint records "
+                f"({max(size, 0)} < {resume_offset} bytes); delete the checkpoint to start over"
+            )
+        self.handle = open(self.stream_path, "r+b")
+        self.handle.truncate(resume_offset)
+        self.handle.seek(resume_offset)
+
+    def _csv_header(self) -> list[str]:
+        header = ["index", "neg_log_density"]
+        header += [f"h[s={scale:g}]" for scale in self.scales]
+        header += [f"collapsed[s={scale:g}]" for scale in self.scales]
+        if self.latent_dim is not None:
+            header += [f"z{position}" for position in range(self.latent_dim)]
+        return header
+
+    def write(self, first_index: int, rows: SampleRows, latents: np.ndarray | None) -> None:
+        records = np.zeros(len(rows), dtype=self.dtype)
+        records["index"] = np.arange(first_index, first_index + len(rows))
+        records["neg_log_density"] = rows.neg_log_density
+        records["h"] = rows.terms
+        records["collapsed"] = rows.collapsed
+        if self.latent_dim is not None:
+            records["latent"] = latents
+        if self.format == ".npy":
+            self.handle.write(records.tobytes())
+        elif self.format == ".csv":
+            self.handle.write("".join(self._csv_line(record) for record in records).encode())
+        else:
+            self.handle.write("".join(self._json_line(record) for record in records).encode())
+
+    def _csv_line(self, record) -> str:
+        values = [str(int(record["index"])), repr(float(record["neg_log_density"]))]
+        values += [repr(float(value)) for value in record["h"]]
+        values += [str(int(value)) for value in record["collapsed"]]
+        if self.latent_dim is not None:
+            values += [repr(float(value)) for value in record["latent"]]
+        return ",".join(values) + "\n"
+
+    def _json_line(self, record) -> str:
+        row = {"index": int(record["index"]), "neg_log_density": float(record["neg_log_density"]),
+               "h": [float(value) for value in record["h"]], "collapsed": [int(value) for value in record["collapsed"]]}
+        if self.latent_dim is not None:
+            row["latent"] = [float(value) for value in record["latent"]]
+        return json.dumps(row, allow_nan=True) + "\n"
+
+    def sync(self) -> int:
+        """Flush to disk; the byte offset a checkpoint records."""
+        self.handle.flush()
+        os.fsync(self.handle.fileno())
+        return self.handle.tell()
+
+    def finish(self, keep_rows_file: bool) -> None:
+        """Close; for .npy, write the array atomically from the side file (kept while the run
+        can still be resumed)."""
+        self.sync()
+        self.handle.close()
+        self.handle = None
+        if self.format != ".npy":
+            return
+        records = np.fromfile(self.stream_path, dtype=self.dtype)
+        temporary = self.path.with_name(f".{self.path.name}.tmp{os.getpid()}")
+        with open(temporary, "wb") as handle:
+            np.save(handle, records)
+        os.replace(temporary, self.path)
+        if not keep_rows_file:
+            self.stream_path.unlink()
+
+    def close(self) -> None:
+        if self.handle is not None:
+            self.handle.close()
+            self.handle = None
