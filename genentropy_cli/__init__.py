@@ -1,6 +1,6 @@
 """genentropy: differential entropy of generative models' decoders (Struminsky et al.)."""
 
-__version__ = "0.1.0"
+from genentropy_cli.version import __version__
 
 from genentropy_cli.run.results import EntropyResult, ScaleEstimate
 from genentropy_cli.jobs.estimate import estimate_entropy

@@ -30,6 +30,7 @@ from genentropy_cli.run.distributed import launch_rank
 from genentropy_cli.run.results import EntropyResult
 from genentropy_cli.jobs.estimate import estimate_entropy
 from genentropy_cli.run.options import validate_scales
+from genentropy_cli.envelope import envelope
 from genentropy_cli.errors import GenentropyError, InputError
 from genentropy_cli.jobs.inspect import inspect_model
 from genentropy_cli.models.resolve import ModelOptions, ResolvedModel, resolve_model
@@ -417,7 +418,7 @@ def convert(
     def body() -> None:
         options = ModelOptions(model, spec_file, code_path or (), trust_pickle, latent_dim, latent_shape,
                                latent_distribution, output_range, output_select)
-        report = {"genentropy_version": __version__, **convert_to_safetensors(options, target, overwrite=force)}
+        report = envelope("convert", convert_to_safetensors(options, target, overwrite=force))
         for message in report["warnings"]:
             reporting.warn(message)
         emit(report, json_output, None, lambda: reporting.convert_table(report))

@@ -14,6 +14,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskProgressC
 from rich.table import Table
 
 from genentropy_cli.cli.config import with_configuration
+from genentropy_cli.envelope import to_json
 from genentropy_cli.run.results import EntropyResult
 from genentropy_cli.run.batches import ProgressCallback
 from genentropy_cli.run.stopping import STOP_REASONS
@@ -181,14 +182,14 @@ def nonfinite_note(result: EntropyResult) -> str | None:
 
 def print_json(document: dict) -> None:
     """Exactly one JSON document on stdout (with the command's resolved configuration)."""
-    print(json.dumps(with_configuration(document), indent=2, allow_nan=True))
+    print(to_json(with_configuration(document)))
 
 
 def write_json(document: dict, path: str | Path) -> None:
     """Write the JSON atomically, so a crash never leaves half a file."""
     target = Path(path)
     temporary = target.with_name(f".{target.name}.tmp")
-    temporary.write_text(json.dumps(with_configuration(document), indent=2, allow_nan=True) + "\n")
+    temporary.write_text(to_json(with_configuration(document)) + "\n")
     os.replace(temporary, target)
 
 

@@ -25,7 +25,7 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
-from genentropy_cli import __version__
+from genentropy_cli.envelope import envelope
 from genentropy_cli.run.allocator import reusing_freed_memory
 from genentropy_cli.defaults import (
     COMPARE_SIGNIFICANCE_LEVEL,
@@ -203,15 +203,13 @@ class ComparisonResult:
 
     def to_dict(self) -> dict:
         """JSON: settings, models (the estimate schema's keys per scale, plus rank) and pairs."""
-        return {
-            "genentropy_version": __version__,
-            "command": "compare",
+        return envelope("compare", {
             "settings": dict(self.settings),
             "models": [model.to_dict() for model in self.models],
             "pairs": [pair.to_dict(self.names) for pair in self.pairs],
             "warnings": list(self.warnings),
             "elapsed_seconds": self.elapsed_seconds,
-        }
+        })
 
 
 # --------------------------------------------------------------------------- the run

@@ -14,7 +14,7 @@ from typing import Any
 
 import torch
 
-from genentropy_cli import __version__
+from genentropy_cli.envelope import envelope
 from genentropy_cli.defaults import (
     DEFAULT_SCALES,
     DEFAULT_SEED,
@@ -68,9 +68,7 @@ def inspect_model(resolved: ResolvedModel, device: str = "auto", dtype: str = "f
     singular_values = terms.eigenvalues.clamp_min(0.0).sqrt()  # (k, d), ascending
     ranks = (singular_values > scale).sum(dim=1).tolist()
     spec = resolved.loaded.spec or {}
-    return {
-        "genentropy_version": __version__,
-        "command": "inspect",
+    return envelope("inspect", {
         "model": {
             **resolved.describe(),
             "latent_shape": list(latent.shape),
@@ -96,4 +94,4 @@ def inspect_model(resolved: ResolvedModel, device: str = "auto", dtype: str = "f
             "jacobian_method": prepared.jacobian_method,
         },
         "warnings": list(resolved.loaded.warnings),
-    }
+    })

@@ -17,6 +17,7 @@ import numpy as np
 import torch
 
 from genentropy_cli.defaults import DEFAULT_DEVICE, DEFAULT_DTYPE, DEFAULT_NUM_SAMPLES, DEFAULT_SCALES, DEFAULT_SEED
+from genentropy_cli.envelope import envelope
 from genentropy_cli.errors import first_line
 from genentropy_cli.run.batches import ProgressCallback
 from genentropy_cli.core.terms import compute_sample_terms
@@ -61,8 +62,7 @@ class ExtremeSamples:
                                                       part["half_log_det"])
             ]
 
-        return {
-            "command": "samples",
+        return envelope("samples", {
             "model": {**(model or {}), "latent_shape": list(self.latent.shape),
                       "latent_distribution": distribution_label(self.latent.distribution),
                       "output_shape": list(self.output_shape)},
@@ -71,7 +71,7 @@ class ExtremeSamples:
             "highest": rows(self.highest),
             "num_nonfinite": self.num_nonfinite,
             "elapsed_seconds": self.elapsed_seconds,
-        }
+        })
 
 
 def find_extreme_samples(

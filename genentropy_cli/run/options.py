@@ -1,13 +1,48 @@
-"""The settings of a run, validated in one place.
+"""Every setting of a run in one frozen object, validated in one place.
+
+``EstimateOptions`` is what the CLI builds from its flags and what the Python API builds from
+its keyword arguments (``options_from``), so both share one source of defaults
+(``genentropy_cli.defaults``). The JSON ``settings`` block and the settings a checkpoint must
+share with the run that resumes it are derived from its fields (``settings`` and
+``checkpoint_settings``), never listed by hand.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
-from typing import Sequence
+from dataclasses import dataclass, field
+from typing import Any, Mapping, Sequence
+
+import torch
+
+from genentropy_cli.defaults import (
+    CHECKPOINT_INTERVAL_SECONDS,
+    DEFAULT_DEVICE,
+    DEFAULT_DTYPE,
+    DEFAULT_NUM_SAMPLES,
+    DEFAULT_SCALES,
+    DEFAULT_SEED,
+    PRECISION_PROBE_SAMPLES,
+    SUPPORTED_DTYPES,
+    TARGET_STDERR_MIN_SAMPLES,
+)
 from genentropy_cli.errors import InputError
+from genentropy_cli.run.per_sample import per_sample_format
+from genentropy_cli.run.planning import parse_memory_size
+
+DEFINES_CHECKPOINT = "defines_checkpoint"
+"""Field metadata: a checkpoint made under one value cannot be resumed under another."""
+IN_SETTINGS = "in_settings"
+"""Field metadata: the field is reported in the JSON ``settings`` block (default True)."""
+
+
+def _setting(default: Any, *, defines_checkpoint: bool = False, in_settings: bool = True) -> Any:
+    return field(default=default, metadata={DEFINES_CHECKPOINT: defines_checkpoint, IN_SETTINGS: in_settings})
+
 
 def validate_scales(scales: Sequence[float]) -> tuple[float, ...]:
+    """The scales s as floats; each must be positive and finite, and there must be one."""
     values = tuple(float(s) for s in scales)
     if not values:
         raise InputError("give at least one scale, e.g. --scale 1e-4")
@@ -15,3 +50,137 @@ def validate_scales(scales: Sequence[float]) -> tuple[float, ...]:
         if not (value > 0 and math.isfinite(value)):
             raise InputError(f"scale must be a positive number, got {value:g}")
     return values
+
+
+def dtype_name(dtype: str | torch.dtype) -> str:
+    """'float32' for torch.float32 or ' Float32 '; unsupported names are an InputError."""
+    text = str(dtype).removeprefix("torch.").strip().lower()
+    if text not in SUPPORTED_DTYPES:
+        raise InputError(f"unsupported dtype {dtype!r}; choose one of {', '.join(SUPPORTED_DTYPES)}")
+    return text
+
+
+@dataclass(frozen=True)
+class EstimateOptions:
+    """The settings of one run of the batch loop (estimate, sweep-scale, compare, samples).
+
+    Callbacks (progress, log, per-batch hooks) are not settings: the jobs take them apart."""
+
+    scales: tuple[float, ...] = _setting(DEFAULT_SCALES, defines_checkpoint=True)
+    num_samples: int = _setting(DEFAULT_NUM_SAMPLES, defines_checkpoint=True)
+    seed: int = _setting(DEFAULT_SEED, defines_checkpoint=True)
+    dtype: str = _setting(DEFAULT_DTYPE, defines_checkpoint=True)
+    """The decoder's compute dtype; Gram matrices, eigenvalues and statistics are float64."""
+    device: str = _setting(DEFAULT_DEVICE)
+    batch_size: int | None = _setting(None)
+    """Samples per batch; None plans it from the device's memory (``planning.plan_batch``)."""
+    tangent_chunk: int | None = _setting(None)
+    """Jacobian columns per decoder call; None plans it."""
+    max_memory: int | None = _setting(None)
+    """Bytes the process (CPU) or PyTorch (GPU) may hold; '2GB' and '1.5GiB' are read too."""
+    skip_nonfinite: bool = _setting(False, defines_checkpoint=True)
+    target_stderr: float | None = _setting(None, defines_checkpoint=True)
+    """Stop at the first sample count where the standard error is at most this at every scale."""
+    min_samples: int = _setting(TARGET_STDERR_MIN_SAMPLES, defines_checkpoint=True)
+    """With ``target_stderr``: never stop before this many finite samples."""
+    probe_samples: int = _setting(PRECISION_PROBE_SAMPLES, defines_checkpoint=True)
+    """The first samples also computed in float64 to check ``dtype`` (0: no probe)."""
+    checkpoint: str | None = _setting(None)
+    checkpoint_every: float = _setting(CHECKPOINT_INTERVAL_SECONDS)
+    per_sample: str | None = _setting(None, defines_checkpoint=True)
+    save_latents: bool = _setting(False, defines_checkpoint=True)
+    distributed: bool | None = _setting(None, in_settings=False)
+    """None joins torchrun's process group when launched by it; False never does."""
+    handle_signals: bool = _setting(False, in_settings=False)
+    """SIGINT/SIGTERM finish the batch and return a partial result (the CLI sets it)."""
+
+    def __post_init__(self) -> None:
+        """Normalise and validate every field: an invalid setting never reaches a run."""
+        normalised = {
+            "scales": validate_scales(self.scales if not isinstance(self.scales, (int, float)) else [self.scales]),
+            "num_samples": _positive_int(self.num_samples, "the number of samples"),
+            "seed": int(self.seed),
+            "dtype": dtype_name(self.dtype),
+            "device": str(self.device),
+            "batch_size": None if self.batch_size is None else _positive_int(self.batch_size, "the batch size"),
+            "tangent_chunk": None if self.tangent_chunk is None else _positive_int(self.tangent_chunk, "the tangent chunk"),
+            "max_memory": None if self.max_memory is None else parse_memory_size(self.max_memory),
+            "skip_nonfinite": bool(self.skip_nonfinite),
+            "min_samples": int(self.min_samples),
+            "probe_samples": int(self.probe_samples),
+            "checkpoint": None if self.checkpoint is None else str(self.checkpoint),
+            "checkpoint_every": float(self.checkpoint_every),
+            "per_sample": None if self.per_sample is None else str(self.per_sample),
+            "save_latents": bool(self.save_latents),
+            "handle_signals": bool(self.handle_signals),
+        }
+        for name, value in normalised.items():
+            object.__setattr__(self, name, value)
+        target = self.target_stderr
+        if target is not None and not (float(target) > 0 and math.isfinite(float(target))):
+            raise InputError(f"--target-stderr must be a positive number, got {float(target):g}")
+        object.__setattr__(self, "target_stderr", None if target is None else float(target))
+        if self.min_samples < 2:
+            raise InputError(f"--min-samples must be at least 2, got {self.min_samples}")
+        if not (self.checkpoint_every >= 0 and math.isfinite(self.checkpoint_every)):
+            raise InputError(f"--checkpoint-every must be a number of seconds >= 0, got {self.checkpoint_every:g}")
+        if self.probe_samples < 0:
+            raise InputError(f"--probe-samples must be 0 (off) or positive, got {self.probe_samples}")
+        if self.save_latents and self.per_sample is None:
+            raise InputError("--save-latents needs --per-sample FILE to save them in")
+        if self.per_sample is not None:
+            per_sample_format(self.per_sample)
+
+    def replace(self, **changes: Any) -> "EstimateOptions":
+        return dataclasses.replace(self, **changes)
+
+    def settings(self) -> dict:
+        """The JSON ``settings`` block's part that the options give (the run adds what it resolved:
+        the device, batch size and tangent chunk it used, the process count)."""
+        document = {item.name: _plain(getattr(self, item.name)) for item in dataclasses.fields(self)
+                    if item.metadata.get(IN_SETTINGS, True)}
+        if self.target_stderr is None:
+            document["min_samples"] = None  # only meaningful with a target
+        return document
+
+    def checkpoint_settings(self) -> dict:
+        """The settings a checkpoint must share with the run that resumes it."""
+        document = {item.name: _plain(getattr(self, item.name)) for item in dataclasses.fields(self)
+                    if item.metadata.get(DEFINES_CHECKPOINT)}
+        if self.target_stderr is None:
+            document["min_samples"] = None
+        return document
+
+
+OPTION_NAMES: tuple[str, ...] = tuple(item.name for item in dataclasses.fields(EstimateOptions))
+API_ALIASES: dict[str, str] = {"n_samples": "num_samples"}
+"""Keyword arguments of the Python API spelled otherwise than the option (``n_samples``)."""
+
+
+def options_from(options: EstimateOptions | None = None, **settings: Any) -> EstimateOptions:
+    """``options`` (default: all defaults) with the keyword ``settings`` given (not None where
+    None means "not given") applied over it. Unknown names are a TypeError, as for any call."""
+    base = options if options is not None else EstimateOptions()
+    changes: dict[str, Any] = {}
+    for name, value in settings.items():
+        key = API_ALIASES.get(name, name)
+        if key not in OPTION_NAMES:
+            raise TypeError(f"unknown run setting {name!r}; the settings are: {', '.join(OPTION_NAMES)}")
+        changes[key] = value
+    return base.replace(**changes) if changes else base
+
+
+def _positive_int(value: Any, what: str) -> int:
+    number = int(value)
+    if number <= 0:
+        raise InputError(f"{what} must be positive, got {value}")
+    return number
+
+
+def _plain(value: Any) -> Any:
+    return list(value) if isinstance(value, tuple) else value
+
+
+def option_defaults() -> Mapping[str, Any]:
+    """Every option's default (the CLI's flags take theirs from here)."""
+    return {item.name: item.default for item in dataclasses.fields(EstimateOptions)}

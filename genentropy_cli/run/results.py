@@ -7,7 +7,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Sequence
 import numpy as np
-from genentropy_cli import __version__
+from genentropy_cli.envelope import envelope
 from genentropy_cli.core.latents import LatentSpec, distribution_label
 from genentropy_cli.core.stats import RunningMoments
 
@@ -74,9 +74,7 @@ class EntropyResult:
 
     def to_dict(self, command: str = "estimate", model: dict | None = None) -> dict:
         """The JSON document of the README's schema (stable key names)."""
-        return {
-            "genentropy_version": __version__,
-            "command": command,
+        return envelope(command, {
             "model": {**(model or {}), **self.model_dict()},
             "settings": dict(self.settings),
             "estimates": [item.to_dict() for item in self.estimates],
@@ -88,7 +86,7 @@ class EntropyResult:
             "partial": self.partial,
             "stop_reason": self.stop_reason,
             "precision_probe": self.precision_probe,
-        }
+        })
 
 
 def estimates_from_moments(scales: Sequence[float], moments: RunningMoments) -> list[ScaleEstimate]:
