@@ -239,7 +239,8 @@ def test_cli_compare_bad_input(run_cli, linear_files, tmp_path):
 
     assert_one_line_error(run_cli("compare", linear_files[0]), "at least two")
     assert_one_line_error(run_cli("compare", linear_files[0], tmp_path / "missing.pt"), "not found")
-    assert_one_line_error(run_cli("compare", *linear_files, "-n", "0"), "at least 2 samples")
+    assert_one_line_error(run_cli("compare", *linear_files, "-n", "0"), "must be positive")
+    assert_one_line_error(run_cli("compare", *linear_files, "-n", "1"), "at least 2 samples")
 
 
 def test_tables_print_a_small_difference_to_the_precision_of_its_error():

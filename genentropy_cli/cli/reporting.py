@@ -16,7 +16,7 @@ from rich.table import Table
 from genentropy_cli.cli.config import with_configuration
 from genentropy_cli.envelope import to_json
 from genentropy_cli.run.results import EntropyResult
-from genentropy_cli.run.batches import ProgressCallback
+from genentropy_cli.run.hooks import ProgressCallback
 from genentropy_cli.run.stopping import STOP_REASONS
 
 stdout_console = Console(highlight=False)

@@ -27,22 +27,16 @@ import torch
 
 from genentropy_cli.envelope import envelope
 from genentropy_cli.run.allocator import reusing_freed_memory
-from genentropy_cli.defaults import (
-    COMPARE_SIGNIFICANCE_LEVEL,
-    DEFAULT_DEVICE,
-    DEFAULT_DTYPE,
-    DEFAULT_NUM_SAMPLES,
-    DEFAULT_SCALES,
-    DEFAULT_SEED,
-)
+from genentropy_cli.defaults import COMPARE_SIGNIFICANCE_LEVEL
 from genentropy_cli.errors import first_line
-from genentropy_cli.run.batches import ProgressCallback, batch_plan
+from genentropy_cli.run.batches import batch_plan
+from genentropy_cli.run.hooks import LogCallback, ProgressCallback
+from genentropy_cli.run.options import EstimateOptions, options_from
 from genentropy_cli.run.results import ScaleEstimate, estimates_from_moments
 from genentropy_cli.core.terms import compute_sample_terms
 from genentropy_cli.core.decoder import prepare_decoder
 from genentropy_cli.core.device import resolve_device, resolve_dtype, strict_float32
 from genentropy_cli.run.planning import resolve_work_sizes
-from genentropy_cli.run.options import validate_scales
 from genentropy_cli.errors import EstimationError, InputError
 from genentropy_cli.core.latents import LatentSpec, LatentStream, block_seed, distribution_label, make_latent_spec
 from genentropy_cli.core.stats import BlockAccumulator, RunningMoments
@@ -248,17 +242,14 @@ def compare_models(
     decoders: Sequence[Any],
     latents: Sequence[LatentSpec | int | Sequence[int]],
     names: Sequence[str] | None = None,
-    scales: Sequence[float] = DEFAULT_SCALES,
-    n_samples: int = DEFAULT_NUM_SAMPLES,
-    batch_size: int | None = None,
-    device: str | torch.device = DEFAULT_DEVICE,
-    dtype: str | torch.dtype = DEFAULT_DTYPE,
-    seed: int = DEFAULT_SEED,
-    progress: ProgressCallback | None = None,
+    scales: Sequence[float] | None = None,
+    n_samples: int | None = None,
     *,
+    options: EstimateOptions | None = None,
     shared_latents: bool = True,
-    skip_nonfinite: bool = False,
-    tangent_chunk: int | None = None,
+    progress: ProgressCallback | None = None,
+    log: LogCallback | None = None,
+    **settings: Any,
 ) -> ComparisonResult:
     """Estimate every decoder on the same latent sequence and every pairwise difference.
 
@@ -269,7 +260,14 @@ def compare_models(
     makes the samples independent: the paired standard error then matches the unpaired one
     in expectation (a check of the method, not something to use for decisions).
     A sample that is non-finite for any model is dropped for all (``skip_nonfinite``).
+    The run's settings are ``options`` and/or its fields as keywords, as for ``estimate_entropy``.
     """
+    given = {"scales": scales, "num_samples": n_samples}
+    run_options = options_from(options, **{key: value for key, value in given.items() if value is not None},
+                               **settings)
+    scale_values, num_samples, seed = run_options.scales, run_options.num_samples, run_options.seed
+    batch_size, tangent_chunk, skip_nonfinite = run_options.batch_size, run_options.tangent_chunk, run_options.skip_nonfinite
+    device, dtype = run_options.device, run_options.dtype
     if len(decoders) < 2:
         raise InputError("compare needs at least two models")
     if len(latents) != len(decoders):
@@ -278,12 +276,8 @@ def compare_models(
     if len(set(names)) != len(names):
         raise InputError(f"model names must be distinct, got {', '.join(names)}")
     specs = [make_latent_spec(latent) for latent in latents]
-    scale_values = validate_scales(scales)
-    num_samples = int(n_samples)
     if num_samples < 2:
-        raise InputError(f"compare needs at least 2 samples for standard errors, got {n_samples}")
-    if batch_size is not None and int(batch_size) <= 0:
-        raise InputError(f"the batch size must be positive, got {batch_size}")
+        raise InputError(f"compare needs at least 2 samples for standard errors, got {num_samples}")
     torch_device, torch_dtype = resolve_device(device), resolve_dtype(dtype)
     num_models, num_scales = len(decoders), len(scale_values)
     pairs = list(combinations(range(num_models), 2))

@@ -16,15 +16,15 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
-from genentropy_cli.defaults import DEFAULT_DEVICE, DEFAULT_DTYPE, DEFAULT_NUM_SAMPLES, DEFAULT_SCALES, DEFAULT_SEED
+from genentropy_cli.defaults import SAMPLES_DEFAULT_K, SAMPLES_DEFAULT_NUM_SAMPLES
 from genentropy_cli.envelope import envelope
 from genentropy_cli.errors import first_line
-from genentropy_cli.run.batches import ProgressCallback
+from genentropy_cli.run.hooks import LogCallback, ProgressCallback
+from genentropy_cli.run.options import EstimateOptions, options_from
 from genentropy_cli.core.terms import compute_sample_terms
 from genentropy_cli.core.decoder import prepare_decoder
 from genentropy_cli.core.device import resolve_device, resolve_dtype, strict_float32
 from genentropy_cli.run.planning import resolve_work_sizes
-from genentropy_cli.run.options import validate_scales
 from genentropy_cli.errors import EstimationError, InputError
 from genentropy_cli.core.latents import LatentSpec, LatentStream, distribution_label, make_latent_spec
 
@@ -77,29 +77,35 @@ class ExtremeSamples:
 def find_extreme_samples(
     decoder: Any,
     latent: LatentSpec | int | Sequence[int],
-    lowest: int = 8,
-    highest: int = 8,
-    scale: float = DEFAULT_SCALES[0],
-    n_samples: int = DEFAULT_NUM_SAMPLES,
-    batch_size: int | None = None,
-    device: str | torch.device = DEFAULT_DEVICE,
-    dtype: str | torch.dtype = DEFAULT_DTYPE,
-    seed: int = DEFAULT_SEED,
-    progress: ProgressCallback | None = None,
+    lowest: int = SAMPLES_DEFAULT_K,
+    highest: int = SAMPLES_DEFAULT_K,
+    scale: float | None = None,
+    n_samples: int | None = None,
     *,
-    tangent_chunk: int | None = None,
+    options: EstimateOptions | None = None,
+    progress: ProgressCallback | None = None,
+    log: LogCallback | None = None,
+    **settings: Any,
 ) -> ExtremeSamples:
     """Scan N seeded latents, keep the ``lowest``/``highest`` per-sample entropy terms at
-    ``scale``, and decode those samples. Non-finite terms are skipped and counted."""
+    ``scale``, and decode those samples. Non-finite terms are skipped and counted.
+    The run's settings are ``options`` and/or its fields as keywords, as for ``estimate_entropy``
+    (default N here: ``SAMPLES_DEFAULT_NUM_SAMPLES``); it takes one scale."""
+    given = {"scales": None if scale is None else (scale,), "num_samples": n_samples}
+    base = options if options is not None else EstimateOptions(num_samples=SAMPLES_DEFAULT_NUM_SAMPLES)
+    run_options = options_from(base, **{key: value for key, value in given.items() if value is not None}, **settings)
+    if len(run_options.scales) != 1:
+        raise InputError(f"samples ranks the terms at one scale; got {len(run_options.scales)}")
+    (scale,) = run_options.scales
+    n_samples, batch_size, tangent_chunk = run_options.num_samples, run_options.batch_size, run_options.tangent_chunk
+    device, dtype, seed = run_options.device, run_options.dtype, run_options.seed
     spec = make_latent_spec(latent)
-    (scale_value,) = validate_scales([scale])
+    scale_value = scale
     if lowest < 0 or highest < 0 or lowest + highest == 0:
         raise InputError(f"ask for at least one sample: --lowest and --highest must be >= 0, got {lowest} and {highest}")
     num_samples = int(n_samples)
     if num_samples < max(lowest, highest):
         raise InputError(f"--num-samples ({num_samples}) must be at least --lowest/--highest ({max(lowest, highest)})")
-    if batch_size is not None and int(batch_size) <= 0:
-        raise InputError(f"the batch size must be positive, got {batch_size}")
     torch_device, torch_dtype = resolve_device(device), resolve_dtype(dtype)
     started = time.perf_counter()
     with strict_float32():

@@ -1,21 +1,9 @@
-"""Batches of samples as (block, start, stop) spans of the latent stream; a batch may span blocks.
-"""
+"""Batches of samples as (block, start, stop) spans of the latent stream; a batch may span blocks."""
 
 from __future__ import annotations
 
 from collections import deque
-from typing import Callable, Iterable, Iterator, Sequence
-import numpy as np
-import torch
-
-from genentropy_cli.core.terms import SampleTerms
-
-ProgressCallback = Callable[[int, int, Sequence[float]], None]
-"""progress(samples_done, samples_total, running_entropy_per_scale)."""
-
-
-BatchCallback = Callable[[np.ndarray, torch.Tensor, SampleTerms], None]
-"""on_batch(sample_indices, flat_latents, terms): sees every batch (e.g. per-sample output)."""
+from typing import Iterable, Iterator, Sequence
 
 
 class SpanBatcher:

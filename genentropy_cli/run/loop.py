@@ -12,18 +12,14 @@ every sample is used, the target is met, or an interrupt asked to stop (partial 
 from __future__ import annotations
 
 import json
-import math
 import os
 import time
-import warnings
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Sequence
 
 import numpy as np
 import torch
 
-from genentropy_cli.defaults import CHECKPOINT_INTERVAL_SECONDS, PRECISION_PROBE_SAMPLES, TARGET_STDERR_MIN_SAMPLES
 from genentropy_cli.run.allocator import release_freed_memory, reusing_freed_memory
 from genentropy_cli.run.checkpoint import check_same_settings, decoder_fingerprint, load_checkpoint, save_checkpoint
 from genentropy_cli.run.distributed import (
@@ -35,13 +31,15 @@ from genentropy_cli.run.distributed import (
     rank_device,
     shareable_error,
 )
-from genentropy_cli.run.batches import BatchCallback, ProgressCallback, SpanBatcher
+from genentropy_cli.run.batches import SpanBatcher
+from genentropy_cli.run.hooks import LogCallback, RunHooks
+from genentropy_cli.run.options import EstimateOptions
 from genentropy_cli.run.results import EntropyResult, estimates_from_moments
 from genentropy_cli.core.decoder import PreparedDecoder, prepare_decoder
 from genentropy_cli.core.terms import SampleTerms, compute_sample_terms
 from genentropy_cli.errors import first_line
-from genentropy_cli.core.device import resolve_device, strict_float32
-from genentropy_cli.errors import EstimationError, GenentropyError, InputError
+from genentropy_cli.core.device import resolve_device, resolve_dtype, strict_float32
+from genentropy_cli.errors import EstimationError, GenentropyError
 from genentropy_cli.run.interrupts import InterruptFlag, graceful_interrupts
 from genentropy_cli.core.latents import LatentSpec, LatentStream, distribution_label
 from genentropy_cli.run.ledger import RunLedger, SampleRows
@@ -55,56 +53,10 @@ from genentropy_cli.run.memory import (
     release_cached_memory,
     reset_peak_memory,
 )
-from genentropy_cli.run.planning import BatchPlan, batch_peak_bytes, format_bytes, parse_memory_size, plan_batch
-from genentropy_cli.run.per_sample import PerSampleWriter, per_sample_format
+from genentropy_cli.run.planning import BatchPlan, batch_peak_bytes, format_bytes, plan_batch
+from genentropy_cli.run.per_sample import PerSampleWriter
 from genentropy_cli.run.precision import PrecisionProbe, dtype_name, measure_precision, probe_warning
 from genentropy_cli.run.stopping import STOP_INTERRUPTED, STOP_NUM_SAMPLES, STOP_TARGET_STDERR
-
-LogCallback = Callable[[str], None]
-
-
-def warn_to_python(message: str) -> None:
-    """The API's default for run notes (out-of-memory retries, the precision warning)."""
-    warnings.warn(message, RuntimeWarning, stacklevel=3)
-
-
-@dataclass
-class RunOptions:
-    """The keyword-only options of ``estimate_entropy`` for long and large runs."""
-
-    skip_nonfinite: bool = False
-    tangent_chunk: int | None = None
-    on_batch: BatchCallback | None = None
-    target_stderr: float | None = None
-    min_samples: int = TARGET_STDERR_MIN_SAMPLES
-    checkpoint: str | Path | None = None
-    checkpoint_every: float = CHECKPOINT_INTERVAL_SECONDS
-    per_sample: str | Path | None = None
-    save_latents: bool = False
-    probe_samples: int = PRECISION_PROBE_SAMPLES
-    handle_signals: bool = False
-    log: LogCallback | None = None
-    distributed: bool | None = None
-    max_memory: int | str | None = None
-
-    def validate(self) -> None:
-        if self.max_memory is not None:
-            self.max_memory = parse_memory_size(self.max_memory)
-        if self.tangent_chunk is not None and int(self.tangent_chunk) <= 0:
-            raise InputError(f"the tangent chunk must be positive, got {self.tangent_chunk}")
-        if self.target_stderr is not None and not (self.target_stderr > 0 and math.isfinite(self.target_stderr)):
-            raise InputError(f"--target-stderr must be a positive number, got {self.target_stderr:g}")
-        if int(self.min_samples) < 2:
-            raise InputError(f"--min-samples must be at least 2, got {self.min_samples}")
-        if not (self.checkpoint_every >= 0 and math.isfinite(self.checkpoint_every)):
-            raise InputError(f"--checkpoint-every must be a number of seconds >= 0, got {self.checkpoint_every:g}")
-        if int(self.probe_samples) < 0:
-            raise InputError(f"--probe-samples must be 0 (off) or positive, got {self.probe_samples}")
-        if self.save_latents and self.per_sample is None:
-            raise InputError("--save-latents needs --per-sample FILE to save them in")
-        if self.per_sample is not None:
-            per_sample_format(self.per_sample)
-
 
 @dataclass
 class AdaptiveSizes:
@@ -198,22 +150,21 @@ def _fail_from(messages: Sequence[BatchMessage]) -> None:
 class EstimateRun:
     """One call of ``estimate_entropy`` on one rank (see the module docstring)."""
 
-    def __init__(self, decoder: Any, spec: LatentSpec, scales: tuple[float, ...], num_samples: int,
-                 batch_size: int | None, device: torch.device, dtype: torch.dtype, seed: int,
-                 progress: ProgressCallback | None, options: RunOptions, group: ProcessGroup,
-                 interrupt: InterruptFlag):
+    def __init__(self, decoder: Any, spec: LatentSpec, options: EstimateOptions, hooks: RunHooks,
+                 device: torch.device, group: ProcessGroup, interrupt: InterruptFlag):
         created = time.perf_counter()
-        self.decoder, self.spec, self.scales = decoder, spec, scales
-        self.num_samples, self.seed, self.options, self.group = num_samples, int(seed), options, group
-        self.interrupt = interrupt
-        self.progress = progress if group.is_main else None
-        self.log = self._ranked(options.log or warn_to_python)
-        self.prepared = prepare_decoder(decoder, spec, device, dtype)
-        self.requested_batch_size = batch_size
-        self.sizes = AdaptiveSizes(*plan_for(self.prepared, options.max_memory, batch_size=batch_size,
+        self.decoder, self.spec, self.scales = decoder, spec, options.scales
+        self.num_samples, self.seed, self.options, self.group = options.num_samples, options.seed, options, group
+        self.hooks, self.interrupt = hooks, interrupt
+        self.progress = hooks.progress if group.is_main else None
+        self.log = self._ranked(hooks.notify)
+        self.prepared = prepare_decoder(decoder, spec, device, resolve_dtype(options.dtype))
+        self.requested_batch_size = options.batch_size
+        self.sizes = AdaptiveSizes(*plan_for(self.prepared, options.max_memory, batch_size=options.batch_size,
                                              tangent_chunk=options.tangent_chunk))
-        self.stream = LatentStream(spec, seed)
-        self.ledger = RunLedger(num_samples, self.stream.block_size, scales, skip_nonfinite=options.skip_nonfinite,
+        self.stream = LatentStream(spec, self.seed)
+        self.ledger = RunLedger(self.num_samples, self.stream.block_size, self.scales,
+                                skip_nonfinite=options.skip_nonfinite,
                                 target_stderr=options.target_stderr, min_samples=options.min_samples)
         self.probe: PrecisionProbe | None = None
         self.writer: PerSampleWriter | None = None
@@ -240,21 +191,11 @@ class EstimateRun:
         return self._defining_settings
 
     def _collect_defining_settings(self) -> dict:
-        options = self.options
         settings = {
             "model": decoder_fingerprint(self.decoder),
             "latent_shape": list(self.spec.shape),
             "latent_distribution": distribution_label(self.spec.distribution),
-            "scales": list(self.scales),
-            "seed": self.seed,
-            "num_samples": self.num_samples,
-            "dtype": dtype_name(self.prepared.dtype),
-            "skip_nonfinite": bool(options.skip_nonfinite),
-            "target_stderr": options.target_stderr,
-            "min_samples": int(options.min_samples) if options.target_stderr is not None else None,
-            "probe_samples": int(options.probe_samples),
-            "per_sample": str(options.per_sample) if options.per_sample is not None else None,
-            "save_latents": bool(options.save_latents),
+            **self.options.checkpoint_settings(),
             "latent_block_size": self.stream.block_size,
         }
         return json.loads(json.dumps(settings))
@@ -346,8 +287,8 @@ class EstimateRun:
             if self.group.world_size == 1:
                 raise
             return BatchMessage(done=True, error=shareable_error(error))
-        if self.options.on_batch is not None:
-            self.options.on_batch(indices, latents, terms)
+        if self.hooks.on_batch is not None:
+            self.hooks.on_batch(indices, latents, terms)
         rows = SampleRows.from_terms(terms, self.scales)
         records, position = [], 0
         for block, start, stop in segments:
@@ -431,29 +372,18 @@ class EstimateRun:
             probe_report = self.probe.report(self.scales, [item.stderr for item in estimates])
             note = probe_warning(probe_report)
             if note and self.group.is_main:
-                (self.options.log or warn_to_python)(note)
+                self.hooks.notify(note)
         prepared, sizes = self.prepared, self.sizes
         peak = peak_memory(prepared.device)
         over_cap = over_memory_cap(peak["peak_memory_bytes"], self.options.max_memory)
         if over_cap:
             self.log(over_cap)
         settings = {
-            "num_samples": self.num_samples,
+            **self.options.settings(),
             "batch_size": sizes.initial_batch,
-            "seed": self.seed,
-            "device": str(prepared.device),
-            "dtype": dtype_name(prepared.dtype),
-            "scales": list(self.scales),
-            "skip_nonfinite": bool(self.options.skip_nonfinite),
             "tangent_chunk": sizes.initial_chunk,
-            "target_stderr": self.options.target_stderr,
-            "min_samples": int(self.options.min_samples) if self.options.target_stderr is not None else None,
-            "probe_samples": int(self.options.probe_samples),
-            "checkpoint": str(self.options.checkpoint) if self.options.checkpoint is not None else None,
-            "per_sample": str(self.options.per_sample) if self.options.per_sample is not None else None,
-            "save_latents": bool(self.options.save_latents),
+            "device": str(prepared.device),
             "world_size": self.group.world_size,
-            "max_memory": self.options.max_memory,
         }
         diagnostics = {
             "jacobian_method": prepared.jacobian_method,
@@ -500,22 +430,17 @@ class EstimateRun:
         )
 
 
-def run_estimate(decoder: Any, spec: LatentSpec, scales: tuple[float, ...], num_samples: int,
-                 batch_size: int | None, device: str | torch.device, dtype: torch.dtype, seed: int,
-                 progress: ProgressCallback | None, options: RunOptions) -> EntropyResult:
+def run_estimate(decoder: Any, spec: LatentSpec, options: EstimateOptions, hooks: RunHooks) -> EntropyResult:
     """Join the process group (under torchrun), then run with TF32 off and signals handled."""
-    options.validate()
-    wanted = device
+    wanted = options.device
     if options.distributed is not False and launched_by_torchrun():
-        wanted = rank_device(str(device), int(os.environ.get("LOCAL_RANK", "0")))
+        wanted = rank_device(str(options.device), int(os.environ.get("LOCAL_RANK", "0")))
     torch_device = resolve_device(wanted)
     group = join_process_group(torch_device, options.distributed)
-    notify = options.log or warn_to_python
     try:
         # batches reuse freed memory instead of page-faulting it in again (allocator.py)
-        with strict_float32(), reusing_freed_memory(), graceful_interrupts(options.handle_signals, notify) as interrupt:
-            run = EstimateRun(decoder, spec, scales, num_samples, batch_size, torch_device, dtype, seed,
-                              progress, options, group, interrupt)
-            return run.execute()
+        with strict_float32(), reusing_freed_memory(), \
+                graceful_interrupts(options.handle_signals, hooks.notify) as interrupt:
+            return EstimateRun(decoder, spec, options, hooks, torch_device, group, interrupt).execute()
     finally:
         group.close()

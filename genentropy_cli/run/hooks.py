@@ -1,0 +1,42 @@
+"""What a caller can watch a run with: progress, notes, each batch, and every sample's rows."""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass
+from typing import Any, Callable, Sequence
+
+import numpy as np
+import torch
+
+from genentropy_cli.core.terms import SampleTerms
+
+ProgressCallback = Callable[[int, int, Sequence[float]], None]
+"""progress(samples_done, samples_total, running_entropy_per_scale)."""
+
+LogCallback = Callable[[str], None]
+"""log(note): out-of-memory retries, the precision warning, a peak over --max-memory."""
+
+BatchCallback = Callable[[np.ndarray, torch.Tensor, SampleTerms], None]
+"""on_batch(sample_indices, flat_latents, terms): each batch this process computes."""
+
+RowsCallback = Callable[[int, Any], None]
+"""on_rows(first_index, rows): every sample's rows, in global sample order, on every process
+(under torchrun too): what a job that summarises all samples (extremes, collapse counts) uses."""
+
+
+def warn_to_python(message: str) -> None:
+    """The API's default for run notes."""
+    warnings.warn(message, RuntimeWarning, stacklevel=3)
+
+
+@dataclass(frozen=True)
+class RunHooks:
+    progress: ProgressCallback | None = None
+    log: LogCallback | None = None
+    on_batch: BatchCallback | None = None
+    on_rows: RowsCallback | None = None
+
+    @property
+    def notify(self) -> LogCallback:
+        return self.log or warn_to_python
