@@ -57,7 +57,7 @@ from genentropy_cli.models.loading import load_model, save_torchscript
 from genentropy_cli.core.logdet import batched_eigvalsh, gram_eigenvalues, gram_layout, gram_matrices, gram_product
 from genentropy_cli.run.memory import device_name, memory_in_use
 from genentropy_cli.run.planning import batch_peak_bytes, format_bytes, rows_per_call
-from genentropy_cli.run.loop import plan_for
+from genentropy_cli.run.compute import plan_for
 
 ARCHITECTURES = {
     "mlp": (lambda: MLPDecoder(16, 784), (16,)),

@@ -21,16 +21,22 @@ class EstimationError(GenentropyError):
     exit_code = 1
 
 
+class OutOfMemoryError(EstimationError):
+    """Out of memory even with batch size 1 and tangent chunk 1."""
+
+
 class NonFiniteSampleError(EstimationError):
     """A per-sample entropy term is NaN or infinite."""
 
-    def __init__(self, sample_index: int, scale: float | None = None):
+    def __init__(self, sample_index: int, scale: float | None = None, model: str | None = None):
         self.sample_index = sample_index
         where = f" at scale {scale:g}" if scale is not None else ""
+        whose = f"{model}: " if model is not None else ""
+        dropped = "from every model " if model is not None else ""
         super().__init__(
-            f"sample {sample_index} gave a non-finite entropy term{where}; "
-            "check the decoder for NaN/inf outputs, or pass --skip-nonfinite to drop "
-            "such samples (their count is reported)"
+            f"{whose}sample {sample_index} gave a non-finite entropy term{where}; "
+            f"check the decoder for NaN/inf outputs, or pass --skip-nonfinite to drop "
+            f"such samples {dropped}(their count is reported)"
         )
 
 

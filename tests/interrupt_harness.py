@@ -12,7 +12,7 @@ import os
 import signal
 import sys
 
-import genentropy_cli.run.loop as runner
+import genentropy_cli.run.compute as runner
 from genentropy_cli.cli.app import main
 
 

@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-import genentropy_cli.run.loop as runner
+import genentropy_cli.run.compute as runner
 from genentropy_cli import estimate_entropy
 from genentropy_cli.core.stats import RunningMoments
 from genentropy_cli.run.stopping import first_index_meeting_target

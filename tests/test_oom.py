@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-import genentropy_cli.run.loop as runner
+import genentropy_cli.run.compute as runner
 from genentropy_cli import estimate_entropy
 from genentropy_cli.errors import EstimationError
 from longrun_support import assert_same_estimates, save_small_mlp, small_mlp

@@ -117,7 +117,7 @@ def test_a_peak_over_max_memory_is_reported_not_hidden(monkeypatch):
 def test_the_precision_probe_is_skipped_not_fatal_when_the_cap_leaves_no_room(monkeypatch):
     """The float64 copy's batch is planned once the copy exists; if the cap cannot hold it, the
     probe is skipped with the reason and the estimate goes on."""
-    import genentropy_cli.run.loop as runner
+    import genentropy_cli.run.workload as runner
 
     real_plan = runner.plan_for
 

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 import genentropy_cli.run.checkpoint as checkpoint_module
-import genentropy_cli.run.loop as runner
+import genentropy_cli.run.compute as runner
 from genentropy_cli import estimate_entropy
 from genentropy_cli.run.checkpoint import load_checkpoint
 from genentropy_cli.errors import InputError

@@ -5,12 +5,13 @@ from __future__ import annotations
 from typing import Any, Callable, Sequence
 
 from genentropy_cli.core.latents import LatentDistribution, LatentSpec, make_latent_spec
-from genentropy_cli.run.hooks import BatchCallback, ProgressCallback, RunHooks
-from genentropy_cli.run.loop import run_estimate
+from genentropy_cli.run.hooks import BatchCallback, ProgressCallback, RowsCallback, RunHooks
+from genentropy_cli.run.loop import LoopOutcome, run_loop
 from genentropy_cli.run.options import EstimateOptions, options_from
-from genentropy_cli.run.results import EntropyResult
+from genentropy_cli.run.results import EntropyResult, estimates_from_moments
+from genentropy_cli.run.workload import DecoderWork, Workload
 
-__all__ = ["estimate_entropy"]
+__all__ = ["entropy_result", "estimate_entropy"]
 
 
 def estimate_entropy(
@@ -24,6 +25,7 @@ def estimate_entropy(
     progress: ProgressCallback | None = None,
     log: Callable[[str], None] | None = None,
     on_batch: BatchCallback | None = None,
+    on_rows: RowsCallback | None = None,
     **settings: Any,
 ) -> EntropyResult:
     """Estimate the differential entropy of ``decoder``'s output distribution (nats):
@@ -44,7 +46,8 @@ def estimate_entropy(
 
     ``progress(done, total, running_means)`` is called after every batch; ``log`` receives run
     notes (out-of-memory retries, the precision warning; default ``warnings.warn``);
-    ``on_batch(indices, latents, terms)`` sees each batch this process computes.
+    ``on_batch(indices, latents, terms)`` sees each batch this process computes;
+    ``on_rows(first_index, rows)`` every sample's rows in sample order, on every process.
     """
     given = {"scales": scales, "num_samples": n_samples}
     run_options = options_from(options, **{key: value for key, value in given.items() if value is not None},
@@ -53,4 +56,28 @@ def estimate_entropy(
         spec = make_latent_spec(latent, latent_distribution)
     else:
         spec = make_latent_spec(latent)
-    return run_estimate(decoder, spec, run_options, RunHooks(progress=progress, log=log, on_batch=on_batch))
+    hooks = RunHooks(progress=progress, log=log, on_batch=on_batch, on_rows=on_rows)
+    outcome = run_loop(lambda device: Workload([DecoderWork.prepare(decoder, spec, run_options.seed, run_options, device)],
+                                               run_options.scales), run_options, hooks)
+    return entropy_result(outcome)
+
+
+def entropy_result(outcome: LoopOutcome) -> EntropyResult:
+    """The estimate per scale from one decoder's loop outcome."""
+    member = outcome.workload.members[0]
+    summary = outcome.summary
+    return EntropyResult(
+        estimates=estimates_from_moments(outcome.workload.scales, outcome.moments),
+        latent=member.spec,
+        output_dim=member.prepared.output_dim,
+        output_shape=member.prepared.output_shape,
+        settings=outcome.settings,
+        elapsed_seconds=outcome.elapsed_seconds,
+        num_nonfinite=summary.num_nonfinite,
+        nonfinite_indices=list(summary.nonfinite_indices),
+        diagnostics=outcome.diagnostics,
+        partial=outcome.partial,
+        stop_reason=outcome.stop_reason,
+        precision_probe=outcome.probe_reports[0],
+        samples_computed=outcome.samples_computed,
+    )

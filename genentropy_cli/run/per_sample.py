@@ -25,7 +25,7 @@ from typing import Sequence
 import numpy as np
 
 from genentropy_cli.errors import InputError
-from genentropy_cli.run.ledger import SampleRows
+from genentropy_cli.run.rows import PairedRows, RecordField, SampleRows
 
 FORMATS = (".npy", ".csv", ".jsonl")
 
@@ -37,23 +37,26 @@ def per_sample_format(path: str | Path) -> str:
     return suffix
 
 
-def record_dtype(num_scales: int, latent_dim: int | None) -> np.dtype:
-    fields = [("index", "<i8"), ("neg_log_density", "<f8"), ("h", "<f8", (num_scales,)),
-              ("collapsed", "<i8", (num_scales,))]
+def record_dtype(fields: Sequence[RecordField], num_scales: int, latent_dim: int | None) -> np.dtype:
+    """The structured row: ``index``, then ``fields`` (per-scale ones as sub-arrays), then the latent."""
+    layout = [("index", "<i8")]
+    layout += [(name, dtype, (num_scales,)) if per_scale else (name, dtype) for name, dtype, per_scale in fields]
     if latent_dim is not None:
-        fields.append(("latent", "<f8", (latent_dim,)))
-    return np.dtype(fields)
+        layout.append(("latent", "<f8", (latent_dim,)))
+    return np.dtype(layout)
 
 
 class PerSampleWriter:
     """Appends rows to FILE (or its ``.rows`` side file for .npy); see the module."""
 
-    def __init__(self, path: str | Path, scales: Sequence[float], latent_dim: int, save_latents: bool):
+    def __init__(self, path: str | Path, scales: Sequence[float], latent_dim: int, save_latents: bool,
+                 fields: Sequence[RecordField] = SampleRows.empty(0).record_fields()):
         self.path = Path(path)
         self.format = per_sample_format(path)
         self.scales = tuple(scales)
+        self.fields = list(fields)
         self.latent_dim = latent_dim if save_latents else None
-        self.dtype = record_dtype(len(self.scales), self.latent_dim)
+        self.dtype = record_dtype(self.fields, len(self.scales), self.latent_dim)
         self.stream_path = self.path.with_name(self.path.name + ".rows") if self.format == ".npy" else self.path
         self.handle = None
 
@@ -75,19 +78,18 @@ class PerSampleWriter:
         self.handle.seek(resume_offset)
 
     def _csv_header(self) -> list[str]:
-        header = ["index", "neg_log_density"]
-        header += [f"h[s={scale:g}]" for scale in self.scales]
-        header += [f"collapsed[s={scale:g}]" for scale in self.scales]
+        header = ["index"]
+        for name, _, per_scale in self.fields:
+            header += [f"{name}[s={scale:g}]" for scale in self.scales] if per_scale else [name]
         if self.latent_dim is not None:
             header += [f"z{position}" for position in range(self.latent_dim)]
         return header
 
-    def write(self, first_index: int, rows: SampleRows, latents: np.ndarray | None) -> None:
+    def write(self, first_index: int, rows: SampleRows | PairedRows, latents: np.ndarray | None) -> None:
         records = np.zeros(len(rows), dtype=self.dtype)
         records["index"] = np.arange(first_index, first_index + len(rows))
-        records["neg_log_density"] = rows.neg_log_density
-        records["h"] = rows.terms
-        records["collapsed"] = rows.collapsed
+        for name, values in rows.record_values().items():
+            records[name] = values
         if self.latent_dim is not None:
             records["latent"] = latents
         if self.format == ".npy":
@@ -97,17 +99,25 @@ class PerSampleWriter:
         else:
             self.handle.write("".join(self._json_line(record) for record in records).encode())
 
+    @staticmethod
+    def _text(value, dtype: str) -> str:
+        return str(int(value)) if dtype == "<i8" else repr(float(value))
+
     def _csv_line(self, record) -> str:
-        values = [str(int(record["index"])), repr(float(record["neg_log_density"]))]
-        values += [repr(float(value)) for value in record["h"]]
-        values += [str(int(value)) for value in record["collapsed"]]
+        values = [str(int(record["index"]))]
+        for name, dtype, per_scale in self.fields:
+            values += [self._text(value, dtype) for value in record[name]] if per_scale else [self._text(record[name], dtype)]
         if self.latent_dim is not None:
             values += [repr(float(value)) for value in record["latent"]]
         return ",".join(values) + "\n"
 
     def _json_line(self, record) -> str:
-        row = {"index": int(record["index"]), "neg_log_density": float(record["neg_log_density"]),
-               "h": [float(value) for value in record["h"]], "collapsed": [int(value) for value in record["collapsed"]]}
+        def plain(value, dtype: str):
+            return int(value) if dtype == "<i8" else float(value)
+
+        row = {"index": int(record["index"])}
+        for name, dtype, per_scale in self.fields:
+            row[name] = [plain(value, dtype) for value in record[name]] if per_scale else plain(record[name], dtype)
         if self.latent_dim is not None:
             row["latent"] = [float(value) for value in record["latent"]]
         return json.dumps(row, allow_nan=True) + "\n"

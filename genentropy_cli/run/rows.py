@@ -1,0 +1,276 @@
+"""Per-sample rows: what a batch hands to the ledger, and what the ledger summarises.
+
+``SampleRows`` are one decoder's rows: per sample, the entropy term h_i per scale, -log p(z_i),
+the collapsed-direction counts and the extreme singular values of J. ``PairedRows`` are several
+decoders' rows on the same sample indices (``compare``): the statistics' columns are every
+model's h_i per scale, then every pair's difference h_a - h_b per scale, so the paired standard
+error comes from the same streaming moments as the entropies. A sample is finite when every
+column is (a sample non-finite for one model is dropped for all).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Mapping, Sequence
+
+import numpy as np
+
+from genentropy_cli.core.logdet import collapsed_directions
+from genentropy_cli.core.stats import LogHistogram
+
+__all__ = ["PairedRows", "PairedSummary", "SampleRows", "SampleSummary", "RecordField"]
+
+RecordField = tuple[str, str, bool]
+"""(name, numpy dtype, per scale) of one per-sample output column."""
+
+
+MAX_LISTED_NONFINITE = 100
+SINGULAR_VALUE_QUANTILES = {"min": 0.0, "q01": 0.01, "median": 0.5, "q99": 0.99, "max": 1.0}
+
+
+@dataclass
+class SampleRows:
+    """Per-sample columns of consecutive samples (float64 except the collapsed counts)."""
+
+    terms: np.ndarray  # (n, S) h_i per scale
+    neg_log_density: np.ndarray  # (n,)   -log p(z_i)
+    collapsed: np.ndarray  # (n, S) directions with lambda < s^2
+    sigma_min: np.ndarray  # (n,)   smallest singular value of J
+    sigma_max: np.ndarray  # (n,)   largest singular value of J
+
+    COLUMNS = ("terms", "neg_log_density", "collapsed", "sigma_min", "sigma_max")
+
+    @classmethod
+    def from_terms(cls, terms, scales: Sequence[float]) -> "SampleRows":
+        """From an ``engine.SampleTerms`` batch."""
+        eigenvalues = terms.eigenvalues
+        return cls(
+            terms.entropy_terms.numpy().astype(np.float64, copy=False),
+            terms.neg_log_density.numpy().astype(np.float64, copy=False),
+            collapsed_directions(eigenvalues, scales).numpy().astype(np.int64),
+            np.sqrt(eigenvalues[:, 0].numpy()) if eigenvalues.shape[1] else np.zeros(len(eigenvalues)),
+            np.sqrt(eigenvalues[:, -1].numpy()) if eigenvalues.shape[1] else np.zeros(len(eigenvalues)),
+        )
+
+    @classmethod
+    def empty(cls, num_scales: int) -> "SampleRows":
+        return cls(np.zeros((0, num_scales)), np.zeros(0), np.zeros((0, num_scales), dtype=np.int64), np.zeros(0),
+                   np.zeros(0))
+
+    def with_columns(self, columns: Mapping[str, np.ndarray]) -> "SampleRows":
+        """Rows of this kind from ``columns`` (as ``columns()`` names them): a checkpoint's."""
+        return SampleRows(**{name: np.asarray(columns[name]) for name in self.COLUMNS})
+
+    def new_summary(self, num_scales: int) -> "SampleSummary":
+        return SampleSummary(num_scales)
+
+    def summary_from_state(self, num_scales: int, meta: dict, arrays: Mapping[str, np.ndarray]) -> "SampleSummary":
+        return SampleSummary.from_state(num_scales, meta, arrays)
+
+    def column_owner(self, column: int, num_scales: int) -> str | None:
+        """Which model a statistics column belongs to (None: the only one)."""
+        return None
+
+    def record_fields(self) -> list[RecordField]:
+        """The per-sample output's columns after ``index`` (``per_sample``)."""
+        return [("neg_log_density", "<f8", False), ("h", "<f8", True), ("collapsed", "<i8", True)]
+
+    def record_values(self) -> dict[str, np.ndarray]:
+        return {"neg_log_density": self.neg_log_density, "h": self.terms, "collapsed": self.collapsed}
+
+    def __len__(self) -> int:
+        return int(self.terms.shape[0])
+
+    def columns(self) -> dict[str, np.ndarray]:
+        return {name: getattr(self, name) for name in self.COLUMNS}
+
+    def slice(self, start: int, stop: int) -> "SampleRows":
+        return SampleRows(**{name: column[start:stop] for name, column in self.columns().items()})
+
+    @classmethod
+    def concat(cls, pieces: Sequence["SampleRows"]) -> "SampleRows":
+        if len(pieces) == 1:
+            return pieces[0]
+        return cls(**{name: np.concatenate([getattr(piece, name) for piece in pieces]) for name in cls.COLUMNS})
+
+    @property
+    def finite(self) -> np.ndarray:
+        return np.isfinite(self.terms).all(axis=1)
+
+
+@dataclass
+class SampleSummary:
+    """What the diagnostics report about the samples used: extreme singular values, collapsed
+    directions, non-finite samples."""
+
+    num_scales: int
+    count: int = 0
+    collapsed_sum: np.ndarray = field(default=None)  # type: ignore[assignment]
+    sigma_min: LogHistogram = field(default_factory=LogHistogram)
+    sigma_max: LogHistogram = field(default_factory=LogHistogram)
+    num_nonfinite: int = 0
+    nonfinite_indices: list[int] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        if self.collapsed_sum is None:
+            self.collapsed_sum = np.zeros(self.num_scales, dtype=np.int64)
+
+    def add(self, rows: SampleRows, first_index: int) -> None:
+        finite = rows.finite
+        bad = np.flatnonzero(~finite) + first_index
+        self.num_nonfinite += int(bad.size)
+        room = MAX_LISTED_NONFINITE - len(self.nonfinite_indices)
+        self.nonfinite_indices.extend(int(index) for index in bad[: max(room, 0)])
+        self.count += int(finite.sum())
+        self.collapsed_sum = self.collapsed_sum + rows.collapsed[finite].sum(axis=0)
+        self.sigma_min.add(rows.sigma_min[finite])
+        self.sigma_max.add(rows.sigma_max[finite])
+
+    def copy(self) -> "SampleSummary":
+        return SampleSummary(self.num_scales, self.count, self.collapsed_sum.copy(), self.sigma_min.copy(),
+                             self.sigma_max.copy(), self.num_nonfinite, list(self.nonfinite_indices))
+
+    def diagnostics(self, scales: Sequence[float]) -> dict:
+        return {
+            "smallest_singular_value": self.sigma_min.quantile(0.0),
+            "largest_singular_value": self.sigma_max.quantile(1.0),
+            "smallest_singular_value_quantiles": _quantiles(self.sigma_min),
+            "largest_singular_value_quantiles": _quantiles(self.sigma_max),
+            "mean_collapsed_directions": {
+                f"{scale:g}": (float(total) / self.count if self.count else None)
+                for scale, total in zip(scales, self.collapsed_sum)
+            },
+        }
+
+    def to_state(self, prefix: str = "") -> tuple[dict, dict[str, np.ndarray]]:
+        meta = {"count": self.count, "num_nonfinite": self.num_nonfinite,
+                "nonfinite_indices": list(self.nonfinite_indices),
+                "sigma_extremes": [self.sigma_min.minimum, self.sigma_min.maximum,
+                                   self.sigma_max.minimum, self.sigma_max.maximum]}
+        arrays = {f"{prefix}summary_collapsed_sum": self.collapsed_sum,
+                  f"{prefix}summary_sigma_min": self.sigma_min.counts, f"{prefix}summary_sigma_max": self.sigma_max.counts}
+        return meta, arrays
+
+    @classmethod
+    def from_state(cls, num_scales: int, meta: dict, arrays: Mapping[str, np.ndarray], prefix: str = "") -> "SampleSummary":
+        low_min, low_max, high_min, high_max = (float(value) for value in meta["sigma_extremes"])
+        return cls(num_scales, int(meta["count"]),
+                   np.asarray(arrays[f"{prefix}summary_collapsed_sum"], dtype=np.int64),
+                   LogHistogram(np.asarray(arrays[f"{prefix}summary_sigma_min"], dtype=np.int64), low_min, low_max),
+                   LogHistogram(np.asarray(arrays[f"{prefix}summary_sigma_max"], dtype=np.int64), high_min, high_max),
+                   int(meta["num_nonfinite"]), [int(index) for index in meta["nonfinite_indices"]])
+
+
+def _quantiles(histogram: LogHistogram) -> dict | None:
+    if histogram.total == 0:
+        return None
+    return {name: histogram.quantile(level) for name, level in SINGULAR_VALUE_QUANTILES.items()}
+
+
+@dataclass
+class PairedRows:
+    """Several models' rows on the same sample indices; ``names`` label the per-sample output."""
+
+    models: tuple[SampleRows, ...]
+    pairs: tuple[tuple[int, int], ...]
+    names: tuple[str, ...]
+
+    @property
+    def terms(self) -> np.ndarray:
+        """(n, M*S + P*S): every model's h_i per scale, then every pair's h_a - h_b per scale."""
+        differences = [self.models[a].terms - self.models[b].terms for a, b in self.pairs]
+        return np.concatenate([model.terms for model in self.models] + differences, axis=1)
+
+    @property
+    def finite(self) -> np.ndarray:
+        return np.logical_and.reduce([model.finite for model in self.models])
+
+    def __len__(self) -> int:
+        return len(self.models[0])
+
+    def slice(self, start: int, stop: int) -> "PairedRows":
+        return PairedRows(tuple(model.slice(start, stop) for model in self.models), self.pairs, self.names)
+
+    @classmethod
+    def concat(cls, pieces: Sequence["PairedRows"]) -> "PairedRows":
+        if len(pieces) == 1:
+            return pieces[0]
+        models = tuple(SampleRows.concat([piece.models[index] for piece in pieces])
+                       for index in range(len(pieces[0].models)))
+        return cls(models, pieces[0].pairs, pieces[0].names)
+
+    def columns(self) -> dict[str, np.ndarray]:
+        return {f"model{index}_{name}": column for index, model in enumerate(self.models)
+                for name, column in model.columns().items()}
+
+    def with_columns(self, columns: Mapping[str, np.ndarray]) -> "PairedRows":
+        models = tuple(SampleRows(**{name: np.asarray(columns[f"model{index}_{name}"]) for name in SampleRows.COLUMNS})
+                       for index in range(len(self.models)))
+        return PairedRows(models, self.pairs, self.names)
+
+    def new_summary(self, num_scales: int) -> "PairedSummary":
+        return PairedSummary([SampleSummary(num_scales) for _ in self.models])
+
+    def summary_from_state(self, num_scales: int, meta: dict, arrays: Mapping[str, np.ndarray]) -> "PairedSummary":
+        return PairedSummary.from_state(num_scales, meta, arrays)
+
+    def column_owner(self, column: int, num_scales: int) -> str | None:
+        model = column // num_scales
+        return self.names[model] if model < len(self.names) else None
+
+    def record_fields(self) -> list[RecordField]:
+        return [(f"{name}.{field_name}", dtype, per_scale) for name in self.names
+                for field_name, dtype, per_scale in self.models[0].record_fields()]
+
+    def record_values(self) -> dict[str, np.ndarray]:
+        return {f"{name}.{key}": values for name, model in zip(self.names, self.models)
+                for key, values in model.record_values().items()}
+
+    @classmethod
+    def empty(cls, num_models: int, num_scales: int, pairs: Sequence[tuple[int, int]],
+              names: Sequence[str]) -> "PairedRows":
+        return cls(tuple(SampleRows.empty(num_scales) for _ in range(num_models)), tuple(pairs), tuple(names))
+
+
+@dataclass
+class PairedSummary:
+    """Each model's ``SampleSummary`` (over the samples finite for it), and the samples dropped
+    for all models because one of them was non-finite there."""
+
+    models: list[SampleSummary]
+    count: int = 0
+    num_nonfinite: int = 0
+    nonfinite_indices: list[int] = field(default_factory=list)
+
+    def add(self, rows: PairedRows, first_index: int) -> None:
+        for summary, model_rows in zip(self.models, rows.models):
+            summary.add(model_rows, first_index)
+        finite = rows.finite
+        bad = np.flatnonzero(~finite) + first_index
+        self.num_nonfinite += int(bad.size)
+        room = MAX_LISTED_NONFINITE - len(self.nonfinite_indices)
+        self.nonfinite_indices.extend(int(index) for index in bad[: max(room, 0)])
+        self.count += int(finite.sum())
+
+    def copy(self) -> "PairedSummary":
+        return PairedSummary([summary.copy() for summary in self.models], self.count, self.num_nonfinite,
+                             list(self.nonfinite_indices))
+
+    def diagnostics(self, scales: Sequence[float]) -> dict:
+        return {"models": [summary.diagnostics(scales) for summary in self.models]}
+
+    def to_state(self) -> tuple[dict, dict[str, np.ndarray]]:
+        metas, arrays = [], {}
+        for index, summary in enumerate(self.models):
+            meta, model_arrays = summary.to_state(prefix=f"model{index}_")
+            metas.append(meta)
+            arrays.update(model_arrays)
+        return {"models": metas, "count": self.count, "num_nonfinite": self.num_nonfinite,
+                "nonfinite_indices": list(self.nonfinite_indices)}, arrays
+
+    @classmethod
+    def from_state(cls, num_scales: int, meta: dict, arrays: Mapping[str, np.ndarray]) -> "PairedSummary":
+        models = [SampleSummary.from_state(num_scales, model_meta, arrays, prefix=f"model{index}_")
+                  for index, model_meta in enumerate(meta["models"])]
+        return cls(models, int(meta["count"]), int(meta["num_nonfinite"]),
+                   [int(index) for index in meta["nonfinite_indices"]])
