@@ -17,8 +17,8 @@ import numpy as np
 import pytest
 import torch
 
-from genentropy_cli.jobs.compare import (
-    compare_models,
+from genentropy_cli.jobs.compare import compare_models
+from genentropy_cli.core.significance import (
     correlation_from_moments,
     holm_adjust,
     rank_descending,

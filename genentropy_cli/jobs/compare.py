@@ -17,83 +17,31 @@ latent block, merged in block order), never stored per sample.
 from __future__ import annotations
 
 import math
-import time
 from dataclasses import dataclass, field
 from itertools import combinations
 from typing import Any, Sequence
 
-import numpy as np
 import torch
 
-from genentropy_cli.envelope import envelope
-from genentropy_cli.run.allocator import reusing_freed_memory
+from genentropy_cli.core.latents import LatentSpec, block_seed, distribution_label, make_latent_spec
+from genentropy_cli.core.significance import (
+    correlation_from_moments,
+    holm_adjust,
+    rank_descending,
+    significance_mark,
+    two_sided_p_value,
+    unpaired_stderr,
+    z_score,
+)
+from genentropy_cli.core.stats import RunningMoments
 from genentropy_cli.defaults import COMPARE_SIGNIFICANCE_LEVEL
-from genentropy_cli.errors import first_line
-from genentropy_cli.run.batches import batch_plan
-from genentropy_cli.run.hooks import LogCallback, ProgressCallback
+from genentropy_cli.envelope import envelope
+from genentropy_cli.errors import EstimationError, InputError
+from genentropy_cli.run.hooks import LogCallback, ProgressCallback, RunHooks
+from genentropy_cli.run.loop import LoopOutcome, run_loop
 from genentropy_cli.run.options import EstimateOptions, options_from
 from genentropy_cli.run.results import ScaleEstimate, estimates_from_moments
-from genentropy_cli.core.terms import compute_sample_terms
-from genentropy_cli.core.decoder import prepare_decoder
-from genentropy_cli.core.device import resolve_device, resolve_dtype, strict_float32
-from genentropy_cli.run.planning import resolve_work_sizes
-from genentropy_cli.errors import EstimationError, InputError
-from genentropy_cli.core.latents import LatentSpec, LatentStream, block_seed, distribution_label, make_latent_spec
-from genentropy_cli.core.stats import BlockAccumulator, RunningMoments
-
-
-# --------------------------------------------------------------------------- pure statistics
-
-
-def unpaired_stderr(stderr_a: float, stderr_b: float) -> float:
-    """Standard error of a difference of two independent means: sqrt(se_a^2 + se_b^2)."""
-    return math.sqrt(stderr_a**2 + stderr_b**2)
-
-
-def correlation_from_moments(std_a: float, std_b: float, std_difference: float) -> float:
-    """Pearson correlation of a and b from var(a - b) = var a + var b - 2 cov(a, b)."""
-    if not (std_a > 0 and std_b > 0):
-        return math.nan
-    covariance = 0.5 * (std_a**2 + std_b**2 - std_difference**2)
-    return covariance / (std_a * std_b)
-
-
-def two_sided_p_value(z_score: float) -> float:
-    """P(|Z| >= |z|) for a standard normal Z."""
-    if math.isnan(z_score):
-        return math.nan
-    return math.erfc(abs(z_score) / math.sqrt(2.0))
-
-
-def holm_adjust(p_values: Sequence[float]) -> list[float]:
-    """Holm-Bonferroni adjusted p-values (family-wise error control over all pairs):
-    the k-th smallest p (k = 0, 1, ...) becomes max over j <= k of min(1, (m - j) p_(j))."""
-    count = len(p_values)
-    order = sorted(range(count), key=lambda index: (math.inf if math.isnan(p_values[index]) else p_values[index]))
-    adjusted = [math.nan] * count
-    running = 0.0
-    for rank, index in enumerate(order):
-        value = p_values[index]
-        if math.isnan(value):
-            continue
-        running = max(running, min(1.0, (count - rank) * value))
-        adjusted[index] = running
-    return adjusted
-
-
-def significance_mark(p_value: float) -> str:
-    """*** p < 0.001, ** p < 0.01, * p < 0.05 (on Holm-adjusted p), else empty."""
-    if math.isnan(p_value):
-        return ""
-    for threshold, mark in ((0.001, "***"), (0.01, "**"), (0.05, "*")):
-        if p_value < threshold:
-            return mark
-    return ""
-
-
-def rank_descending(values: Sequence[float]) -> list[int]:
-    """Rank 1 = largest value (most entropy); ties share the smaller rank."""
-    return [1 + sum(1 for other in values if other > value) for value in values]
+from genentropy_cli.run.workload import DecoderWork, Workload
 
 
 # --------------------------------------------------------------------------- results
@@ -153,6 +101,8 @@ class ModelSummary:
     ranks: list[int] = field(default_factory=list)  # per scale, 1 = highest entropy
     num_nonfinite: int = 0
     info: dict = field(default_factory=dict)
+    precision_probe: dict | None = None
+    diagnostics: dict = field(default_factory=dict)
 
     def to_dict(self) -> dict:
         return {
@@ -166,6 +116,8 @@ class ModelSummary:
                 {**estimate.to_dict(), "rank": rank} for estimate, rank in zip(self.estimates, self.ranks)
             ],
             "num_nonfinite": self.num_nonfinite,
+            "precision_probe": self.precision_probe,
+            "diagnostics": dict(self.diagnostics),
         }
 
 
@@ -176,6 +128,10 @@ class ComparisonResult:
     settings: dict
     elapsed_seconds: float
     warnings: list[str] = field(default_factory=list)
+    partial: bool = False
+    """True when the run was interrupted: the comparison uses the samples done so far."""
+    stop_reason: str = "num_samples"
+    diagnostics: dict = field(default_factory=dict)
 
     @property
     def names(self) -> list[str]:
@@ -203,6 +159,9 @@ class ComparisonResult:
             "pairs": [pair.to_dict(self.names) for pair in self.pairs],
             "warnings": list(self.warnings),
             "elapsed_seconds": self.elapsed_seconds,
+            "partial": self.partial,
+            "stop_reason": self.stop_reason,
+            "diagnostics": dict(self.diagnostics),
         })
 
 
@@ -265,9 +224,6 @@ def compare_models(
     given = {"scales": scales, "num_samples": n_samples}
     run_options = options_from(options, **{key: value for key, value in given.items() if value is not None},
                                **settings)
-    scale_values, num_samples, seed = run_options.scales, run_options.num_samples, run_options.seed
-    batch_size, tangent_chunk, skip_nonfinite = run_options.batch_size, run_options.tangent_chunk, run_options.skip_nonfinite
-    device, dtype = run_options.device, run_options.dtype
     if len(decoders) < 2:
         raise InputError("compare needs at least two models")
     if len(latents) != len(decoders):
@@ -276,13 +232,11 @@ def compare_models(
     if len(set(names)) != len(names):
         raise InputError(f"model names must be distinct, got {', '.join(names)}")
     specs = [make_latent_spec(latent) for latent in latents]
-    if num_samples < 2:
-        raise InputError(f"compare needs at least 2 samples for standard errors, got {num_samples}")
-    torch_device, torch_dtype = resolve_device(device), resolve_dtype(dtype)
-    num_models, num_scales = len(decoders), len(scale_values)
-    pairs = list(combinations(range(num_models), 2))
+    if run_options.num_samples < 2:
+        raise InputError(f"compare needs at least 2 samples for standard errors, got {run_options.num_samples}")
+    pairs = list(combinations(range(len(decoders)), 2))
     warnings: list[str] = []
-    seeds = latent_seeds(specs, int(seed), shared_latents)
+    seeds = latent_seeds(specs, run_options.seed, shared_latents)
     if shared_latents and len(set(seeds)) > 1:
         described = "; ".join(f"{name}: {spec.describe()}, seed {model_seed}"
                               for name, spec, model_seed in zip(names, specs, seeds))
@@ -293,59 +247,23 @@ def compare_models(
         )
     shared = [shared_latents and _spec_key(specs[a]) == _spec_key(specs[b]) for a, b in pairs]
 
-    started = time.perf_counter()
-    with strict_float32(), reusing_freed_memory():
-        prepared = [prepare_decoder(decoder, spec, torch_device, torch_dtype) for decoder, spec in zip(decoders, specs)]
-        sizes = [resolve_work_sizes(spec.dim, item.output_dim, torch_dtype, torch_device, batch_size, tangent_chunk)
-                 for spec, item in zip(specs, prepared)]
-        chosen_batch = min(batch for batch, _ in sizes)  # every model walks the same batches
-        chunks = [chunk for _, chunk in sizes]
-        streams = [LatentStream(spec, model_seed) for spec, model_seed in zip(specs, seeds)]
-        block_size = streams[0].block_size
-        num_blocks = -(-num_samples // block_size)
-        # columns: every model's terms (M x S), then every pair's differences (P x S)
-        accumulator = BlockAccumulator((num_models + len(pairs)) * num_scales, list(range(num_blocks)))
-        nonfinite = np.zeros(num_models, dtype=np.int64)
-        dropped = done = 0
-        for segments in batch_plan(num_samples, chosen_batch, block_size):
-            first_index = segments[0][0] * block_size + segments[0][1]
-            values = np.empty((num_models, sum(stop - start for _, start, stop in segments), num_scales))
-            for model, (item, stream, chunk) in enumerate(zip(prepared, streams, chunks)):
-                batch_latents = torch.cat([stream.block(block)[start:stop] for block, start, stop in segments])
-                try:
-                    terms = compute_sample_terms(item, batch_latents, scale_values, chunk)
-                except (InputError, EstimationError):
-                    raise
-                except RuntimeError as error:
-                    raise EstimationError(
-                        f"{names[model]} failed on samples from {first_index} on ({first_line(error)})") from error
-                values[model] = terms.entropy_terms.numpy()
-            finite_per_model = np.isfinite(values).all(axis=2)  # (M, B)
-            finite = finite_per_model.all(axis=0)
-            if not finite.all():
-                if not skip_nonfinite:
-                    model = int(np.argmin(finite_per_model.all(axis=1)))
-                    index = _sample_index(segments, int(np.argmin(finite_per_model[model])), block_size)
-                    raise EstimationError(
-                        f"{names[model]}: sample {index} gave a non-finite entropy term; check the decoder, or pass "
-                        "--skip-nonfinite to drop such samples from every model (their count is reported)")
-                nonfinite += (~finite_per_model).sum(axis=1)
-                dropped += int((~finite).sum())
-            differences = np.stack([values[a] - values[b] for a, b in pairs]) if pairs else np.empty((0,) + values.shape[1:])
-            columns = np.concatenate([values, differences]).transpose(1, 0, 2).reshape(values.shape[1], -1)
-            position = 0
-            for block, start, stop in segments:
-                length = stop - start
-                keep = finite[position:position + length]
-                accumulator.add(block, columns[position:position + length][keep])
-                position += length
-                if stop == min(block_size, num_samples - block * block_size):
-                    accumulator.complete_block(block)
-            done += values.shape[1]
-            if progress is not None:
-                progress(done, num_samples, [])
-    elapsed = time.perf_counter() - started
-    total = accumulator.total
+    def workload(device: torch.device) -> Workload:
+        members = [DecoderWork.prepare(decoder, spec, model_seed, run_options, device, name)
+                   for decoder, spec, model_seed, name in zip(decoders, specs, seeds, names)]
+        return Workload(members, run_options.scales, tuple(pairs), paired=True,
+                        extra_identity={"names": list(names), "shared_latents": bool(shared_latents)})
+
+    outcome = run_loop(workload, run_options, RunHooks(progress=progress, log=log))
+    return comparison_result(outcome, specs, seeds, shared, warnings, shared_latents)
+
+
+def comparison_result(outcome: LoopOutcome, specs: Sequence[LatentSpec], seeds: Sequence[int], shared: Sequence[bool],
+                      warnings: list[str], shared_latents: bool) -> ComparisonResult:
+    """Every model's estimate and every pair's difference from the loop's moments, whose columns
+    are every model's h_i per scale, then every pair's h_a - h_b per scale (``PairedRows``)."""
+    workload, total, summary = outcome.workload, outcome.moments, outcome.summary
+    names, scale_values, pairs = workload.names, workload.scales, list(workload.pairs)
+    num_models, num_scales = len(workload.members), len(scale_values)
     if total.count < 2:
         raise EstimationError("fewer than two samples were finite for every model; nothing to compare")
 
@@ -354,49 +272,32 @@ def compare_models(
         return RunningMoments(total.count, total.mean[window], total.m2[window])
 
     summaries = [
-        ModelSummary(names[model], specs[model], prepared[model].output_dim,
+        ModelSummary(names[model], specs[model], member.prepared.output_dim,
                      estimates_from_moments(scale_values, column_moments(model)), latent_seed=seeds[model],
-                     num_nonfinite=int(nonfinite[model]))
-        for model in range(num_models)
+                     num_nonfinite=int(summary.models[model].num_nonfinite),
+                     precision_probe=outcome.probe_reports[model],
+                     diagnostics={**member.diagnostics(), **outcome.diagnostics["models"][model]})
+        for model, member in enumerate(workload.members)
     ]
     for scale_index in range(num_scales):
-        ranks = rank_descending([summary.estimates[scale_index].entropy for summary in summaries])
-        for summary, rank in zip(summaries, ranks):
-            summary.ranks.append(rank)
+        ranks = rank_descending([item.estimates[scale_index].entropy for item in summaries])
+        for item, rank in zip(summaries, ranks):
+            item.ranks.append(rank)
     differences = _pair_differences(summaries, pairs, shared, [column_moments(num_models + p) for p in range(len(pairs))],
                                     scale_values)
-    if dropped:
-        warnings.append(f"dropped {dropped} sample(s) that were non-finite for at least one model; "
+    if summary.num_nonfinite:
+        warnings.append(f"dropped {summary.num_nonfinite} sample(s) that were non-finite for at least one model; "
                         f"N = {total.count} for every model")
     settings = {
-        "num_samples": num_samples,
+        **outcome.settings,
         "num_used": int(total.count),
-        "batch_size": chosen_batch,
-        "seed": int(seed),
         "shared_latents": bool(shared_latents),
-        "device": str(torch_device),
-        "dtype": str(torch_dtype).removeprefix("torch."),
-        "scales": list(scale_values),
-        "skip_nonfinite": bool(skip_nonfinite),
         "significance_level": COMPARE_SIGNIFICANCE_LEVEL,
         "multiple_comparisons": "holm",
     }
-    return ComparisonResult(summaries, differences, settings, elapsed, warnings)
-
-
-def _sample_index(segments: list[tuple[int, int, int]], position: int, block_size: int) -> int:
-    for block, start, stop in segments:
-        if position < stop - start:
-            return block * block_size + start + position
-        position -= stop - start
-    raise IndexError(position)
-
-
-def _z_score(difference: float, stderr: float) -> float:
-    """difference / stderr; a nonzero difference with zero error is infinitely significant."""
-    if stderr > 0:
-        return difference / stderr
-    return math.nan if difference == 0 else math.copysign(math.inf, difference)
+    diagnostics = {key: value for key, value in outcome.diagnostics.items() if key != "models"}
+    return ComparisonResult(summaries, differences, settings, outcome.elapsed_seconds, warnings,
+                            partial=outcome.partial, stop_reason=outcome.stop_reason, diagnostics=diagnostics)
 
 
 def _pair_differences(summaries: list[ModelSummary], pairs: list[tuple[int, int]], shared: list[bool],
@@ -411,11 +312,11 @@ def _pair_differences(summaries: list[ModelSummary], pairs: list[tuple[int, int]
             unpaired = unpaired_stderr(first.stderr, second.stderr)
             used = paired if is_shared else unpaired
             delta = float(difference.mean[scale_index])
-            z_score = _z_score(delta, used)
+            z = z_score(delta, used)
             at_scale.append(PairDifference(
                 a, b, float(scale), delta, used, paired, unpaired,
                 correlation_from_moments(first.std, second.std, float(difference.std[scale_index])),
-                is_shared, z_score, two_sided_p_value(z_score)))
+                is_shared, z, two_sided_p_value(z)))
         for item, adjusted in zip(at_scale, holm_adjust([item.p_value for item in at_scale])):
             item.p_holm = adjusted
         result.extend(at_scale)
