@@ -7,7 +7,8 @@
 * typer, rich, click and matplotlib only inside ``cli/``;
 * ``core/`` imports only torch, numpy, the standard library and base/core modules;
 * no module over ``MAX_MODULE_LINES`` lines, no function or method over ``MAX_FUNCTION_LINES``
-  (from its ``def`` line to its last line).
+  (from its ``def`` line to its last line);
+* every ``core/`` module lists its public names in ``__all__``.
 
 What breaks a rule today in a package others are rewriting is listed in ``KNOWN_OFFENDERS``
 with its measured size; anything else breaking a rule fails, and so does an entry that no
@@ -256,6 +257,35 @@ def test_known_offenders_are_only_in_packages_being_rewritten():
     for key in KNOWN_OFFENDERS:
         subject = key.split(" ", 1)[1].replace("/", ".")
         assert subject.split(".")[1] in OFFENDERS_ALLOWED_UNDER, key
+
+
+def _defined_names(tree: ast.Module) -> set[str]:
+    names = set()
+    for node in tree.body:
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+            names.add(node.name)
+        elif isinstance(node, (ast.Assign, ast.AnnAssign)):
+            targets = node.targets if isinstance(node, ast.Assign) else [node.target]
+            names.update(target.id for target in targets if isinstance(target, ast.Name))
+        elif isinstance(node, (ast.Import, ast.ImportFrom)):
+            names.update((alias.asname or alias.name).split(".")[0] for alias in node.names)
+    return names
+
+
+def _declared_all(tree: ast.Module) -> list[str] | None:
+    for node in tree.body:
+        if isinstance(node, ast.Assign) and any(getattr(t, "id", None) == "__all__" for t in node.targets):
+            return list(ast.literal_eval(node.value))
+    return None
+
+
+def test_core_modules_declare_their_public_names():
+    for name, module in modules().items():
+        if layer(name) != "core" or module.path.name == "__init__.py":
+            continue
+        declared = _declared_all(module.tree)
+        assert declared, f"{module.relative} has no __all__"
+        assert not set(declared) - _defined_names(module.tree), f"{module.relative}: __all__ names what it lacks"
 
 
 # ---------------------------------------------------------------------- the checker itself

@@ -36,6 +36,7 @@ __all__ = [
     "stacked_tolerance",
 ]
 
+
 @dataclass
 class PreparedDecoder:
     """A decoder ready for estimation: a private copy in eval mode, gradients off, on

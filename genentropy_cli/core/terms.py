@@ -16,6 +16,7 @@ from genentropy_cli.core.logdet import gram_eigenvalues, half_log_det_regularise
 
 __all__ = ["SampleTerms", "compute_sample_terms"]
 
+
 @dataclass
 class SampleTerms:
     """Per-sample quantities of one batch, all float64 on the CPU."""
