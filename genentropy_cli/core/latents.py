@@ -3,6 +3,10 @@
 Sample i's latent depends only on (seed, i): latents are drawn in fixed blocks of
 ``LATENT_BLOCK_SIZE``, block b from a CPU generator seeded by (seed, b), in float64.
 Batch size, device and process count therefore never change which latents are used.
+
+Distributions are read by name from one registry, ``LATENT_DISTRIBUTIONS``: to add one, write
+its class (the ``LatentDistribution`` protocol) and one ``register_distribution`` call below
+the others; parsing, labels and the listing in messages follow.
 """
 
 from __future__ import annotations
