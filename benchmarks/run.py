@@ -49,7 +49,8 @@ from sweep_vs_single import timed  # noqa: E402  (benchmarks/sweep_vs_single.py)
 from genentropy_cli import estimate_entropy
 from genentropy_cli.run.allocator import keep_freed_memory
 from genentropy_cli.models.architectures import DCGANGenerator, InfoGANGenerator, MLPDecoder
-from genentropy_cli.core.decoder import JACOBIAN_METHODS, prepare_decoder
+from genentropy_cli.core.decoder import prepare_decoder
+from genentropy_cli.core.methods import JACOBIAN_METHODS
 from genentropy_cli.core.terms import compute_sample_terms
 from genentropy_cli.core.device import resolve_device, strict_float32
 from genentropy_cli.core.latents import LatentStream, make_latent_spec

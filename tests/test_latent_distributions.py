@@ -10,7 +10,16 @@ import pytest
 import torch
 from scipy import integrate, stats
 
-from genentropy_cli.core.latents import parse_distribution
+from genentropy_cli.core.latents import (
+    LATENT_DISTRIBUTIONS,
+    DistributionKind,
+    Uniform,
+    distribution_label,
+    distribution_names,
+    parse_distribution,
+    register_distribution,
+)
+from genentropy_cli.errors import InputError
 from genentropy_cli.core.references import matrix_with_singular_values
 from genentropy_cli.models.specs import build_from_spec, save_safetensors
 
@@ -80,3 +89,30 @@ def test_unknown_distribution_in_a_spec_is_a_one_line_error(run_cli, tmp_path):
     path = save_safetensors(build_from_spec(spec), tmp_path / "m.safetensors", spec)
     assert_one_line_error(run_cli("estimate", path), "unknown latent distribution 'cauchy'", "truncated-normal:PSI")
     assert_one_line_error(run_cli("estimate", path, "--latent-distribution", "laplace"), "'laplace'")
+
+
+def test_every_registered_name_reads_back_from_its_label():
+    assert set(REFERENCE) >= {kind.name for kind in LATENT_DISTRIBUTIONS.values() if not kind.parameter}
+    for name in REFERENCE:
+        assert distribution_label(parse_distribution(name)) == name
+    assert parse_distribution("Gaussian") == parse_distribution("normal")
+    with pytest.raises(InputError, match="truncated-normal needs a value for PSI"):
+        parse_distribution("truncated-normal")
+    with pytest.raises(InputError, match="unknown latent distribution 'normal:3'"):
+        parse_distribution("normal:3")  # a kind without a parameter takes none
+
+
+def test_a_registered_distribution_parses_labels_and_is_listed(monkeypatch):
+    """Adding a distribution is one ``register_distribution`` call: parsing, labels and the
+    listing in messages follow."""
+    monkeypatch.setattr("genentropy_cli.core.latents.LATENT_DISTRIBUTIONS", dict(LATENT_DISTRIBUTIONS))
+    register_distribution(DistributionKind(
+        "box", lambda half: Uniform(-half, half, "box"), "uniform on [-W, W]", parameter="W", example=2,
+        parameter_of=lambda distribution: distribution.high))
+    box = parse_distribution("box:3")
+    assert (box.low, box.high) == (-3.0, 3.0) and distribution_label(box) == "box:3"
+    assert distribution_names()[-1] == "box:W"
+    with pytest.raises(InputError, match="normal, uniform, uniform01, truncated-normal:PSI, box:W"):
+        parse_distribution("cauchy")
+    with pytest.raises(ValueError, match="already registered: gaussian"):
+        register_distribution(DistributionKind("other", Uniform, "", aliases=("gaussian",)))

@@ -14,6 +14,7 @@ from genentropy_cli.models.architectures import DCGANGenerator, InfoGANGenerator
 from genentropy_cli.core.decoder import fallback_method, prepare_decoder
 from genentropy_cli.core.jacobian import batched_jacobian, flat_decoder, reverse_mode_columns
 from genentropy_cli.core.latents import make_latent_spec
+from genentropy_cli.core.methods import FALLBACK_ORDER, JACOBIAN_METHODS, jacobian_memory_factor
 
 
 @pytest.mark.parametrize("make, shape", [
@@ -40,6 +41,20 @@ def test_a_decoder_that_ignores_part_of_its_input_has_zero_columns():
     columns = reverse_mode_columns(lambda z: torch.cat([z[:, :1], z[:, :1] ** 2], dim=1), torch.ones(2, 2), 2)
     assert torch.equal(columns[1], torch.zeros(2, 2))
     torch.testing.assert_close(columns[0], torch.tensor([[1.0, 2.0], [1.0, 2.0]]))
+
+
+def test_the_method_table_orders_methods_and_builds_no_autograd_graph():
+    assert list(JACOBIAN_METHODS) == ["stacked", "vmap", "replicated"] and FALLBACK_ORDER == ("vmap", "replicated")
+    assert [jacobian_memory_factor(name) for name in JACOBIAN_METHODS] == [1, 2, 2]
+    with pytest.raises(KeyError, match="one of stacked, vmap, replicated"):
+        jacobian_memory_factor("reverse")
+    trainable = torch.nn.Sequential(torch.nn.Linear(3, 6), torch.nn.Tanh()).double()  # parameters require grad
+    latents = torch.randn(4, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(2))
+    expected = reverse_mode_columns(trainable, latents, 3)
+    for method in JACOBIAN_METHODS.values():
+        columns, outputs = method(trainable, latents, 2, with_outputs=True)
+        assert not columns.requires_grad and not outputs.requires_grad, method.name
+        torch.testing.assert_close(columns, expected, rtol=1e-12, atol=1e-14)
 
 
 def test_the_fallback_method_is_found_on_first_need():

@@ -7,6 +7,8 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 
+__all__ = ["METER_ROWS", "activation_bytes_per_row"]
+
 METER_ROWS = 13
 """Rows of the plain forward pass ``activation_bytes_per_row`` meters: a prime, so that few
 weight shapes are mistaken for batch-carrying tensors."""

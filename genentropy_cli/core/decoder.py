@@ -13,12 +13,10 @@ from genentropy_cli.defaults import STACKED_PROBE_COLUMNS
 from genentropy_cli.errors import InputError, first_line
 from genentropy_cli.core.jacobian import (
     DecoderFn,
-    batched_jacobian,
     copy_with_fresh_torchscript,
     flat_decoder,
     fresh_torchscript_copy,
     is_torchscript,
-    replicated_jacobian,
     reverse_mode_columns,
     torchscript_parts,
     torchscript_safe,
@@ -26,7 +24,18 @@ from genentropy_cli.core.jacobian import (
 from genentropy_cli.core.latents import LatentSpec, LatentStream
 from genentropy_cli.core.logdet import Workspace
 from genentropy_cli.core.activations import activation_bytes_per_row
-from genentropy_cli.core.stacked import UnsupportedOperation, stacked_jacobian, stacked_jacobian_profiled
+from genentropy_cli.core.methods import FALLBACK_ORDER, JACOBIAN_METHODS
+from genentropy_cli.core.stacked import UnsupportedOperation, stacked_jacobian_profiled
+
+__all__ = [
+    "JACOBIAN_METHODS",
+    "PreparedDecoder",
+    "fallback_method",
+    "jacobians_agree",
+    "prepare_decoder",
+    "stacked_tolerance",
+]
+
 
 @dataclass
 class PreparedDecoder:
@@ -64,6 +73,19 @@ class PreparedDecoder:
             batch = flat_latents.shape[0]
             inputs = flat_latents.to(device=self.device, dtype=self.dtype).reshape(batch, *self.latent.shape)
             return self.function(inputs)
+
+    def jacobian(self, flat_latents: torch.Tensor, tangent_chunk: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Jacobian columns (d, B, D) and outputs (B, D) at flat float64 latents (B, d), by
+        ``jacobian_method``; where the stacked method meets an op it has no rule for (a branch
+        of the decoder the probe did not reach), by ``fallback_method`` from then on."""
+        inputs = flat_latents.to(device=self.device, dtype=self.dtype)
+        with self.context():
+            try:
+                return JACOBIAN_METHODS[self.jacobian_method](self.flat(), inputs, tangent_chunk, with_outputs=True)
+            except UnsupportedOperation as error:
+                self.jacobian_method = fallback_method(self)
+                self.method_note = f"stacked method left mid-run: {error}"
+                return JACOBIAN_METHODS[self.jacobian_method](self.flat(), inputs, tangent_chunk, with_outputs=True)
 
 
 def prepare_decoder(
@@ -125,11 +147,6 @@ def prepare_decoder(
     return prepared
 
 
-JACOBIAN_METHODS = {"stacked": stacked_jacobian, "vmap": batched_jacobian, "replicated": replicated_jacobian}
-"""stacked: one plain forward pass over stacked primal and tangent rows (``stacked``), the
-fastest; vmap: torch.func jvp under vmap; replicated: jvp on a repeated batch (no vmap)."""
-
-
 def stacked_tolerance(dtype: torch.dtype) -> float:
     """How far (relative to the largest entry) stacked and torch.func Jacobians may differ on
     the probe: round-off of the dtype, far below any missing or wrong derivative rule."""
@@ -151,12 +168,13 @@ def _probe_latents(prepared: PreparedDecoder) -> torch.Tensor:
 
 
 def _torch_func_method(prepared: PreparedDecoder, columns: int) -> tuple[str, torch.Tensor]:
-    """The torch.func method that runs through the decoder (vmap over tangents, else the
-    replicated batch) and its first ``columns`` Jacobian columns on the probe latents."""
+    """The first torch.func method of ``FALLBACK_ORDER`` that runs through the decoder (vmap over
+    tangents, else the replicated batch) and its first ``columns`` Jacobian columns on the probe
+    latents."""
     probe, flat = _probe_latents(prepared), prepared.flat()
     failure: Exception | None = None
     with prepared.context():
-        for method in ("vmap", "replicated"):
+        for method in FALLBACK_ORDER:
             try:
                 return method, JACOBIAN_METHODS[method](flat, probe, tangent_chunk=columns, max_columns=columns)
             except Exception as error:

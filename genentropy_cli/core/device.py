@@ -9,6 +9,9 @@ import torch
 from genentropy_cli.defaults import DEFAULT_DEVICE, DEFAULT_DTYPE, SUPPORTED_DTYPES
 from genentropy_cli.errors import InputError
 
+__all__ = ["resolve_device", "resolve_dtype", "strict_float32", "tf32_enabled"]
+
+
 def resolve_device(name: str | torch.device = DEFAULT_DEVICE) -> torch.device:
     """``auto`` picks CUDA when present; asking for CUDA where there is none is an error."""
     text = str(name).strip().lower()

@@ -19,6 +19,19 @@ from typing import Callable, Iterator
 import torch
 from torch.func import jvp, vmap
 
+__all__ = [
+    "DecoderFn",
+    "batched_jacobian",
+    "copy_with_fresh_torchscript",
+    "flat_decoder",
+    "fresh_torchscript_copy",
+    "is_torchscript",
+    "replicated_jacobian",
+    "reverse_mode_columns",
+    "torchscript_parts",
+    "torchscript_safe",
+]
+
 DecoderFn = Callable[[torch.Tensor], torch.Tensor]
 
 

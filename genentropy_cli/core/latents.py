@@ -3,19 +3,41 @@
 Sample i's latent depends only on (seed, i): latents are drawn in fixed blocks of
 ``LATENT_BLOCK_SIZE``, block b from a CPU generator seeded by (seed, b), in float64.
 Batch size, device and process count therefore never change which latents are used.
+
+Distributions are read by name from one registry, ``LATENT_DISTRIBUTIONS``: to add one, write
+its class (the ``LatentDistribution`` protocol) and one ``register_distribution`` call below
+the others; parsing, labels and the listing in messages follow.
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Protocol, Sequence, runtime_checkable
+from typing import Callable, Protocol, Sequence, runtime_checkable
 
 import numpy as np
 import torch
 
 from genentropy_cli.defaults import DEFAULT_LATENT_DISTRIBUTION, LATENT_BLOCK_SIZE
 from genentropy_cli.errors import InputError
+
+__all__ = [
+    "LATENT_DISTRIBUTIONS",
+    "DistributionKind",
+    "LatentDistribution",
+    "LatentSpec",
+    "LatentStream",
+    "StandardNormal",
+    "TruncatedNormal",
+    "Uniform",
+    "block_seed",
+    "distribution_label",
+    "distribution_names",
+    "make_latent_spec",
+    "parse_distribution",
+    "parse_latent_shape",
+    "register_distribution",
+]
 
 _LOG_2PI = math.log(2.0 * math.pi)
 
@@ -115,36 +137,90 @@ class TruncatedNormal:
         return dim * per_coordinate
 
 
-DISTRIBUTION_NAMES: tuple[str, ...] = ("normal", "uniform", "uniform01", "truncated-normal:PSI")
+@dataclass(frozen=True)
+class DistributionKind:
+    """A latent distribution read by name (CLI, spec files, the API): ``NAME``, or ``NAME:VALUE``
+    for a kind with a parameter. ``LATENT_DISTRIBUTIONS`` holds every kind; parsing, labels and
+    the listing in help texts all read it."""
+
+    name: str
+    """The canonical name, also every instance's ``.name``: what labels write and parsing reads."""
+    build: Callable[..., LatentDistribution]
+    """The distribution: ``build()``, or ``build(value)`` for a kind with a parameter."""
+    summary: str
+    """One line for help texts and the docs."""
+    aliases: tuple[str, ...] = ()
+    parameter: str | None = None
+    """The parameter's name in usage lines (``truncated-normal:PSI``); None: the kind takes none."""
+    example: float | None = None
+    """A parameter value for messages (``truncated-normal:0.7``)."""
+    parameter_of: Callable[[LatentDistribution], float] | None = None
+    """The parameter read back from an instance, for ``distribution_label``."""
+
+    @property
+    def usage(self) -> str:
+        return f"{self.name}:{self.parameter}" if self.parameter else self.name
+
+
+LATENT_DISTRIBUTIONS: dict[str, DistributionKind] = {}
+"""Every latent distribution by canonical name, in listing order (``register_distribution``)."""
+
+
+def register_distribution(kind: DistributionKind) -> DistributionKind:
+    """Add a kind to ``LATENT_DISTRIBUTIONS``; a name or alias may name one kind only."""
+    taken = {name for other in LATENT_DISTRIBUTIONS.values() for name in (other.name, *other.aliases)}
+    clash = taken & {kind.name, *kind.aliases}
+    if clash:
+        raise ValueError(f"latent distribution name(s) already registered: {', '.join(sorted(clash))}")
+    LATENT_DISTRIBUTIONS[kind.name] = kind
+    return kind
+
+
+register_distribution(DistributionKind(
+    "normal", StandardNormal, "N(0, I)", aliases=("gaussian", "standard-normal")))
+register_distribution(DistributionKind(
+    "uniform", lambda: Uniform(-1.0, 1.0, "uniform"), "uniform on [-1, 1]", aliases=("uniform-1-1", "uniform11")))
+register_distribution(DistributionKind(
+    "uniform01", lambda: Uniform(0.0, 1.0, "uniform01"), "uniform on [0, 1]"))
+register_distribution(DistributionKind(
+    "truncated-normal", TruncatedNormal, "N(0, 1) per coordinate restricted to [-PSI, PSI] (the truncation trick)",
+    parameter="PSI", example=0.7, parameter_of=lambda distribution: distribution.psi))
+
+
+def distribution_names() -> tuple[str, ...]:
+    """Usage of every registered kind: ``normal``, ..., ``truncated-normal:PSI``."""
+    return tuple(kind.usage for kind in LATENT_DISTRIBUTIONS.values())
+
+
+def _parameter(kind: DistributionKind, text: str, name: object) -> float:
+    try:
+        value = float(text) if text else math.nan
+    except ValueError:
+        value = math.nan
+    if not math.isfinite(value):
+        raise InputError(f"{kind.name} needs a value for {kind.parameter}, e.g. {kind.name}:{kind.example:g} "
+                         f"(got {name!r})")
+    return value
 
 
 def parse_distribution(name: str | LatentDistribution) -> LatentDistribution:
-    """Turn a name such as ``normal`` or ``truncated-normal:0.7`` into a distribution."""
+    """Turn a name such as ``normal`` or ``truncated-normal:0.7`` into a distribution
+    (a registered kind's name or alias, then ``:VALUE`` where the kind takes a parameter)."""
     if isinstance(name, LatentDistribution):
         return name
-    text = str(name).strip().lower()
-    if text in ("normal", "gaussian", "standard-normal"):
-        return StandardNormal()
-    if text in ("uniform", "uniform-1-1", "uniform11"):
-        return Uniform(-1.0, 1.0, "uniform")
-    if text == "uniform01":
-        return Uniform(0.0, 1.0, "uniform01")
-    if text.startswith("truncated-normal"):
-        _, _, psi_text = text.partition(":")
-        try:
-            psi = float(psi_text) if psi_text else float("nan")
-        except ValueError:
-            psi = float("nan")
-        if not math.isfinite(psi):
-            raise InputError(f"truncated-normal needs a threshold, e.g. truncated-normal:0.7 (got {name!r})")
-        return TruncatedNormal(psi)
-    raise InputError(f"unknown latent distribution {name!r}; choose one of {', '.join(DISTRIBUTION_NAMES)}")
+    key, colon, argument = str(name).strip().lower().partition(":")
+    for kind in LATENT_DISTRIBUTIONS.values():
+        if key not in (kind.name, *kind.aliases) or (colon and kind.parameter is None):
+            continue
+        return kind.build(_parameter(kind, argument, name)) if kind.parameter else kind.build()
+    raise InputError(f"unknown latent distribution {name!r}; choose one of {', '.join(distribution_names())}")
 
 
 def distribution_label(distribution: LatentDistribution) -> str:
     """The name that ``parse_distribution`` reads back."""
-    if isinstance(distribution, TruncatedNormal):
-        return f"truncated-normal:{distribution.psi:g}"
+    kind = LATENT_DISTRIBUTIONS.get(distribution.name)
+    if kind is not None and kind.parameter_of is not None:
+        return f"{kind.name}:{kind.parameter_of(distribution):g}"
     return distribution.name
 
 

@@ -21,6 +21,18 @@ from genentropy_cli.defaults import (
     TRANSPOSED_GRAM_MAX_DIM,
 )
 
+__all__ = [
+    "GramSpectrum",
+    "Workspace",
+    "batched_eigvalsh",
+    "collapsed_directions",
+    "gram_eigenvalues",
+    "gram_layout",
+    "gram_matrices",
+    "gram_product",
+    "half_log_det_regularised",
+]
+
 
 @dataclass
 class GramSpectrum:

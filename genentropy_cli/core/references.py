@@ -9,6 +9,21 @@ import numpy as np
 import torch
 from torch import nn
 
+__all__ = [
+    "HALF_SPHERE_ENTROPY",
+    "NAMED_REFERENCES",
+    "ElementwiseExp",
+    "HalfSphereGaussianCDF",
+    "HalfSphereRadial",
+    "LinearDecoder",
+    "half_sphere_gaussian_cdf_log_spectrum",
+    "half_sphere_radial_entropy",
+    "half_sphere_radial_spectrum",
+    "linear_decoder_entropy",
+    "matrix_with_singular_values",
+    "regularisation_bias_terms",
+]
+
 HALF_SPHERE_ENTROPY = math.log(2.0 * math.pi)
 """Uniform distribution on the unit half-sphere: log(area) = log(2 pi)."""
 

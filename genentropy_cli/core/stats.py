@@ -9,6 +9,8 @@ import numpy as np
 
 from genentropy_cli.defaults import CONFIDENCE_Z_95
 
+__all__ = ["BlockAccumulator", "LogHistogram", "RunningMoments"]
+
 
 @dataclass
 class RunningMoments:

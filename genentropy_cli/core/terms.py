@@ -11,9 +11,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Sequence
 import torch
-from genentropy_cli.core.decoder import JACOBIAN_METHODS, PreparedDecoder, fallback_method
+from genentropy_cli.core.decoder import PreparedDecoder
 from genentropy_cli.core.logdet import gram_eigenvalues, half_log_det_regularised
-from genentropy_cli.core.stacked import UnsupportedOperation
+
+__all__ = ["SampleTerms", "compute_sample_terms"]
+
 
 @dataclass
 class SampleTerms:
@@ -48,16 +50,7 @@ def compute_sample_terms(
 ) -> SampleTerms:
     """h_i's pieces for a batch of float64 CPU latents (B, d)."""
     neg_log_density = -prepared.latent.distribution.log_density(flat_latents)
-    inputs = flat_latents.to(device=prepared.device, dtype=prepared.dtype)
-    with prepared.context():
-        try:
-            columns, outputs = JACOBIAN_METHODS[prepared.jacobian_method](
-                prepared.flat(), inputs, tangent_chunk, with_outputs=True)
-        except UnsupportedOperation as error:  # a branch of the decoder the probe did not reach
-            prepared.jacobian_method = fallback_method(prepared)
-            prepared.method_note = f"stacked method left mid-run: {error}"
-            columns, outputs = JACOBIAN_METHODS[prepared.jacobian_method](
-                prepared.flat(), inputs, tangent_chunk, with_outputs=True)
+    columns, outputs = prepared.jacobian(flat_latents, tangent_chunk)
     output_finite = torch.isfinite(outputs).all(dim=1).cpu()
     spectrum = gram_eigenvalues(columns, workspace=prepared.workspace)
     del columns, outputs
