@@ -503,7 +503,8 @@ def samples(
     """Show the outputs with the lowest and highest per-sample entropy terms h_i = -log p(x_i)."""
 
     def body() -> None:
-        from genentropy_cli.jobs.samples import find_extreme_samples, save_extremes_grid
+        from genentropy_cli.cli.grids import save_extremes_grid
+        from genentropy_cli.jobs.samples import find_extreme_samples
         from genentropy_cli.cli.tables import samples_table
 
         if out is None and not json_output:

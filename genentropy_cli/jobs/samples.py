@@ -9,24 +9,24 @@ chosen indices are regenerated from the seeded LatentStream and decoded at the e
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass
 from typing import Any, Sequence
 
 import numpy as np
 import torch
 
+from genentropy_cli.core.device import strict_float32
+from genentropy_cli.core.latents import LatentSpec, distribution_label, make_latent_spec
 from genentropy_cli.defaults import SAMPLES_DEFAULT_K, SAMPLES_DEFAULT_NUM_SAMPLES
 from genentropy_cli.envelope import envelope
-from genentropy_cli.errors import first_line
-from genentropy_cli.run.hooks import LogCallback, ProgressCallback
+from genentropy_cli.errors import InputError
+from genentropy_cli.run.hooks import LogCallback, ProgressCallback, RunHooks
+from genentropy_cli.run.loop import run_loop
 from genentropy_cli.run.options import EstimateOptions, options_from
-from genentropy_cli.core.terms import compute_sample_terms
-from genentropy_cli.core.decoder import prepare_decoder
-from genentropy_cli.core.device import resolve_device, resolve_dtype, strict_float32
-from genentropy_cli.run.planning import resolve_work_sizes
-from genentropy_cli.errors import EstimationError, InputError
-from genentropy_cli.core.latents import LatentSpec, LatentStream, distribution_label, make_latent_spec
+from genentropy_cli.run.rows import SampleRows
+from genentropy_cli.run.workload import DecoderWork, Workload
+
+__all__ = ["ExtremeKeeper", "ExtremeSamples", "find_extreme_samples", "keep_extremes"]
 
 
 def keep_extremes(values: np.ndarray, indices: np.ndarray, count: int, lowest: bool) -> tuple[np.ndarray, np.ndarray]:
@@ -88,7 +88,8 @@ def find_extreme_samples(
     **settings: Any,
 ) -> ExtremeSamples:
     """Scan N seeded latents, keep the ``lowest``/``highest`` per-sample entropy terms at
-    ``scale``, and decode those samples. Non-finite terms are skipped and counted.
+    ``scale``, and decode those samples, through the one batch loop (so every run option
+    applies; with ``skip_nonfinite`` non-finite terms are left out and counted).
     The run's settings are ``options`` and/or its fields as keywords, as for ``estimate_entropy``
     (default N here: ``SAMPLES_DEFAULT_NUM_SAMPLES``); it takes one scale."""
     given = {"scales": None if scale is None else (scale,), "num_samples": n_samples}
@@ -96,58 +97,57 @@ def find_extreme_samples(
     run_options = options_from(base, **{key: value for key, value in given.items() if value is not None}, **settings)
     if len(run_options.scales) != 1:
         raise InputError(f"samples ranks the terms at one scale; got {len(run_options.scales)}")
-    (scale,) = run_options.scales
-    n_samples, batch_size, tangent_chunk = run_options.num_samples, run_options.batch_size, run_options.tangent_chunk
-    device, dtype, seed = run_options.device, run_options.dtype, run_options.seed
-    spec = make_latent_spec(latent)
-    scale_value = scale
     if lowest < 0 or highest < 0 or lowest + highest == 0:
         raise InputError(f"ask for at least one sample: --lowest and --highest must be >= 0, got {lowest} and {highest}")
-    num_samples = int(n_samples)
-    if num_samples < max(lowest, highest):
-        raise InputError(f"--num-samples ({num_samples}) must be at least --lowest/--highest ({max(lowest, highest)})")
-    torch_device, torch_dtype = resolve_device(device), resolve_dtype(dtype)
-    started = time.perf_counter()
+    if run_options.num_samples < max(lowest, highest):
+        raise InputError(f"--num-samples ({run_options.num_samples}) must be at least --lowest/--highest "
+                         f"({max(lowest, highest)})")
+    spec = make_latent_spec(latent)
+    keeper = ExtremeKeeper(lowest, highest)
+    outcome = run_loop(lambda device: Workload([DecoderWork.prepare(decoder, spec, run_options.seed, run_options, device)],
+                                               run_options.scales),
+                       run_options, RunHooks(progress=progress, log=log, on_rows=keeper.add))
+    member = outcome.workload.members[0]
     with strict_float32():
-        prepared = prepare_decoder(decoder, spec, torch_device, torch_dtype)
-        chosen_batch, chunk = resolve_work_sizes(spec.dim, prepared.output_dim, torch_dtype, torch_device,
-                                                 batch_size, tangent_chunk)
-        stream = LatentStream(spec, seed)
-        empty = (np.zeros(0), np.zeros(0, dtype=np.int64))
-        low, high = empty, empty
-        nonfinite = 0
-        for start in range(0, num_samples, chosen_batch):
-            stop = min(num_samples, start + chosen_batch)
-            try:
-                terms = compute_sample_terms(prepared, stream.range(start, stop), [scale_value], chunk)
-            except RuntimeError as error:
-                raise EstimationError(
-                    f"the decoder failed on samples {start}..{stop - 1} ({first_line(error)})") from error
-            values = terms.entropy_terms[:, 0].numpy()
-            indices = np.arange(start, stop)
-            finite = np.isfinite(values)
-            nonfinite += int((~finite).sum())
-            values, indices = values[finite], indices[finite]
-            low = keep_extremes(np.concatenate([low[0], values]), np.concatenate([low[1], indices]), lowest, True)
-            high = keep_extremes(np.concatenate([high[0], values]), np.concatenate([high[1], indices]), highest, False)
-            if progress is not None:
-                progress(stop, num_samples, [])
-        parts = [_decode_chosen(prepared, stream, chosen, scale_value, chunk) for chosen in (low[1], high[1])]
-    settings = {"num_samples": num_samples, "seed": int(seed), "scale": scale_value, "batch_size": chosen_batch,
-                "device": str(torch_device), "dtype": str(torch_dtype).removeprefix("torch.")}
-    return ExtremeSamples(scale_value, num_samples, spec, prepared.output_shape, parts[0], parts[1], settings,
-                          time.perf_counter() - started, nonfinite)
+        notify = RunHooks(log=log).notify
+        parts = [_decode_chosen(member, chosen, run_options.scales, notify) for chosen in (keeper.low[1], keeper.high[1])]
+    (scale_value,) = run_options.scales
+    return ExtremeSamples(scale_value, run_options.num_samples, spec, member.prepared.output_shape, parts[0], parts[1],
+                          {**outcome.settings, "scale": scale_value}, outcome.elapsed_seconds,
+                          outcome.summary.num_nonfinite)
 
 
-def _decode_chosen(prepared, stream: LatentStream, indices: np.ndarray, scale: float, chunk: int) -> dict:
+@dataclass
+class ExtremeKeeper:
+    """The ``lowest`` smallest and ``highest`` largest finite terms at the (one) scale, with
+    their sample indices, over every sample the loop hands out (``on_rows``, every process)."""
+
+    lowest: int
+    highest: int
+    low: tuple[np.ndarray, np.ndarray] = (np.zeros(0), np.zeros(0, dtype=np.int64))
+    high: tuple[np.ndarray, np.ndarray] = (np.zeros(0), np.zeros(0, dtype=np.int64))
+
+    def add(self, first_index: int, rows: SampleRows) -> None:
+        values = rows.terms[:, 0]
+        indices = np.arange(first_index, first_index + len(rows))
+        finite = np.isfinite(values)
+        values, indices = values[finite], indices[finite]
+        self.low = keep_extremes(np.concatenate([self.low[0], values]), np.concatenate([self.low[1], indices]),
+                                 self.lowest, True)
+        self.high = keep_extremes(np.concatenate([self.high[0], values]), np.concatenate([self.high[1], indices]),
+                                  self.highest, False)
+
+
+def _decode_chosen(member: DecoderWork, indices: np.ndarray, scales: Sequence[float], log: LogCallback) -> dict:
     """Regenerate the chosen latents (sample i depends only on (seed, i)) and recompute their
     terms and outputs."""
+    prepared, stream = member.prepared, member.stream
     if indices.size == 0:
         shape = (0, *prepared.output_shape)
         return {"indices": indices, "terms": np.zeros(0), "neg_log_density": np.zeros(0), "half_log_det": np.zeros(0),
                 "latents": torch.zeros(0, stream.spec.dim, dtype=torch.float64), "outputs": torch.zeros(shape)}
     latents = torch.cat([stream.range(int(index), int(index) + 1) for index in indices])
-    terms = compute_sample_terms(prepared, latents, [scale], chunk)
+    terms = member.terms(latents, indices, scales, log)
     return {
         "indices": indices,
         "terms": terms.entropy_terms[:, 0].numpy(),
@@ -156,22 +156,3 @@ def _decode_chosen(prepared, stream: LatentStream, indices: np.ndarray, scale: f
         "latents": latents,
         "outputs": prepared.decode(latents).float().cpu(),
     }
-
-
-def save_extremes_grid(result: ExtremeSamples, path: str, title: str) -> str:
-    """The lowest-term outputs above the highest-term ones, each labelled with its sample
-    index and term h_i (nats)."""
-    from genentropy_cli.cli.imagegrid import as_images, save_labelled_grid
-
-    chosen = [(heading, part) for heading, part in (
-        ("lowest h\n(dense)", result.lowest), ("highest h\n(sparse)", result.highest)) if len(part["indices"])]
-    images, note = as_images(torch.cat([part["outputs"] for _, part in chosen]), result.output_shape)
-    sections, offset = [], 0
-    for heading, part in chosen:
-        count = len(part["indices"])
-        labels = [f"#{index}\nh={term:.1f}" for index, term in zip(part["indices"], part["terms"])]
-        sections.append((heading, images[offset:offset + count], labels))
-        offset += count
-    caption = (f"per-sample entropy term h = -log p(z) + 1/2 log det(J^T J + s^2 I) at s = {result.scale:.0e}, "
-               f"extremes of N = {result.num_samples} (seed {result.settings['seed']}); {note}")
-    return str(save_labelled_grid(sections, path, title, caption))

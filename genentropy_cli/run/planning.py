@@ -36,6 +36,7 @@ from genentropy_cli.defaults import (
     JACOBIAN_MEMORY_BUDGET_BYTES,
     MAX_AUTO_BATCH_SIZE,
 )
+from genentropy_cli.core.methods import jacobian_method
 from genentropy_cli.errors import InputError
 
 _UNITS = {"": 1, "b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12,
@@ -99,8 +100,10 @@ def batch_peak_bytes(latent_dim: int, output_dim: int, itemsize: int, batch_size
     rows = rows_per_call(batch_size, tangent_chunk)
     jacobian = latent_dim * batch_size * output_dim * itemsize
     call = rows * (activation_bytes_per_row * ACTIVATION_SAFETY_FACTOR + latent_dim * itemsize)
-    if method != "stacked":
-        call = 2 * call + tangent_chunk * batch_size * output_dim * itemsize
+    entry = jacobian_method(method)
+    call = entry.memory_factor * call
+    if entry.holds_chunk_columns:
+        call += tangent_chunk * batch_size * output_dim * itemsize
     slab = min(batch_size, max(1, GRAM_SLAB_BYTES // max(1, latent_dim * output_dim * 8)))
     gram = slab * latent_dim * output_dim * 8 + 3 * batch_size * latent_dim * latent_dim * 8
     return int(jacobian + batch_size * output_dim * itemsize + max(call, gram))

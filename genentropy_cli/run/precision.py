@@ -126,6 +126,9 @@ def measure_precision(decoder: Any, prepared: PreparedDecoder, latents: torch.Te
     if not references or latents.shape[0] == 0:
         return None
     probe = PrecisionProbe(dtype, int(latents.shape[0]))
+    if not isinstance(decoder, torch.nn.Module):
+        probe.skipped = "the decoder is a plain callable, which cannot be run again in float64 to check --dtype"
+        return probe
 
     def terms(which: PreparedDecoder, batch: int | None, chunk: int | None) -> np.ndarray:
         count = latents.shape[0]
