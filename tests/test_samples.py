@@ -80,7 +80,7 @@ def decoder_file(tmp_path):
 
 def test_cli_samples_writes_a_grid_and_lists_the_samples(run_cli, decoder_file, tmp_path):
     grid = tmp_path / "grid.png"
-    result = run_cli("samples", decoder_file, "--lowest", "3", "--highest", "2", "-n", "500", "--out", grid, "--quiet")
+    result = run_cli("samples", decoder_file, "--lowest", "3", "--highest", "2", "-n", "500", "--grid", grid, "--quiet")
     assert result.exit_code == 0, result.stderr
     assert grid.stat().st_size > 1000 and grid.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert result.stdout.count("lowest │") == 3 and result.stdout.count("highest │") == 2
@@ -94,12 +94,12 @@ def test_cli_samples_writes_a_grid_and_lists_the_samples(run_cli, decoder_file, 
 def test_cli_samples_bad_input(run_cli, decoder_file, tmp_path, monkeypatch):
     from tests.test_cli import assert_one_line_error
 
-    assert_one_line_error(run_cli("samples", decoder_file, "-n", "100"), "--out")
+    assert_one_line_error(run_cli("samples", decoder_file, "-n", "100"), "--grid")
     assert_one_line_error(run_cli("samples", decoder_file, "--lowest", "0", "--highest", "0", "--json"), "at least one")
     assert_one_line_error(run_cli("samples", decoder_file, "--lowest", "50", "-n", "10", "--json"), "--num-samples")
     not_image = tmp_path / "flat.pt"
     save_torchscript(LinearDecoder(matrix_with_singular_values([1.0, 1.0], 5)), not_image, latent=make_latent_spec(2))
-    assert_one_line_error(run_cli("samples", not_image, "-n", "50", "--out", tmp_path / "x.png"), "not an image")
+    assert_one_line_error(run_cli("samples", not_image, "-n", "50", "--grid", tmp_path / "x.png"), "not an image")
 
     real_import = builtins.__import__
 
@@ -109,5 +109,5 @@ def test_cli_samples_bad_input(run_cli, decoder_file, tmp_path, monkeypatch):
         return real_import(name, *args, **kwargs)
 
     monkeypatch.setattr(builtins, "__import__", no_matplotlib)
-    assert_one_line_error(run_cli("samples", decoder_file, "-n", "50", "--out", tmp_path / "y.png"),
+    assert_one_line_error(run_cli("samples", decoder_file, "-n", "50", "--grid", tmp_path / "y.png"),
                           "genentropy[plot]")

@@ -17,9 +17,8 @@ its values become click's ``default_map`` for the command: a value from the file
 exactly where no flag is given. ``resolved_configuration()`` reports every option's final
 value and its source (flag, config or default); ``reporting`` embeds it in the JSON.
 
-A command opts in with one parameter (``cli.ConfigOption``):
-
-    config: ConfigOption = None
+Every command that loads a model has it: ``--config`` is one of the model options
+(``options.ModelFlags``).
 """
 
 from __future__ import annotations
@@ -148,9 +147,11 @@ def resolved_configuration(ctx: Context | None = None) -> dict | None:
     for key, param in option_keys(ctx.command).items():
         if param.name not in ctx.params:
             continue
+        source = _SOURCES.get(getattr(ctx.get_parameter_source(param.name), "name", ""), "default")
+        if getattr(param, "hidden", False) and source == "default":
+            continue  # a deprecated alias (samples --out) is recorded only where it was used
         options[key] = _plain(ctx.params[param.name])
-        source = ctx.get_parameter_source(param.name)
-        sources[key] = _SOURCES.get(getattr(source, "name", ""), "default")
+        sources[key] = source
     return {"command": ctx.info_name, "file": ctx.meta.get(_META_KEY), "options": options, "sources": sources}
 
 

@@ -1,4 +1,4 @@
-"""The image grid of the lowest and highest per-sample entropy terms (``samples --grid``)."""
+"""``samples --grid``: the extreme samples' outputs as one labelled image (matplotlib, lazily)."""
 
 from __future__ import annotations
 

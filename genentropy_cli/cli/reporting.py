@@ -1,40 +1,15 @@
-"""Rendering results: Rich tables and JSON on stdout, progress and messages on stderr."""
+"""Rendering results as Rich tables, and the notes that go with them (``output`` prints them)."""
 
 from __future__ import annotations
 
 import json
 import math
-import os
-from contextlib import contextmanager
-from pathlib import Path
-from typing import Iterator, Sequence
+from typing import Sequence
 
-from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskProgressColumn, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
-from genentropy_cli.cli.config import with_configuration
-from genentropy_cli.envelope import to_json
 from genentropy_cli.run.results import EntropyResult
-from genentropy_cli.run.hooks import ProgressCallback
 from genentropy_cli.run.stopping import STOP_REASONS
-
-stdout_console = Console(highlight=False)
-stderr_console = Console(stderr=True, highlight=False)
-PIPED_WIDTH = 200
-"""Columns for tables on a stdout that is not a terminal (a file, a pipe): Rich's 80 would
-wrap a model name or a number across lines where a program or an editor reads them."""
-
-
-def print_results(*renderables: object) -> None:
-    """Tables on stdout: ``COLUMNS`` if set, else the terminal's width, else ``PIPED_WIDTH``."""
-    columns = os.environ.get("COLUMNS", "").strip()
-    if columns.isdigit() and int(columns) > 0:
-        stdout_console.width = int(columns)
-    else:
-        stdout_console.width = None if stdout_console.is_terminal else PIPED_WIDTH
-    for renderable in renderables:
-        stdout_console.print(renderable)
 
 
 def format_number(value: float | None, digits: int = 4) -> str:
@@ -178,56 +153,6 @@ def nonfinite_note(result: EntropyResult) -> str | None:
     shown = ", ".join(str(index) for index in result.nonfinite_indices[:10])
     more = " ..." if result.num_nonfinite > 10 else ""
     return f"skipped {result.num_nonfinite} non-finite sample(s) (indices {shown}{more}); N counts the rest"
-
-
-def print_json(document: dict) -> None:
-    """Exactly one JSON document on stdout (with the command's resolved configuration)."""
-    print(to_json(with_configuration(document)))
-
-
-def write_json(document: dict, path: str | Path) -> None:
-    """Write the JSON atomically, so a crash never leaves half a file."""
-    target = Path(path)
-    temporary = target.with_name(f".{target.name}.tmp")
-    temporary.write_text(to_json(with_configuration(document)) + "\n")
-    os.replace(temporary, target)
-
-
-def warn(message: str) -> None:
-    stderr_console.print(f"[yellow]warning:[/yellow] {message}", soft_wrap=True)
-
-
-def info(message: str) -> None:
-    stderr_console.print(message, soft_wrap=True)
-
-
-@contextmanager
-def progress_bar(description: str, scales: Sequence[float], enabled: bool = True) -> Iterator[ProgressCallback | None]:
-    """A Rich progress bar on stderr with ETA, samples/s and the running estimate."""
-    if not enabled:
-        yield None
-        return
-    progress = Progress(
-        TextColumn("{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TaskProgressColumn(),
-        TextColumn("{task.fields[rate]}"),
-        TimeRemainingColumn(),
-        TextColumn("{task.fields[running]}"),
-        console=stderr_console,
-        transient=True,
-    )
-    task = progress.add_task(description, total=None, rate="", running="")
-
-    def update(done: int, total: int, running: Sequence[float]) -> None:
-        elapsed = progress.tasks[task].elapsed or 0.0
-        rate = f"{done / elapsed:,.0f} samples/s" if elapsed > 0 else ""
-        shown = ", ".join(f"H({scale:.0e})={value:.4f}" for scale, value in zip(scales, running))
-        progress.update(task, completed=done, total=total, rate=rate, running=shown)
-
-    with progress:
-        yield update
 
 
 def _field_table(title: str, rows: Sequence[tuple[str, str]], caption: str | None = None) -> Table:

@@ -1,0 +1,49 @@
+"""``genentropy compare``: several models on the same latents, ranked, every difference tested."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+from genentropy_cli.cli.guard import command
+from genentropy_cli.cli.options import (
+    ModelFlags,
+    ModelsArgument,
+    OutputFlags,
+    RunFlags,
+    ScaleOption,
+    estimate_options,
+    open_model,
+)
+from genentropy_cli.cli.output import Sink
+from genentropy_cli.errors import InputError
+
+IndependentLatentsOption = Annotated[bool, typer.Option(
+    "--independent-latents", rich_help_panel="Run options",
+    help="Give each model its own latents (a check: paired SE then matches unpaired SE).")]
+
+
+@command
+def compare(models: ModelsArgument, *, source: ModelFlags, scale: ScaleOption = None,
+            independent_latents: IndependentLatentsOption = False, run: RunFlags, report: OutputFlags) -> None:
+    """Estimate several models on the same latents; rank them and test every difference."""
+    from genentropy_cli.cli.tables import model_names, models_table, pairs_table
+    from genentropy_cli.jobs.compare import compare_models
+
+    if len(models) < 2:
+        raise InputError("compare needs at least two model files")
+    sink = Sink.of(report)
+    options = estimate_options(run, scale)
+    loaded = [open_model(source, path, sink.warn) for path in models]
+    with sink.progress("comparing", options.scales) as progress:
+        result = compare_models([item.decoder for item in loaded], [item.latent for item in loaded],
+                                names=model_names(models), options=options,
+                                shared_latents=not independent_latents, progress=progress, log=sink.warn)
+    for summary, item in zip(result.models, loaded):
+        summary.info.update(item.describe())
+    for message in result.warnings:
+        sink.warn(message)
+    sink.emit(result.to_dict(), lambda: [table for index in range(len(options.scales))
+                                         for table in (models_table(result, index), pairs_table(result, index))])
+    sink.exit_if_partial(result)

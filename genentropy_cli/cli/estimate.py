@@ -1,0 +1,34 @@
+"""``genentropy estimate``: H_s of one model at one or more scales."""
+
+from __future__ import annotations
+
+from genentropy_cli.cli import reporting
+from genentropy_cli.cli.guard import command
+from genentropy_cli.cli.options import (
+    ModelArgument,
+    ModelFlags,
+    OutputFlags,
+    RunFlags,
+    ScaleOption,
+    estimate_options,
+    open_model,
+)
+from genentropy_cli.cli.output import Sink
+from genentropy_cli.jobs.estimate import estimate_entropy
+
+
+@command
+def estimate(model: ModelArgument, *, source: ModelFlags, scale: ScaleOption = None, run: RunFlags,
+             report: OutputFlags) -> None:
+    """Estimate the entropy H_s = mean of -log p(z) + 1/2 log det(J^T J + s^2 I).
+
+    Under torchrun the ranks share the samples and rank 0 alone prints. Ctrl-C saves the
+    checkpoint, prints the partial result and exits 130.
+    """
+    sink = Sink.of(report)
+    options = estimate_options(run, scale)
+    loaded = open_model(source, model, sink.warn)
+    with sink.progress("estimating", options.scales) as progress:
+        result = estimate_entropy(loaded.decoder, loaded.latent, options=options, progress=progress, log=sink.warn)
+    sink.emit_run(result.to_dict("estimate", model=loaded.describe()), result, lambda: [
+        reporting.estimate_table(result, loaded.path), reporting.diagnostics_table(result)])

@@ -1,0 +1,197 @@
+"""The options of every command, each declared once, in three bundles (see ``bundles``):
+
+    ModelFlags   which decoder and how to read it: every command that loads a model
+    RunFlags     the batch loop's settings: estimate, sweep-scale, compare, samples
+    OutputFlags  --json, --output, --quiet, --debug: every command
+
+Defaults come from ``genentropy_cli.defaults`` through ``option_defaults()``, never repeated
+here. The scale flag is each command's own (``--scale`` repeatable, ``--scales a,b,c``, one
+``--scale``), and so are a command's other options; both helpers that turn flags into the
+API's objects are here: ``estimate_options`` and ``open_model``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Annotated, Callable, List, Optional, Sequence
+
+import typer
+
+from genentropy_cli.cli import config
+from genentropy_cli.cli.guard import run_guarded, set_debug
+from genentropy_cli.defaults import DEFAULT_SCALES, SAMPLES_DEFAULT_NUM_SAMPLES
+from genentropy_cli.models.resolve import ModelOptions, ResolvedModel, resolve_model
+from genentropy_cli.run.options import EstimateOptions, option_defaults
+
+RUN_DEFAULTS = option_defaults()
+MODEL_PANEL, RUN_PANEL, OUTPUT_PANEL = "Model options", "Run options", "Output options"
+
+
+def _config_callback(ctx: typer.Context, value: Optional[str]) -> Optional[str]:
+    """Eager: the file's values become this command's defaults before other options are read."""
+    if value:
+        run_guarded(lambda: config.apply_config_file(ctx, value))
+    return value
+
+
+def _model(*names: str, help: str, **settings) -> typer.models.OptionInfo:
+    return typer.Option(*names, help=help, rich_help_panel=MODEL_PANEL, **settings)
+
+
+def _run(*names: str, help: str) -> typer.models.OptionInfo:
+    return typer.Option(*names, help=help, rich_help_panel=RUN_PANEL)
+
+
+def _output(*names: str, help: str, **settings) -> typer.models.OptionInfo:
+    return typer.Option(*names, help=help, rich_help_panel=OUTPUT_PANEL, **settings)
+
+
+# ----------------------------------------------------------------- model options
+
+ModelArgument = Annotated[str, typer.Argument(
+    help="Decoder file: TorchScript (.pt/.pth/.ts), torch.export (.pt2), safetensors + spec, state dict + spec.",
+    show_default=False)]
+ModelsArgument = Annotated[List[str], typer.Argument(
+    help="Two or more decoder files (the model options apply to each).", show_default=False)]
+SpecOption = Annotated[Optional[str], _model(
+    "--spec", help="Spec file (YAML): architecture or import, kwargs, latent, output.")]
+CodePathOption = Annotated[Optional[List[str]], _model(
+    "--code-path", help="Directory to import a spec's `import:` class from (repeatable).")]
+TrustPickleOption = Annotated[bool, _model(
+    "--trust-pickle", help="Load a whole pickled nn.Module (runs code from the file; trusted files only).")]
+OutputRangeOption = Annotated[Optional[str], _model(
+    "--output-range", help="Map outputs from [LO,HI] to [0,1], e.g. -1,1 for tanh (none: off).")]
+OutputSelectOption = Annotated[Optional[str], _model(
+    "--output-select", help="Output to use when the decoder returns a tuple/dict: INDEX or KEY.")]
+LatentDimOption = Annotated[Optional[int], _model("--latent-dim", help="Latent dimension d (flat latent).")]
+LatentShapeOption = Annotated[Optional[str], _model(
+    "--latent-shape", help="Latent shape per sample, e.g. 100,1,1 (DCGAN).")]
+LatentDistributionOption = Annotated[Optional[str], _model(
+    "--latent-distribution", help="normal, uniform (on [-1,1]), uniform01 or truncated-normal:PSI.")]
+ConfigOption = Annotated[Optional[str], _model(
+    "--config", is_eager=True, callback=_config_callback,
+    help="YAML file of this command's options (flags override it); see README.")]
+
+
+@dataclass(frozen=True)
+class ModelFlags:
+    """Which decoder to run and how to read it (``resolve.ModelOptions`` less the path)."""
+
+    spec: SpecOption = None
+    code_path: CodePathOption = None
+    trust_pickle: TrustPickleOption = False
+    output_range: OutputRangeOption = None
+    output_select: OutputSelectOption = None
+    latent_dim: LatentDimOption = None
+    latent_shape: LatentShapeOption = None
+    latent_distribution: LatentDistributionOption = None
+    config_file: ConfigOption = None
+
+    def model_options(self, path: str) -> ModelOptions:
+        return ModelOptions(path, spec=self.spec, code_path=tuple(self.code_path or ()),
+                            trust_pickle=self.trust_pickle, latent_dim=self.latent_dim,
+                            latent_shape=self.latent_shape, latent_distribution=self.latent_distribution,
+                            output_range=self.output_range, output_select=self.output_select)
+
+
+def open_model(flags: ModelFlags, path: str, warn: Callable[[str], None]) -> ResolvedModel:
+    """Load and resolve the model at ``path`` as the model options say; its loading warnings
+    (e.g. a trusted pickle) go to ``warn``."""
+    resolved = resolve_model(flags.model_options(path))
+    for message in resolved.loaded.warnings:
+        warn(message)
+    return resolved
+
+
+# ----------------------------------------------------------------- run options
+
+ScaleOption = Annotated[Optional[List[float]], _run(
+    "--scale", "-s", help=f"Regularisation scale s (repeatable). Default {DEFAULT_SCALES[0]:g}.")]
+NumSamplesOption = Annotated[int, _run("--num-samples", "-n", help="Number of Monte-Carlo samples N.")]
+DeviceOption = Annotated[str, _run("--device", help="auto, cpu, cuda or cuda:N.")]
+DtypeOption = Annotated[str, _run(
+    "--dtype", help="Decoder compute dtype: float64, float32, bfloat16 or float16 (Gram and statistics stay float64).")]
+SeedOption = Annotated[int, _run("--seed", help="Seed of the latent sequence.")]
+BatchSizeOption = Annotated[Optional[int], _run("--batch-size", help="Samples per batch (default: automatic).")]
+TangentChunkOption = Annotated[Optional[int], _run(
+    "--tangent-chunk", help="Jacobian columns per decoder call (default: automatic).")]
+MaxMemoryOption = Annotated[Optional[str], _run(
+    "--max-memory", help="Memory ceiling, e.g. 2GB or 1.5GiB (CPU: the process; GPU: PyTorch's allocations): "
+                         "batch size and tangent chunk are planned to fit.")]
+SkipNonfiniteOption = Annotated[bool, _run(
+    "--skip-nonfinite", help="Drop samples with NaN/inf terms (their count is reported).")]
+TargetStderrOption = Annotated[Optional[float], _run(
+    "--target-stderr", help="Stop once the standard error is at most this at every scale (-n is the cap).")]
+MinSamplesOption = Annotated[int, _run(
+    "--min-samples", help="With --target-stderr: never stop before this many samples.")]
+ProbeSamplesOption = Annotated[int, _run(
+    "--probe-samples", help="First samples also computed in float64 to check --dtype (0: off).")]
+CheckpointOption = Annotated[Optional[str], _run(
+    "--checkpoint", help="Save progress to FILE (atomically) and resume from it when rerun.")]
+CheckpointEveryOption = Annotated[float, _run("--checkpoint-every", help="Seconds between checkpoint writes.")]
+PerSampleOption = Annotated[Optional[str], _run(
+    "--per-sample", help="Write per-sample rows to FILE (.npy, .csv or .jsonl).")]
+SaveLatentsOption = Annotated[bool, _run("--save-latents", help="With --per-sample: also save each sample's latent.")]
+
+
+@dataclass(frozen=True)
+class DeviceFlags:
+    """Where and how precisely the decoder runs, and the latents' seed (also ``inspect``'s)."""
+
+    device: DeviceOption = RUN_DEFAULTS["device"]
+    dtype: DtypeOption = RUN_DEFAULTS["dtype"]
+    seed: SeedOption = RUN_DEFAULTS["seed"]
+
+
+@dataclass(frozen=True)
+class RunFlags(DeviceFlags):
+    """Every setting of the batch loop but the scales (``EstimateOptions``' CLI fields)."""
+
+    num_samples: NumSamplesOption = RUN_DEFAULTS["num_samples"]
+    batch_size: BatchSizeOption = RUN_DEFAULTS["batch_size"]
+    tangent_chunk: TangentChunkOption = RUN_DEFAULTS["tangent_chunk"]
+    max_memory: MaxMemoryOption = RUN_DEFAULTS["max_memory"]
+    skip_nonfinite: SkipNonfiniteOption = RUN_DEFAULTS["skip_nonfinite"]
+    target_stderr: TargetStderrOption = RUN_DEFAULTS["target_stderr"]
+    min_samples: MinSamplesOption = RUN_DEFAULTS["min_samples"]
+    probe_samples: ProbeSamplesOption = RUN_DEFAULTS["probe_samples"]
+    checkpoint: CheckpointOption = RUN_DEFAULTS["checkpoint"]
+    checkpoint_every: CheckpointEveryOption = RUN_DEFAULTS["checkpoint_every"]
+    per_sample: PerSampleOption = RUN_DEFAULTS["per_sample"]
+    save_latents: SaveLatentsOption = RUN_DEFAULTS["save_latents"]
+
+
+@dataclass(frozen=True)
+class SamplesRunFlags(RunFlags):
+    """``samples`` scans fewer latents by default: it looks for extremes, it does not estimate."""
+
+    num_samples: NumSamplesOption = SAMPLES_DEFAULT_NUM_SAMPLES
+
+
+def estimate_options(flags: RunFlags, scales: Sequence[float] | None) -> EstimateOptions:
+    """The run's ``EstimateOptions`` (validated there): the flags, the command's scales (None:
+    the default), and Ctrl-C/SIGTERM ending the run with a partial result."""
+    fields = {item.name: getattr(flags, item.name) for item in dataclasses.fields(flags)}
+    chosen = tuple(scales) if scales else RUN_DEFAULTS["scales"]
+    return EstimateOptions(scales=chosen, handle_signals=True, **fields)
+
+
+# ----------------------------------------------------------------- output options
+
+JsonOption = Annotated[bool, _output("--json", help="Print one JSON document on stdout instead of a table.")]
+OutputOption = Annotated[Optional[str], _output(
+    "--output", "-o", help="Also write the JSON result to this file (atomically).")]
+QuietOption = Annotated[bool, _output("--quiet", "-q", help="No progress bar or notes on stderr (warnings stay).")]
+DebugOption = Annotated[bool, _output(
+    "--debug", is_eager=True, callback=set_debug, help="Show tracebacks for errors (also before the command).")]
+
+
+@dataclass(frozen=True)
+class OutputFlags:
+    """Where the result goes (``output.Sink``)."""
+
+    json_output: JsonOption = False
+    output: OutputOption = None
+    quiet: QuietOption = False
+    debug: DebugOption = False
