@@ -11,7 +11,7 @@ from typing import Annotated
 
 import typer
 
-from genentropy_cli import __version__
+from genentropy_cli.version import __version__
 from genentropy_cli.cli.compare import compare
 from genentropy_cli.cli.convert import convert
 from genentropy_cli.cli.estimate import estimate
