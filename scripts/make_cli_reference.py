@@ -91,15 +91,19 @@ def escape_markdown(text: str) -> str:
 
 
 def cell(text: str) -> str:
-    """One table cell: a single line, pipes escaped, inline code kept as code."""
-    pieces = " ".join(text.split()).split("`")
+    """One table cell: a single line, pipes escaped, inline code kept as code (a code span that
+    holds a pipe becomes escaped text: a table cannot escape a pipe inside code)."""
+    text = " ".join(text.split())
+    pieces = text.split("`")
+    if len(pieces) % 2 == 0:  # unbalanced backticks: all plain text
+        pieces = [text]
     out = []
     for index, piece in enumerate(pieces):
-        if index % 2:  # inside `code`: only the pipe needs escaping
-            out.append("`" + piece.replace("|", "\\|") + "`")
+        if index % 2 and "|" not in piece:
+            out.append(f"`{piece}`")
         else:
             out.append(escape_markdown(piece).replace("|", "\\|"))
-    return "".join(out) if len(pieces) % 2 else escape_markdown(text).replace("|", "\\|")
+    return "".join(out)
 
 
 def paragraphs(text: str) -> str:
