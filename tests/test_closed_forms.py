@@ -1,4 +1,4 @@
-"""The estimator against closed forms (NOTES.md), through the CLI with --json."""
+"""The estimator against closed forms (docs/method.md), through the CLI with --json."""
 
 from __future__ import annotations
 

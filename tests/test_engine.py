@@ -70,7 +70,7 @@ def test_torchscript_jacobian_is_exact_on_every_call_even_after_optimised_use(tm
     scripted = torch.jit.script(decoder)
     latents = torch.randn(4, 5, dtype=torch.float64)
     flat = lambda module: (lambda z: module(z).reshape(z.shape[0], -1))  # noqa: E731
-    for _ in range(3):  # poison the executor the way NOTES.md describes
+    for _ in range(3):  # poison the executor the way docs/method.md describes
         batched_jacobian(flat(scripted), latents)
     spec = make_latent_spec(5)
     kwargs = dict(scales=[1e-3], n_samples=60, batch_size=10, dtype="float64")

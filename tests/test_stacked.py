@@ -2,7 +2,7 @@
 
 Every comparison is with an independent computation (``torch.autograd.functional.jacobian``
 per sample, reverse mode), never with the stacked method's own output; TorchScript decoders
-are called several times (NOTES.md: forward AD through TorchScript can break on the 2nd call).
+are called several times (docs/method.md: forward AD through TorchScript can break on the 2nd call).
 """
 
 from __future__ import annotations

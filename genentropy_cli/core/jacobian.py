@@ -43,7 +43,7 @@ def fresh_torchscript_copy(decoder: torch.jit.ScriptModule) -> torch.jit.ScriptM
     """A reloaded copy with a new executor state.
 
     Forward-mode AD through a TorchScript module that has already run under the optimising
-    executor returns zero tangents from then on (NOTES.md); a fresh copy, only ever called
+    executor returns zero tangents from then on (docs/method.md); a fresh copy, only ever called
     inside ``torchscript_safe()``, stays exact on every call.
     """
     buffer = io.BytesIO()

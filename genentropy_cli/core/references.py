@@ -1,4 +1,4 @@
-"""Decoders whose output entropy is known in closed form (NOTES.md), for tests and checks."""
+"""Decoders whose output entropy is known in closed form (docs/method.md), for tests and checks."""
 
 from __future__ import annotations
 
