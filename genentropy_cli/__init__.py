@@ -1,9 +1,8 @@
-"""genentropy: differential entropy of generative models' decoders (Struminsky et al.)."""
+"""genentropy: differential entropy of generative models' decoders (Struminsky et al.).
 
-from genentropy_cli.version import __version__
+The public Python API; every job takes its run settings as ``options=EstimateOptions(...)`` or
+as keyword arguments (docs/python-api.md)."""
 
-from genentropy_cli.run.results import EntropyResult, ScaleEstimate
-from genentropy_cli.jobs.estimate import estimate_entropy
 from genentropy_cli.core.latents import (
     LatentSpec,
     StandardNormal,
@@ -12,20 +11,31 @@ from genentropy_cli.core.latents import (
     make_latent_spec,
     parse_distribution,
 )
+from genentropy_cli.jobs.compare import ComparisonResult, compare_models
+from genentropy_cli.jobs.estimate import estimate_entropy
+from genentropy_cli.jobs.samples import ExtremeSamples, find_extreme_samples
 from genentropy_cli.jobs.sweep import Reference, SweepResult, sweep_scale
+from genentropy_cli.run.options import EstimateOptions
+from genentropy_cli.run.results import EntropyResult, ScaleEstimate
+from genentropy_cli.version import __version__
 
 __all__ = [
     "__version__",
+    "ComparisonResult",
     "EntropyResult",
-    "ScaleEstimate",
-    "estimate_entropy",
+    "EstimateOptions",
+    "ExtremeSamples",
     "LatentSpec",
+    "Reference",
+    "ScaleEstimate",
     "StandardNormal",
+    "SweepResult",
     "TruncatedNormal",
     "Uniform",
+    "compare_models",
+    "estimate_entropy",
+    "find_extreme_samples",
     "make_latent_spec",
     "parse_distribution",
-    "Reference",
-    "SweepResult",
     "sweep_scale",
 ]

@@ -20,11 +20,10 @@ from typing import Any, Callable, Mapping, Sequence
 
 from genentropy_cli.defaults import DEFAULT_AGREEMENT_SE, DEFAULT_SWEEP_SCALES
 from genentropy_cli.run.results import EntropyResult, ScaleEstimate
-from genentropy_cli.core.terms import SampleTerms
+from genentropy_cli.run.rows import SampleRows
 from genentropy_cli.jobs.estimate import estimate_entropy
 from genentropy_cli.run.options import validate_scales
 from genentropy_cli.errors import InputError
-from genentropy_cli.core.logdet import collapsed_directions
 from genentropy_cli.core.references import NAMED_REFERENCES
 
 # ------------------------------------------------------------------------------ scales
@@ -272,10 +271,10 @@ class CollapseCounter:
     def __post_init__(self) -> None:
         self.counts = [0] * len(self.scales)
 
-    def add(self, terms: SampleTerms) -> None:
-        finite = terms.entropy_terms.isfinite().all(dim=1)
-        below = collapsed_directions(terms.eigenvalues[finite], self.scales) > 0
-        for index, count in enumerate(below.sum(dim=0).tolist()):
+    def add(self, first_index: int, rows: SampleRows) -> None:
+        """``on_rows``: every used sample once, in order, on every process."""
+        below = rows.collapsed[rows.finite] > 0
+        for index, count in enumerate(below.sum(axis=0).tolist()):
             self.counts[index] += int(count)
 
 
@@ -335,12 +334,12 @@ def sweep_scale(
     known = as_reference(reference)
     check_tolerance(tolerance_se)
     counter = CollapseCounter(ordered)
-    user_on_batch = estimate_options.pop("on_batch", None)
+    user_on_rows = estimate_options.pop("on_rows", None)
 
-    def on_batch(indices: Any, latents: Any, terms: SampleTerms) -> None:
-        counter.add(terms)
-        if user_on_batch is not None:
-            user_on_batch(indices, latents, terms)
+    def on_rows(first_index: int, rows: SampleRows) -> None:
+        counter.add(first_index, rows)
+        if user_on_rows is not None:
+            user_on_rows(first_index, rows)
 
-    result = estimate_entropy(decoder, latent, scales=ordered, on_batch=on_batch, **estimate_options)
+    result = estimate_entropy(decoder, latent, scales=ordered, on_rows=on_rows, **estimate_options)
     return SweepResult(result, known, assess_convergence(result.estimates, tolerance_se), tuple(counter.counts))
