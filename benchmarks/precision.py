@@ -18,8 +18,8 @@ import statistics
 import torch
 
 from genentropy_cli import estimate_entropy
-from genentropy_cli.models.architectures import DCGANGenerator, InfoGANGenerator, MLPDecoder
 from genentropy_cli.core.device import resolve_device
+from genentropy_cli.models.architectures import DCGANGenerator, InfoGANGenerator, MLPDecoder
 from genentropy_cli.run.memory import device_name
 
 ARCHITECTURES = {

@@ -46,19 +46,20 @@ sys.path.insert(0, str(ROOT))
 
 import peers  # noqa: E402  (benchmarks/peers.py)
 from sweep_vs_single import timed  # noqa: E402  (benchmarks/sweep_vs_single.py)
+
 from genentropy_cli import estimate_entropy
-from genentropy_cli.run.allocator import keep_freed_memory
-from genentropy_cli.models.architectures import DCGANGenerator, InfoGANGenerator, MLPDecoder
 from genentropy_cli.core.decoder import prepare_decoder
-from genentropy_cli.core.methods import JACOBIAN_METHODS
-from genentropy_cli.core.terms import compute_sample_terms
 from genentropy_cli.core.device import resolve_device, strict_float32
 from genentropy_cli.core.latents import LatentStream, make_latent_spec
-from genentropy_cli.models.loading import load_model, save_torchscript
 from genentropy_cli.core.logdet import batched_eigvalsh, gram_eigenvalues, gram_layout, gram_matrices, gram_product
+from genentropy_cli.core.methods import JACOBIAN_METHODS
+from genentropy_cli.core.terms import compute_sample_terms
+from genentropy_cli.models.architectures import DCGANGenerator, InfoGANGenerator, MLPDecoder
+from genentropy_cli.models.loading import load_model, save_torchscript
+from genentropy_cli.run.allocator import keep_freed_memory
+from genentropy_cli.run.compute import plan_for
 from genentropy_cli.run.memory import device_name, memory_in_use
 from genentropy_cli.run.planning import batch_peak_bytes, format_bytes, rows_per_call
-from genentropy_cli.run.compute import plan_for
 
 ARCHITECTURES = {
     "mlp": (lambda: MLPDecoder(16, 784), (16,)),

@@ -22,11 +22,11 @@ from typing import Callable
 import torch
 
 from genentropy_cli import estimate_entropy, sweep_scale
-from genentropy_cli.models.architectures import InfoGANGenerator
-from genentropy_cli.defaults import DEFAULT_SWEEP_SCALES
 from genentropy_cli.core.decoder import prepare_decoder
 from genentropy_cli.core.device import resolve_device, strict_float32
 from genentropy_cli.core.latents import make_latent_spec
+from genentropy_cli.defaults import DEFAULT_SWEEP_SCALES
+from genentropy_cli.models.architectures import InfoGANGenerator
 
 TARGET_RATIO = 1.15
 

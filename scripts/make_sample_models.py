@@ -23,10 +23,10 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from genentropy_cli.models.exported import save_exported
 from genentropy_cli.core.latents import make_latent_spec
-from genentropy_cli.models.loading import save_torchscript
 from genentropy_cli.core.references import HALF_SPHERE_ENTROPY, HalfSphereGaussianCDF, HalfSphereRadial
+from genentropy_cli.models.exported import save_exported
+from genentropy_cli.models.loading import save_torchscript
 from genentropy_cli.models.specs import build_from_spec, save_safetensors, save_weights, write_spec_file
 
 SAMPLE_DIR = ROOT / "sample_models"

@@ -13,8 +13,8 @@ import numpy as np
 import torch
 
 from genentropy_cli.core.latents import LatentStream, make_latent_spec
-from genentropy_cli.models.loading import save_torchscript
 from genentropy_cli.core.references import LinearDecoder, matrix_with_singular_values
+from genentropy_cli.models.loading import save_torchscript
 
 ROOT = Path(__file__).resolve().parent.parent
 HARNESS = Path(__file__).resolve().parent / "interrupt_harness.py"

@@ -6,13 +6,13 @@ import math
 
 import numpy as np
 import pytest
+from interrupt_harness import signalling_after
+from longrun_support import linear_decoder, linear_terms, save_small_mlp
 
 import genentropy_cli.run.compute as runner
 from genentropy_cli import estimate_entropy
 from genentropy_cli.core.stats import RunningMoments
 from genentropy_cli.run.stopping import first_index_meeting_target
-from interrupt_harness import signalling_after
-from longrun_support import linear_terms, linear_decoder, save_small_mlp
 
 SIGMAS = (2.0, 1.0, 0.5)
 SCALES = (1e-1, 1e-3)

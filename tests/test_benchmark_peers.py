@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from genentropy_cli.models.architectures import MLPDecoder
 from genentropy_cli.core.jacobian import flat_decoder
 from genentropy_cli.core.stacked import stacked_jacobian
+from genentropy_cli.models.architectures import MLPDecoder
 
 PEERS = Path(__file__).resolve().parent.parent / "benchmarks" / "peers.py"
 

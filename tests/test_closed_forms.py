@@ -9,14 +9,14 @@ import pytest
 import torch
 
 from genentropy_cli.core.latents import make_latent_spec
-from genentropy_cli.models.loading import save_torchscript
 from genentropy_cli.core.references import (
-    ElementwiseExp,
     HALF_SPHERE_ENTROPY,
+    ElementwiseExp,
     LinearDecoder,
     linear_decoder_entropy,
     matrix_with_singular_values,
 )
+from genentropy_cli.models.loading import save_torchscript
 
 GAUSSIAN_ENTROPY_PER_DIM = 0.5 * math.log(2 * math.pi * math.e)
 SCALES = (1e-1, 1e-2, 1e-3, 1e-4)

@@ -17,7 +17,8 @@ import numpy as np
 import pytest
 import torch
 
-from genentropy_cli.jobs.compare import compare_models
+from genentropy_cli.core.latents import make_latent_spec
+from genentropy_cli.core.references import ElementwiseExp, LinearDecoder, matrix_with_singular_values
 from genentropy_cli.core.significance import (
     correlation_from_moments,
     holm_adjust,
@@ -26,10 +27,9 @@ from genentropy_cli.core.significance import (
     two_sided_p_value,
     unpaired_stderr,
 )
+from genentropy_cli.jobs.compare import compare_models
 from genentropy_cli.jobs.estimate import estimate_entropy
-from genentropy_cli.core.latents import make_latent_spec
 from genentropy_cli.models.loading import save_torchscript
-from genentropy_cli.core.references import ElementwiseExp, LinearDecoder, matrix_with_singular_values
 
 DIM = 3
 SIGMAS_A = (1.0, 2.0, 3.0)

@@ -6,10 +6,10 @@ import re
 
 import numpy as np
 import pytest
+from longrun_support import assert_same_estimates, parse_json, run_subprocess, save_small_mlp
 
 from genentropy_cli.run.distributed import deal_round_robin
 from genentropy_cli.run.ledger import RunLedger, SampleRows
-from longrun_support import assert_same_estimates, parse_json, run_subprocess, save_small_mlp
 
 GLOO_UNAVAILABLE = re.compile(r"DistNetworkError|DistStoreError|RendezvousError|Gloo connectFullMesh failed|"
                               r"gloo.*(not available|unsupported)|Address already in use", re.IGNORECASE)

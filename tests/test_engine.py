@@ -10,11 +10,11 @@ import torch
 
 from genentropy_cli import estimate_entropy
 from genentropy_cli.core.device import tf32_enabled
-from genentropy_cli.errors import InputError, NonFiniteSampleError
 from genentropy_cli.core.jacobian import batched_jacobian, replicated_jacobian
 from genentropy_cli.core.latents import LatentStream, make_latent_spec
-from genentropy_cli.models.loading import load_model, save_torchscript
 from genentropy_cli.core.stats import BlockAccumulator, RunningMoments
+from genentropy_cli.errors import InputError, NonFiniteSampleError
+from genentropy_cli.models.loading import load_model, save_torchscript
 
 
 class SmallDecoder(torch.nn.Module):

@@ -9,8 +9,8 @@ import pytest
 import torch
 
 from genentropy_cli import estimate_entropy
-from genentropy_cli.models.exported import ExportedDecoder, save_exported
 from genentropy_cli.core.latents import make_latent_spec
+from genentropy_cli.models.exported import ExportedDecoder, save_exported
 from genentropy_cli.models.loading import load_model, save_torchscript
 from genentropy_cli.models.specs import build_from_spec, save_safetensors, save_weights, write_spec_file
 

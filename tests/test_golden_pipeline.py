@@ -13,7 +13,6 @@ import json
 import math
 
 import pytest
-
 from golden_pipeline import FLOAT32_RUNS, GOLDEN, RUNS, TORCHRUN_RUNS, numbers, platform_fingerprint, run
 from test_distributed import GLOO_UNAVAILABLE
 

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 import torch
+from longrun_support import assert_same_estimates, linear_decoder, small_mlp
 
 from genentropy_cli import estimate_entropy
 from genentropy_cli.run.memory import device_memory_budget
-from longrun_support import assert_same_estimates, linear_decoder, small_mlp
 
 pytestmark = pytest.mark.gpu
 

@@ -12,9 +12,9 @@ import pytest
 import torch
 
 from genentropy_cli.core import logdet
-from genentropy_cli.run.allocator import OPT_OUT_VARIABLE
-from genentropy_cli.defaults import EIGVALSH_THREAD_MIN_WORK, TRANSPOSED_GRAM_MAX_DIM
 from genentropy_cli.core.logdet import Workspace, batched_eigvalsh, gram_eigenvalues, gram_matrices
+from genentropy_cli.defaults import EIGVALSH_THREAD_MIN_WORK, TRANSPOSED_GRAM_MAX_DIM
+from genentropy_cli.run.allocator import OPT_OUT_VARIABLE
 
 
 def exact_gram(columns: torch.Tensor) -> torch.Tensor:

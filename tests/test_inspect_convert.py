@@ -7,14 +7,13 @@ from pathlib import Path
 
 import pytest
 import torch
+from test_cli import assert_one_line_error
 
 from genentropy_cli import estimate_entropy
 from genentropy_cli.core.latents import make_latent_spec
-from genentropy_cli.models.loading import load_model, save_torchscript
 from genentropy_cli.core.references import LinearDecoder, matrix_with_singular_values
+from genentropy_cli.models.loading import load_model, save_torchscript
 from genentropy_cli.models.specs import read_safetensors, write_spec_file
-
-from test_cli import assert_one_line_error
 
 SAMPLES = Path(__file__).resolve().parent.parent / "sample_models"
 CODE = ["--code-path", str(SAMPLES / "user_code")]

@@ -19,8 +19,8 @@ from genentropy_cli.core.latents import (
     parse_distribution,
     register_distribution,
 )
-from genentropy_cli.errors import InputError
 from genentropy_cli.core.references import matrix_with_singular_values
+from genentropy_cli.errors import InputError
 from genentropy_cli.models.specs import build_from_spec, save_safetensors
 
 SINGULAR_VALUES = [0.05, 0.3, 1.0, 4.0]

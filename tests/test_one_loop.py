@@ -8,13 +8,13 @@ import json
 import numpy as np
 import pytest
 import torch
+from longrun_support import linear_decoder, parse_json, run_interrupted, run_subprocess, small_mlp
+from test_distributed import GLOO_UNAVAILABLE
 
 import genentropy_cli.run.compute as compute_module
 from genentropy_cli import compare_models, find_extreme_samples
-from genentropy_cli.models.loading import save_torchscript
 from genentropy_cli.core.latents import make_latent_spec
-from longrun_support import linear_decoder, parse_json, run_interrupted, run_subprocess, small_mlp
-from test_distributed import GLOO_UNAVAILABLE
+from genentropy_cli.models.loading import save_torchscript
 
 SCALES = ("-s", "1e-1", "-s", "1e-3")
 

@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import pytest
 import torch
+from longrun_support import assert_same_estimates, save_small_mlp, small_mlp
 
 import genentropy_cli.run.compute as runner
 from genentropy_cli import estimate_entropy
 from genentropy_cli.errors import EstimationError
-from longrun_support import assert_same_estimates, save_small_mlp, small_mlp
-
 
 INJECTED: list[int] = []  # module level: the engine runs a deep copy of the decoder
 

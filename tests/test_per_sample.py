@@ -8,12 +8,12 @@ import json
 import numpy as np
 import pytest
 import torch
+from longrun_support import linear_decoder, linear_terms, normal_neg_log_density
 
 from genentropy_cli import estimate_entropy
 from genentropy_cli.core.latents import LatentStream, make_latent_spec
-from genentropy_cli.models.loading import save_torchscript
 from genentropy_cli.core.stats import LogHistogram
-from longrun_support import linear_decoder, linear_terms, normal_neg_log_density
+from genentropy_cli.models.loading import save_torchscript
 
 SIGMAS = (1e-3, 1.0, 2.0)  # one direction collapsed at s = 1e-2, none at s = 1e-4
 SCALES = (1e-2, 1e-4)

@@ -6,11 +6,11 @@ import pytest
 import torch
 
 from genentropy_cli import estimate_entropy
-from genentropy_cli.errors import InputError
 from genentropy_cli.core.latents import make_latent_spec
+from genentropy_cli.core.references import HalfSphereRadial
+from genentropy_cli.errors import InputError
 from genentropy_cli.models.loading import save_torchscript
 from genentropy_cli.run.planning import batch_peak_bytes, parse_memory_size, plan_batch, speed_plan
-from genentropy_cli.core.references import HalfSphereRadial
 
 MIB = 2**20
 

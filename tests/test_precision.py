@@ -5,12 +5,12 @@ from __future__ import annotations
 import math
 
 import pytest
+from longrun_support import linear_decoder
 
 from genentropy_cli import estimate_entropy
 from genentropy_cli.core.latents import make_latent_spec
-from genentropy_cli.models.loading import save_torchscript
 from genentropy_cli.core.references import linear_decoder_entropy
-from longrun_support import linear_decoder
+from genentropy_cli.models.loading import save_torchscript
 
 ILL_CONDITIONED = (1e4, 1.0, 1e-4)  # singular values at s and 1e8 times s: float32's J loses the small one
 WELL_CONDITIONED = (2.0, 1.0, 0.5)

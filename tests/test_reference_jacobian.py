@@ -10,11 +10,11 @@ import textwrap
 import pytest
 import torch
 
-from genentropy_cli.models.architectures import DCGANGenerator, InfoGANGenerator, MLPDecoder
 from genentropy_cli.core.decoder import fallback_method, prepare_decoder
 from genentropy_cli.core.jacobian import batched_jacobian, flat_decoder, reverse_mode_columns
 from genentropy_cli.core.latents import make_latent_spec
 from genentropy_cli.core.methods import FALLBACK_ORDER, JACOBIAN_METHODS, jacobian_memory_factor
+from genentropy_cli.models.architectures import DCGANGenerator, InfoGANGenerator, MLPDecoder
 
 
 @pytest.mark.parametrize("make, shape", [

@@ -6,10 +6,9 @@ from pathlib import Path
 
 import pytest
 import torch
+from test_cli import assert_one_line_error
 
 from genentropy_cli.models.specs import build_from_spec, save_safetensors, save_weights, write_spec_file
-
-from test_cli import assert_one_line_error
 
 SAMPLES = Path(__file__).resolve().parent.parent / "sample_models"
 MLP = {"architecture": "mlp", "kwargs": {"latent_dim": 3, "output_dim": 6, "hidden": [4]}, "latent": {"shape": [3]}}

@@ -6,12 +6,6 @@ import signal
 
 import numpy as np
 import pytest
-
-import genentropy_cli.run.checkpoint as checkpoint_module
-import genentropy_cli.run.compute as runner
-from genentropy_cli import estimate_entropy
-from genentropy_cli.run.checkpoint import load_checkpoint
-from genentropy_cli.errors import InputError
 from interrupt_harness import signalling_after
 from longrun_support import (
     assert_same_estimates,
@@ -20,6 +14,12 @@ from longrun_support import (
     save_small_mlp,
     small_mlp,
 )
+
+import genentropy_cli.run.checkpoint as checkpoint_module
+import genentropy_cli.run.compute as runner
+from genentropy_cli import estimate_entropy
+from genentropy_cli.errors import InputError
+from genentropy_cli.run.checkpoint import load_checkpoint
 
 SCALES = ("-s", "1e-1", "-s", "1e-3")
 

@@ -13,12 +13,12 @@ import numpy as np
 import pytest
 import torch
 
-from genentropy_cli.errors import InputError
-from genentropy_cli.jobs.samples import find_extreme_samples, keep_extremes
 from genentropy_cli.cli.imagegrid import as_images
 from genentropy_cli.core.latents import LatentStream, make_latent_spec
-from genentropy_cli.models.loading import save_torchscript
 from genentropy_cli.core.references import LinearDecoder, matrix_with_singular_values
+from genentropy_cli.errors import InputError
+from genentropy_cli.jobs.samples import find_extreme_samples, keep_extremes
+from genentropy_cli.models.loading import save_torchscript
 
 DIM = 4
 N = 3000

@@ -12,14 +12,14 @@ import torch
 import torch.nn.functional as F
 
 from genentropy_cli import estimate_entropy
-from genentropy_cli.models.architectures import DCGANGenerator, InfoGANGenerator, MLPDecoder
-from genentropy_cli.core.terms import compute_sample_terms
 from genentropy_cli.core.decoder import prepare_decoder
 from genentropy_cli.core.jacobian import batched_jacobian, flat_decoder, torchscript_safe
 from genentropy_cli.core.latents import LatentStream, make_latent_spec
 from genentropy_cli.core.logdet import Workspace, gram_matrices
 from genentropy_cli.core.references import HalfSphereRadial
 from genentropy_cli.core.stacked import UnsupportedOperation, stacked_jacobian
+from genentropy_cli.core.terms import compute_sample_terms
+from genentropy_cli.models.architectures import DCGANGenerator, InfoGANGenerator, MLPDecoder
 
 
 class ManyOps(torch.nn.Module):

@@ -9,13 +9,12 @@ import sys
 
 import pytest
 import torch
+from test_cli import HALF_SPHERE, assert_one_line_error
 
 from genentropy_cli import estimate_entropy, sweep_scale
-from genentropy_cli.run.results import ScaleEstimate
-from genentropy_cli.errors import InputError
 from genentropy_cli.core.latents import make_latent_spec
-from genentropy_cli.models.loading import save_torchscript
 from genentropy_cli.core.references import HALF_SPHERE_ENTROPY, HalfSphereRadial
+from genentropy_cli.errors import InputError
 from genentropy_cli.jobs.sweep import (
     Comparison,
     assess_convergence,
@@ -23,8 +22,8 @@ from genentropy_cli.jobs.sweep import (
     parse_reference,
     parse_scales,
 )
-from test_cli import HALF_SPHERE, assert_one_line_error
-
+from genentropy_cli.models.loading import save_torchscript
+from genentropy_cli.run.results import ScaleEstimate
 
 # ----------------------------------------------------------------------------- parsing
 

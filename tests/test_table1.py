@@ -18,6 +18,7 @@ import math
 import numpy as np
 import pytest
 import torch
+from test_cli import HALF_SPHERE, ROOT
 
 from genentropy_cli import sweep_scale
 from genentropy_cli.core.references import (
@@ -29,7 +30,6 @@ from genentropy_cli.core.references import (
     half_sphere_radial_spectrum,
     regularisation_bias_terms,
 )
-from test_cli import HALF_SPHERE, ROOT
 
 HALF_SPHERE_CDF = ROOT / "sample_models" / "half_sphere_cdf.pt"
 PAPER_TABLE_1 = {1e-1: 1.9160, 1e-2: 1.8428, 1e-3: 1.8388, 1e-4: 1.8379}

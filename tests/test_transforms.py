@@ -8,15 +8,14 @@ from pathlib import Path
 
 import pytest
 import torch
+from test_cli import assert_one_line_error
 
 from genentropy_cli import estimate_entropy
 from genentropy_cli.core.latents import make_latent_spec
-from genentropy_cli.models.loading import save_torchscript
 from genentropy_cli.core.references import HALF_SPHERE_ENTROPY
+from genentropy_cli.models.loading import save_torchscript
 from genentropy_cli.models.specs import build_from_spec, write_spec_file
 from genentropy_cli.models.transforms import OutputTransform, parse_output_range, parse_output_select
-
-from test_cli import assert_one_line_error
 
 SAMPLES = Path(__file__).resolve().parent.parent / "sample_models"
 DCGAN_SPEC = {"architecture": "dcgan-64", "kwargs": {"latent_dim": 100, "ngf": 2, "nc": 3},
@@ -104,8 +103,8 @@ def test_transform_parsing_and_api():
 
 
 def test_a_checkpoint_never_resumes_under_another_output_transform():
-    from genentropy_cli.run.checkpoint import decoder_fingerprint
     from genentropy_cli.core.references import HalfSphereRadial
+    from genentropy_cli.run.checkpoint import decoder_fingerprint
 
     plain = HalfSphereRadial()
     prints = {decoder_fingerprint(OutputTransform(range=rng, select=sel).apply(plain))

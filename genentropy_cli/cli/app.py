@@ -11,7 +11,6 @@ from typing import Annotated
 
 import typer
 
-from genentropy_cli.version import __version__
 from genentropy_cli.cli.compare import compare
 from genentropy_cli.cli.convert import convert
 from genentropy_cli.cli.estimate import estimate
@@ -19,6 +18,7 @@ from genentropy_cli.cli.inspect import inspect
 from genentropy_cli.cli.options import DebugOption
 from genentropy_cli.cli.samples import samples
 from genentropy_cli.cli.sweep import sweep_scale_command
+from genentropy_cli.version import __version__
 
 app = typer.Typer(
     name="genentropy",

@@ -8,9 +8,9 @@ from typing import Sequence
 from rich import box
 from rich.table import Table
 
+from genentropy_cli.cli.reporting import entropy_digits, format_error, format_number
 from genentropy_cli.jobs.compare import ComparisonResult
 from genentropy_cli.jobs.samples import ExtremeSamples
-from genentropy_cli.cli.reporting import entropy_digits, format_error, format_number
 
 
 def model_names(paths: Sequence[str]) -> list[str]:

@@ -8,9 +8,10 @@ import math
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from typing import Any
+
 import torch
-from genentropy_cli.defaults import STACKED_PROBE_COLUMNS
-from genentropy_cli.errors import InputError, first_line
+
+from genentropy_cli.core.activations import activation_bytes_per_row
 from genentropy_cli.core.jacobian import (
     DecoderFn,
     copy_with_fresh_torchscript,
@@ -23,9 +24,10 @@ from genentropy_cli.core.jacobian import (
 )
 from genentropy_cli.core.latents import LatentSpec, LatentStream
 from genentropy_cli.core.logdet import Workspace
-from genentropy_cli.core.activations import activation_bytes_per_row
 from genentropy_cli.core.methods import FALLBACK_ORDER, JACOBIAN_METHODS
 from genentropy_cli.core.stacked import UnsupportedOperation, stacked_jacobian_profiled
+from genentropy_cli.defaults import STACKED_PROBE_COLUMNS
+from genentropy_cli.errors import InputError, first_line
 
 __all__ = [
     "JACOBIAN_METHODS",

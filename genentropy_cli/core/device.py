@@ -5,7 +5,9 @@ from __future__ import annotations
 
 from contextlib import contextmanager
 from typing import Iterator
+
 import torch
+
 from genentropy_cli.defaults import DEFAULT_DEVICE, DEFAULT_DTYPE, SUPPORTED_DTYPES
 from genentropy_cli.errors import InputError
 

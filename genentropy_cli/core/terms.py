@@ -10,7 +10,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import Sequence
+
 import torch
+
 from genentropy_cli.core.decoder import PreparedDecoder
 from genentropy_cli.core.logdet import gram_eigenvalues, half_log_det_regularised
 

@@ -43,7 +43,6 @@ from genentropy_cli.run.options import EstimateOptions, options_from
 from genentropy_cli.run.results import ScaleEstimate, estimates_from_moments
 from genentropy_cli.run.workload import DecoderWork, Workload
 
-
 # --------------------------------------------------------------------------- results
 
 

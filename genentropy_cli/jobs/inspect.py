@@ -14,7 +14,10 @@ from typing import Any
 
 import torch
 
-from genentropy_cli.envelope import envelope
+from genentropy_cli.core.decoder import prepare_decoder
+from genentropy_cli.core.device import resolve_device, resolve_dtype, strict_float32
+from genentropy_cli.core.latents import LatentStream, distribution_label
+from genentropy_cli.core.terms import compute_sample_terms
 from genentropy_cli.defaults import (
     DEFAULT_SCALES,
     DEFAULT_SEED,
@@ -22,10 +25,7 @@ from genentropy_cli.defaults import (
     INSPECT_TIMING_BATCH,
     INSPECT_TIMING_REPEATS,
 )
-from genentropy_cli.core.terms import compute_sample_terms
-from genentropy_cli.core.decoder import prepare_decoder
-from genentropy_cli.core.device import resolve_device, resolve_dtype, strict_float32
-from genentropy_cli.core.latents import LatentStream, distribution_label
+from genentropy_cli.envelope import envelope
 from genentropy_cli.models.loading import FORMATS_RUNNING_CODE
 from genentropy_cli.models.resolve import ResolvedModel
 

@@ -18,13 +18,13 @@ import operator
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping, Sequence
 
+from genentropy_cli.core.references import NAMED_REFERENCES
 from genentropy_cli.defaults import DEFAULT_AGREEMENT_SE, DEFAULT_SWEEP_SCALES
-from genentropy_cli.run.results import EntropyResult, ScaleEstimate
-from genentropy_cli.run.rows import SampleRows
+from genentropy_cli.errors import InputError
 from genentropy_cli.jobs.estimate import estimate_entropy
 from genentropy_cli.run.options import validate_scales
-from genentropy_cli.errors import InputError
-from genentropy_cli.core.references import NAMED_REFERENCES
+from genentropy_cli.run.results import EntropyResult, ScaleEstimate
+from genentropy_cli.run.rows import SampleRows
 
 # ------------------------------------------------------------------------------ scales
 

@@ -17,12 +17,12 @@ from typing import Any
 
 import torch
 
-from genentropy_cli.models.architectures import ARCHITECTURES
-from genentropy_cli.defaults import CONVERT_OUTPUT_TOLERANCE, INSPECT_PROBE_LATENTS
 from genentropy_cli.core.decoder import prepare_decoder
-from genentropy_cli.errors import EstimationError, InputError
-from genentropy_cli.models.exported import ExportedDecoder
 from genentropy_cli.core.latents import LatentStream, distribution_label
+from genentropy_cli.defaults import CONVERT_OUTPUT_TOLERANCE, INSPECT_PROBE_LATENTS
+from genentropy_cli.errors import EstimationError, InputError
+from genentropy_cli.models.architectures import ARCHITECTURES
+from genentropy_cli.models.exported import ExportedDecoder
 from genentropy_cli.models.loading import LoadedModel, load_safetensors_model
 from genentropy_cli.models.resolve import ModelOptions, ResolvedModel, resolve_model
 from genentropy_cli.models.specs import (

@@ -19,8 +19,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from genentropy_cli.errors import InputError, first_line
 from genentropy_cli.core.latents import LatentSpec
+from genentropy_cli.errors import InputError, first_line
 from genentropy_cli.models.metadata import METADATA_FILE, metadata_record, parse_metadata
 
 PT2_SUFFIX = ".pt2"

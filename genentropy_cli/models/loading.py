@@ -26,11 +26,11 @@ from typing import Any, Sequence
 
 import torch
 
-from genentropy_cli.models.pickles import PICKLE_WARNING, load_torch_save
+from genentropy_cli.core.latents import LatentSpec, make_latent_spec, parse_distribution
 from genentropy_cli.errors import InputError, first_line
 from genentropy_cli.models.exported import PT2_SUFFIX, load_exported
-from genentropy_cli.core.latents import LatentSpec, make_latent_spec, parse_distribution
 from genentropy_cli.models.metadata import METADATA_FILE, metadata_record, parse_metadata
+from genentropy_cli.models.pickles import PICKLE_WARNING, load_torch_save
 from genentropy_cli.models.specs import (
     build_from_spec,
     find_sidecar,

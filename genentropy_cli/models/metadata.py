@@ -7,8 +7,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from genentropy_cli.errors import InputError
 from genentropy_cli.core.latents import LatentSpec, distribution_label
+from genentropy_cli.errors import InputError
 
 METADATA_FILE = "genentropy.json"
 """Name of the extra file in a TorchScript archive or .pt2 program that records the latent spec."""

@@ -30,8 +30,8 @@ import yaml
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from genentropy_cli.models.architectures import ARCHITECTURES
 from genentropy_cli.errors import InputError, first_line
+from genentropy_cli.models.architectures import ARCHITECTURES
 
 SPEC_METADATA_KEY = "genentropy_spec"
 SPEC_KEYS: tuple[str, ...] = ("architecture", "import", "kwargs", "latent", "output", "weights", "description")

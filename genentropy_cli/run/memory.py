@@ -14,7 +14,9 @@ import platform
 import resource
 import sys
 from typing import Callable, TypeVar
+
 import torch
+
 from genentropy_cli.defaults import (
     CALIBRATION_DIVISOR,
     CALIBRATION_ROOM_SHARE,

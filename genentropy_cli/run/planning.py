@@ -25,6 +25,7 @@ from typing import NamedTuple
 
 import torch
 
+from genentropy_cli.core.methods import jacobian_method
 from genentropy_cli.defaults import (
     ACTIVATION_SAFETY_FACTOR,
     CPU_CALL_BYTES,
@@ -36,7 +37,6 @@ from genentropy_cli.defaults import (
     JACOBIAN_MEMORY_BUDGET_BYTES,
     MAX_AUTO_BATCH_SIZE,
 )
-from genentropy_cli.core.methods import jacobian_method
 from genentropy_cli.errors import InputError
 
 _UNITS = {"": 1, "b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12,

@@ -19,9 +19,9 @@ from typing import Any, Callable, Sequence
 import numpy as np
 import torch
 
-from genentropy_cli.defaults import PRECISION_PROBE_THRESHOLD, SUPPORTED_DTYPES
 from genentropy_cli.core.decoder import PreparedDecoder, prepare_decoder
 from genentropy_cli.core.terms import compute_sample_terms
+from genentropy_cli.defaults import PRECISION_PROBE_THRESHOLD, SUPPORTED_DTYPES
 from genentropy_cli.errors import InputError
 from genentropy_cli.run.memory import FirstBatchCalibration, is_out_of_memory, release_cached_memory
 

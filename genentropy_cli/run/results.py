@@ -6,10 +6,13 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 from typing import Sequence
+
 import numpy as np
-from genentropy_cli.envelope import envelope
+
 from genentropy_cli.core.latents import LatentSpec, distribution_label
 from genentropy_cli.core.stats import RunningMoments
+from genentropy_cli.envelope import envelope
+
 
 @dataclass
 class ScaleEstimate:

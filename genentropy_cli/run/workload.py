@@ -20,14 +20,14 @@ from genentropy_cli.core.device import resolve_dtype
 from genentropy_cli.core.latents import LatentSpec, LatentStream, distribution_label
 from genentropy_cli.core.terms import SampleTerms
 from genentropy_cli.errors import EstimationError, first_line
+from genentropy_cli.run.allocator import release_freed_memory
 from genentropy_cli.run.checkpoint import decoder_fingerprint
 from genentropy_cli.run.compute import AdaptiveSizes, compute_terms_retrying, plan_for
+from genentropy_cli.run.distributed import ProcessGroup
 from genentropy_cli.run.hooks import BatchCallback, LogCallback
+from genentropy_cli.run.memory import FirstBatchCalibration
 from genentropy_cli.run.options import EstimateOptions
 from genentropy_cli.run.planning import BatchPlan, batch_peak_bytes
-from genentropy_cli.run.allocator import release_freed_memory
-from genentropy_cli.run.distributed import ProcessGroup
-from genentropy_cli.run.memory import FirstBatchCalibration
 from genentropy_cli.run.precision import PrecisionProbe, measure_precision
 from genentropy_cli.run.rows import PairedRows, SampleRows
 
