@@ -161,7 +161,7 @@ class BatchLoop:
     def measure_precision(self) -> None:
         """The float64 check of the decoder dtype on the first samples, for every decoder."""
         for member in self.workload.members:
-            member.measure_precision(self.options, self.group, self.log)
+            member.measure_precision(self.options, self.group)
 
     def next_message(self, batcher: SpanBatcher) -> BatchMessage:
         """Compute this rank's next batch (none once its share is done or a stop was asked)."""

@@ -28,6 +28,16 @@ MAX_LISTED_NONFINITE = 100
 SINGULAR_VALUE_QUANTILES = {"min": 0.0, "q01": 0.01, "median": 0.5, "q99": 0.99, "max": 1.0}
 
 
+def count_samples(summary: "SampleSummary | PairedSummary", finite: np.ndarray, first_index: int) -> None:
+    """Add consecutive samples from ``first_index`` to a summary's counts: the finite ones, the
+    non-finite ones and (the first ``MAX_LISTED_NONFINITE``) their indices."""
+    bad = np.flatnonzero(~finite) + first_index
+    summary.num_nonfinite += int(bad.size)
+    room = MAX_LISTED_NONFINITE - len(summary.nonfinite_indices)
+    summary.nonfinite_indices.extend(int(index) for index in bad[: max(room, 0)])
+    summary.count += int(finite.sum())
+
+
 @dataclass
 class SampleRows:
     """Per-sample columns of consecutive samples (float64 except the collapsed counts)."""
@@ -117,11 +127,7 @@ class SampleSummary:
 
     def add(self, rows: SampleRows, first_index: int) -> None:
         finite = rows.finite
-        bad = np.flatnonzero(~finite) + first_index
-        self.num_nonfinite += int(bad.size)
-        room = MAX_LISTED_NONFINITE - len(self.nonfinite_indices)
-        self.nonfinite_indices.extend(int(index) for index in bad[: max(room, 0)])
-        self.count += int(finite.sum())
+        count_samples(self, finite, first_index)
         self.collapsed_sum = self.collapsed_sum + rows.collapsed[finite].sum(axis=0)
         self.sigma_min.add(rows.sigma_min[finite])
         self.sigma_max.add(rows.sigma_max[finite])
@@ -245,12 +251,7 @@ class PairedSummary:
     def add(self, rows: PairedRows, first_index: int) -> None:
         for summary, model_rows in zip(self.models, rows.models):
             summary.add(model_rows, first_index)
-        finite = rows.finite
-        bad = np.flatnonzero(~finite) + first_index
-        self.num_nonfinite += int(bad.size)
-        room = MAX_LISTED_NONFINITE - len(self.nonfinite_indices)
-        self.nonfinite_indices.extend(int(index) for index in bad[: max(room, 0)])
-        self.count += int(finite.sum())
+        count_samples(self, rows.finite, first_index)
 
     def copy(self) -> "PairedSummary":
         return PairedSummary([summary.copy() for summary in self.models], self.count, self.num_nonfinite,

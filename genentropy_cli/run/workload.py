@@ -64,7 +64,7 @@ class DecoderWork:
         self.sizes = AdaptiveSizes(*plan_for(self.prepared, options.max_memory, batch_size=options.batch_size,
                                              tangent_chunk=options.tangent_chunk))
 
-    def measure_precision(self, options: EstimateOptions, group: ProcessGroup, log: LogCallback) -> None:
+    def measure_precision(self, options: EstimateOptions, group: ProcessGroup) -> None:
         """The float64 check of the decoder dtype on the first ``probe_samples`` samples (rank 0
         computes, every rank gets it); under --max-memory the copy's batches get their own plan
         within the cap, and the run's batches are planned again once the copy is gone."""
