@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# One call on a lent GPU machine (see /work/.library/device): the test suite (its GPU tests run
+# One call on a machine with a CUDA GPU: the test suite (its GPU tests run
 # there), a closed-form check on CUDA, and the benchmark suite with --device cuda. Everything
 # lands under $OUT as it is made, so a run cut short still returns what it finished.
 #

@@ -71,7 +71,7 @@ LatentDistributionOption = Annotated[Optional[str], _model(
     "--latent-distribution", help="normal, uniform (on [-1,1]), uniform01 or truncated-normal:PSI.")]
 ConfigOption = Annotated[Optional[str], _model(
     "--config", is_eager=True, callback=_config_callback,
-    help="YAML file of this command's options (flags override it); see README.")]
+    help="YAML file of this command's options (flags override it); see docs/usage.md#run-configuration.")]
 
 
 @dataclass(frozen=True)

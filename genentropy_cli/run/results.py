@@ -76,7 +76,7 @@ class EntropyResult:
         }
 
     def to_dict(self, command: str = "estimate", model: dict | None = None) -> dict:
-        """The JSON document of the README's schema (stable key names)."""
+        """The JSON document described in docs/json.md (stable key names)."""
         return envelope(command, {
             "model": {**(model or {}), **self.model_dict()},
             "settings": dict(self.settings),
