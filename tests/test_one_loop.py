@@ -154,3 +154,16 @@ def test_samples_honours_the_run_options(tmp_path):
     assert list(result.lowest["indices"]) == list(rows["index"][order[:2]])
     assert list(result.highest["indices"]) == list(rows["index"][order[::-1][:2]])
     assert result.settings["per_sample"] == str(rows_file)
+
+
+def test_samples_interrupted_says_partial_and_exits_130(two_models):
+    """SIGINT after the 3rd batch: the extremes of the samples scanned so far, marked partial."""
+    arguments = ["samples", two_models[0], "-n", "3000", "--batch-size", "100", "--lowest", "2", "--highest", "2",
+                 "--dtype", "float64", "--device", "cpu", "--json"]
+    interrupted = run_interrupted("SIGINT", 3, *arguments)
+    assert interrupted.returncode == 130, interrupted.stderr[-2000:]
+    document = parse_json(interrupted.stdout)
+    assert document["partial"] is True and document["stop_reason"] == "interrupted"
+    assert 300 <= document["num_scanned"] < 3000
+    assert all(row["index"] < document["num_scanned"] + 100 for row in document["lowest"] + document["highest"])
+    assert "PARTIAL" in interrupted.stderr

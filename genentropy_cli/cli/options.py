@@ -20,9 +20,11 @@ import typer
 
 from genentropy_cli.cli import config
 from genentropy_cli.cli.guard import run_guarded, set_debug
+from genentropy_cli.core.latents import LATENT_DISTRIBUTIONS
 from genentropy_cli.defaults import DEFAULT_SCALES, SAMPLES_DEFAULT_NUM_SAMPLES
 from genentropy_cli.models.resolve import ModelOptions, ResolvedModel, resolve_model
 from genentropy_cli.run.options import EstimateOptions, option_defaults
+from genentropy_cli.run.per_sample import FORMATS as PER_SAMPLE_FORMATS
 
 RUN_DEFAULTS = option_defaults()
 MODEL_PANEL, RUN_PANEL, OUTPUT_PANEL = "Model options", "Run options", "Output options"
@@ -68,7 +70,7 @@ LatentDimOption = Annotated[Optional[int], _model("--latent-dim", help="Latent d
 LatentShapeOption = Annotated[Optional[str], _model(
     "--latent-shape", help="Latent shape per sample, e.g. 100,1,1 (DCGAN).")]
 LatentDistributionOption = Annotated[Optional[str], _model(
-    "--latent-distribution", help="normal, uniform (on [-1,1]), uniform01 or truncated-normal:PSI.")]
+    "--latent-distribution", help="; ".join(f"{kind.usage} ({kind.summary})" for kind in LATENT_DISTRIBUTIONS.values()) + ".")]
 ConfigOption = Annotated[Optional[str], _model(
     "--config", is_eager=True, callback=_config_callback,
     help="YAML file of this command's options (flags override it); see docs/usage.md#run-configuration.")]
@@ -131,7 +133,7 @@ CheckpointOption = Annotated[Optional[str], _run(
     "--checkpoint", help="Save progress to FILE (atomically) and resume from it when rerun.")]
 CheckpointEveryOption = Annotated[float, _run("--checkpoint-every", help="Seconds between checkpoint writes.")]
 PerSampleOption = Annotated[Optional[str], _run(
-    "--per-sample", help="Write per-sample rows to FILE (.npy, .csv or .jsonl).")]
+    "--per-sample", help=f"Write per-sample rows to FILE ({', '.join(PER_SAMPLE_FORMATS)}).")]
 SaveLatentsOption = Annotated[bool, _run("--save-latents", help="With --per-sample: also save each sample's latent.")]
 
 

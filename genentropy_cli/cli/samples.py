@@ -62,6 +62,8 @@ def samples(model: ModelArgument, *, source: ModelFlags, lowest: LowestOption = 
                                       progress=progress, log=sink.warn)
     if result.num_nonfinite:
         sink.warn(f"skipped {result.num_nonfinite} sample(s) with non-finite terms")
+    if result.partial:
+        sink.warn(f"interrupted: the extremes are PARTIAL, of the first {result.num_scanned} samples scanned")
     document = result.to_dict(model=loaded.describe())
     if grid is not None and sink.speaks:
         document["grid"] = save_extremes_grid(result, grid, f"{loaded.path}: lowest and highest entropy terms")

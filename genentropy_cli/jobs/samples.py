@@ -52,6 +52,11 @@ class ExtremeSamples:
     settings: dict
     elapsed_seconds: float
     num_nonfinite: int = 0
+    partial: bool = False
+    """True when the scan was interrupted: the extremes are of the samples scanned so far."""
+    stop_reason: str = "num_samples"
+    num_scanned: int | None = None
+    """Finite samples the extremes were chosen from."""
 
     def to_dict(self, model: dict | None = None) -> dict:
         def rows(part: dict) -> list[dict]:
@@ -70,7 +75,10 @@ class ExtremeSamples:
             "lowest": rows(self.lowest),
             "highest": rows(self.highest),
             "num_nonfinite": self.num_nonfinite,
+            "num_scanned": self.num_scanned,
             "elapsed_seconds": self.elapsed_seconds,
+            "partial": self.partial,
+            "stop_reason": self.stop_reason,
         })
 
 
@@ -114,7 +122,7 @@ def find_extreme_samples(
     (scale_value,) = run_options.scales
     return ExtremeSamples(scale_value, run_options.num_samples, spec, member.prepared.output_shape, parts[0], parts[1],
                           {**outcome.settings, "scale": scale_value}, outcome.elapsed_seconds,
-                          outcome.summary.num_nonfinite)
+                          outcome.summary.num_nonfinite, outcome.partial, outcome.stop_reason, outcome.moments.count)
 
 
 @dataclass

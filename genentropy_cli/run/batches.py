@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections import deque
-from typing import Iterable, Iterator, Sequence
+from typing import Iterable
 
 
 class SpanBatcher:
@@ -31,14 +31,3 @@ class SpanBatcher:
             else:
                 self._spans[0] = (block, start + count, stop)
         return batch
-
-
-def batch_plan(num_samples: int, batch_size: int, block_size: int,
-               blocks: Sequence[int] | None = None) -> Iterator[list[tuple[int, int, int]]]:
-    """Batches of at most ``batch_size`` samples, as lists of (block, start, stop) in-block
-    segments, walking ``blocks`` (default all) in order; a batch may span blocks."""
-    num_blocks = -(-num_samples // block_size)
-    order = range(num_blocks) if blocks is None else blocks
-    batcher = SpanBatcher((block, 0, min(block_size, num_samples - block * block_size)) for block in order)
-    while not batcher.empty:
-        yield batcher.take(batch_size)
