@@ -198,7 +198,8 @@ def test_state_dict_inside_a_checkpoint_with_key_and_prefix(run_cli, tmp_path):
     write_spec_file(spec, tmp_path / "ckpt.yaml")
     from test_cli import assert_one_line_error
 
-    assert_one_line_error(run_cli("estimate", tmp_path / "ckpt.pth"), "keys netG, epoch", "weights: {key: NAME}")
+    assert_one_line_error(run_cli("estimate", tmp_path / "ckpt.pth"), "weights are at netG; pass --select netG",
+                          "weights: {key: netG}")
     write_spec_file({**spec, "weights": {"key": "netG", "strip_prefix": "module."}}, tmp_path / "ckpt.yaml")
     result = run_cli("estimate", tmp_path / "ckpt.pth", "-n", "100", "--dtype", "float64", "--json", "--quiet")
     assert result.exit_code == 0, result.stderr

@@ -29,7 +29,7 @@ SAMPLES = ROOT / "sample_models"
 TINY = SAMPLES / "tiny_decoder.safetensors"
 USER_CODE = SAMPLES / "user_code"
 
-MODEL_OPTIONS = ("--spec", "--code-path", "--trust-pickle", "--output-range", "--output-select", "--latent-dim",
+MODEL_OPTIONS = ("--spec", "--code-path", "--trust-pickle", "--select", "--class-map", "--output-range", "--output-select", "--latent-dim",
                  "--latent-shape", "--latent-distribution", "--config")
 RUN_OPTIONS = ("--num-samples", "-n", "--batch-size", "--tangent-chunk", "--max-memory", "--device", "--dtype",
                "--seed", "--skip-nonfinite", "--target-stderr", "--min-samples", "--checkpoint", "--checkpoint-every",

@@ -38,9 +38,10 @@ def test_corrupt_safetensors(run_cli, tmp_path):
 
 
 def test_unknown_file_type_names_the_supported_formats(run_cli, tmp_path):
-    path = tmp_path / "model.onnx"
-    path.write_bytes(b"\x08\x07ONNX-ish bytes")
-    assert_one_line_error(run_cli("estimate", path), "TorchScript", ".pt2", "safetensors", "state dict")
+    path = tmp_path / "model.h5"  # Keras: not a format genentropy reads
+    path.write_bytes(b"\x89HDF\r\n\x1a\n" + bytes(64))
+    assert_one_line_error(run_cli("estimate", path), "TorchScript", ".pt2", "safetensors", "state dict", "ONNX",
+                          "hf://")
 
 
 def test_spec_naming_an_unknown_architecture(run_cli, tmp_path):

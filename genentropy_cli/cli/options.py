@@ -52,7 +52,8 @@ def _output(*names: str, help: str, **settings) -> typer.models.OptionInfo:
 # ----------------------------------------------------------------- model options
 
 ModelArgument = Annotated[str, typer.Argument(
-    help="Decoder file: TorchScript (.pt/.pth/.ts), torch.export (.pt2), safetensors + spec, state dict + spec.",
+    help="Decoder file: TorchScript (.pt/.pth/.ts), torch.export (.pt2), safetensors + spec, state dict or "
+         "checkpoint + spec, ONNX (.onnx), or hf://owner/repo[/file][@revision].",
     show_default=False)]
 ModelsArgument = Annotated[List[str], typer.Argument(
     help="Two or more decoder files (the model options apply to each).", show_default=False)]
@@ -62,6 +63,12 @@ CodePathOption = Annotated[Optional[List[str]], _model(
     "--code-path", help="Directory to import a spec's `import:` class from (repeatable).")]
 TrustPickleOption = Annotated[bool, _model(
     "--trust-pickle", help="Load a whole pickled nn.Module (runs code from the file; trusted files only).")]
+SelectOption = Annotated[Optional[str], _model(
+    "--select", help="Sub-model inside a checkpoint: a key path (netG, G_ema), then a name prefix "
+                     "(state_dict.generator keeps state_dict's generator.* tensors); `inspect` lists them.")]
+ClassMapOption = Annotated[Optional[List[str]], _model(
+    "--class-map", help="With --trust-pickle: OLD=NEW, a pickled class to import from elsewhere, e.g. "
+                        "__main__.Generator=mymodels:Generator with --code-path DIR (repeatable).")]
 OutputRangeOption = Annotated[Optional[str], _model(
     "--output-range", help="Map outputs from [LO,HI] to [0,1], e.g. -1,1 for tanh (none: off).")]
 OutputSelectOption = Annotated[Optional[str], _model(
@@ -83,6 +90,8 @@ class ModelFlags:
     spec: SpecOption = None
     code_path: CodePathOption = None
     trust_pickle: TrustPickleOption = False
+    select: SelectOption = None
+    class_map: ClassMapOption = None
     output_range: OutputRangeOption = None
     output_select: OutputSelectOption = None
     latent_dim: LatentDimOption = None
@@ -92,7 +101,8 @@ class ModelFlags:
 
     def model_options(self, path: str) -> ModelOptions:
         return ModelOptions(path, spec=self.spec, code_path=tuple(self.code_path or ()),
-                            trust_pickle=self.trust_pickle, latent_dim=self.latent_dim,
+                            trust_pickle=self.trust_pickle, select=self.select,
+                            class_map=tuple(self.class_map or ()), latent_dim=self.latent_dim,
                             latent_shape=self.latent_shape, latent_distribution=self.latent_distribution,
                             output_range=self.output_range, output_select=self.output_select)
 

@@ -24,8 +24,10 @@ from genentropy_cli.errors import EstimationError, InputError
 from genentropy_cli.models.architectures import ARCHITECTURES
 from genentropy_cli.models.exported import ExportedDecoder
 from genentropy_cli.models.loading import LoadedModel, load_safetensors_model
+from genentropy_cli.models.onnx_models import OnnxDecoder, onnx_weights
 from genentropy_cli.models.resolve import ModelOptions, ResolvedModel, resolve_model
 from genentropy_cli.models.specs import (
+    architecture_label,
     build_from_spec,
     has_architecture,
     load_state_into,
@@ -38,7 +40,9 @@ RESOLVED_KEYS = ("latent", "output", "weights")
 
 
 def state_dict_of(decoder: Any) -> dict[str, torch.Tensor]:
-    """The decoder's named weights (an exported program's under their original names)."""
+    """The decoder's named weights (an exported program's and an ONNX graph's under their original names)."""
+    if isinstance(decoder, OnnxDecoder):
+        return onnx_weights(decoder.source)
     module = decoder.program if isinstance(decoder, ExportedDecoder) else decoder
     if not isinstance(module, torch.nn.Module):
         raise InputError(f"a {type(decoder).__name__} has no weights to convert")
@@ -72,10 +76,28 @@ def _class_reference(cls: type) -> dict:
             return {"architecture": name}
     if cls.__module__ == "__main__" or "<locals>" in cls.__qualname__:
         raise InputError(
-            f"the pickled module's class {cls.__qualname__} is not importable (defined in a script or function); "
-            "move it into a module and name it with --spec FILE (import: package.module:Class)"
+            f"the pickled module's class {cls.__qualname__} is not importable (defined in a script or function): "
+            f"copy it into a file DIR/mymodels.py and pass --code-path DIR --class-map "
+            f"{cls.__module__}.{cls.__qualname__}=mymodels:{cls.__name__}"
         )
     return {"import": f"{cls.__module__}:{cls.__qualname__}"}
+
+
+def source_weights(loaded: LoadedModel, spec: dict, module: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """The weights to write: the decoder's, or an ONNX graph's initializers that carry the
+    architecture's names (batch-norm counters, which ONNX drops and eval mode never reads, from
+    the fresh module)."""
+    weights = state_dict_of(loaded.decoder)
+    if loaded.format != "onnx":
+        return weights
+    expected = module.state_dict()
+    missing = [name for name in expected if name not in weights and not name.endswith("num_batches_tracked")]
+    if missing:
+        raise InputError(
+            f"the weights in {loaded.path} do not carry the names of {architecture_label(spec)} (missing "
+            f"{', '.join(missing[:5])}{' ...' if len(missing) > 5 else ''}): convert maps an ONNX graph onto the "
+            "module it was exported from, exported with torch.onnx.export(module, ..., dynamo=False)")
+    return {name: weights[name] if name in weights else tensor for name, tensor in expected.items()}
 
 
 def converted_spec(resolved: ResolvedModel) -> dict:
@@ -109,8 +131,9 @@ def convert_to_safetensors(options: ModelOptions, target: str | Path, overwrite:
         raise InputError(f"{file} exists; pass --force to overwrite it")
     resolved = resolve_model(options)
     spec = converted_spec(resolved)
-    weights = state_dict_of(resolved.loaded.decoder)
-    module = load_state_into(build_from_spec(spec, options.code_path), weights, resolved.path)
+    module = build_from_spec(spec, options.code_path)
+    weights = source_weights(resolved.loaded, spec, module)
+    module = load_state_into(module, weights, resolved.path)
     save_safetensors(module, file, spec)
 
     reloaded = load_safetensors_model(file, None, options.code_path)

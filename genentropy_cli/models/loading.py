@@ -9,7 +9,11 @@ Formats, chosen by content (the extension only breaks ties):
 - safetensors weights plus a spec (``specs.py``): embedded in the file's metadata, a sidecar
   ``model.yaml`` beside it, or ``--spec FILE``;
 - ``torch.save`` state dicts plus a spec (``pickles.py``); whole pickled modules only
-  with ``trust_pickle``.
+  with ``trust_pickle``; a sub-model of a training checkpoint chosen by ``select`` or the
+  spec's ``weights:`` section (``selection.py``);
+- ONNX graphs, converted to torch modules at load (``onnx_models.py``, optional extra);
+- ``hf://owner/repo[/file][@revision]``: any of these from the Hugging Face Hub or its local
+  cache (``hub.py``, optional extra).
 
 What the model says about its latent and output is layered: embedded metadata, then a spec
 file (sidecar or ``--spec``), then flags (``resolve_latent_spec``); each entry remembers
@@ -29,16 +33,19 @@ import torch
 from genentropy_cli.core.latents import LatentSpec, make_latent_spec, parse_distribution
 from genentropy_cli.errors import InputError, first_line
 from genentropy_cli.models.exported import PT2_SUFFIX, load_exported
+from genentropy_cli.models.hub import fetch_hub_model, is_hub_url
 from genentropy_cli.models.metadata import METADATA_FILE, metadata_record, parse_metadata
-from genentropy_cli.models.pickles import PICKLE_WARNING, load_torch_save
+from genentropy_cli.models.onnx_models import ONNX_SUFFIX, load_onnx, looks_like_onnx
+from genentropy_cli.models.pickles import PICKLE_WARNING, load_torch_save, parse_class_map
+from genentropy_cli.models.selection import find_candidates, matching_candidates, select_submodel, spec_weights
 from genentropy_cli.models.specs import (
+    architecture_latent_metadata,
     build_from_spec,
     find_sidecar,
     has_architecture,
     load_state_into,
     read_safetensors,
     read_spec_file,
-    select_state_dict,
     spec_metadata,
 )
 
@@ -46,8 +53,11 @@ TORCHSCRIPT_SUFFIXES = (".pt", ".pth", ".ts")
 
 SUPPORTED_FORMATS = (
     "TorchScript (.pt, .pth, .ts), a torch.export program (.pt2), safetensors weights with a spec "
-    "(.safetensors), or a torch.save state dict with a spec (.pt, .pth)"
+    "(.safetensors), a torch.save state dict or checkpoint with a spec (.pt, .pth, .ckpt), an ONNX graph (.onnx), "
+    "or hf://owner/repo"
 )
+SELECTABLE_FORMATS = ("safetensors", "checkpoint")
+"""Formats holding a tree of weights, in which ``--select`` chooses a sub-model."""
 
 FORMATS_RUNNING_CODE = ("torchscript", "torch.export", "pickle")
 """Formats whose files carry code: load them only from sources you trust."""
@@ -72,11 +82,17 @@ class LoadedModel:
     spec_source: str | None = None
     warnings: list[str] = field(default_factory=list)
     spec_file: dict | None = None
+    selection: dict | None = None
+    location: str | None = None
 
     def describe(self) -> dict:
         description = {"path": self.path, "format": self.format}
+        if self.location is not None:
+            description["file"] = self.location
         if self.spec_source is not None:
             description["spec_source"] = self.spec_source
+        if self.selection:
+            description["selected"] = dict(self.selection)
         return description
 
     def layer(self, entries: dict, origin: str) -> None:
@@ -103,7 +119,7 @@ def _looks_like_safetensors(file: Path) -> bool:
 
 
 def detect_format(file: Path) -> str:
-    """``safetensors``, ``torchscript``, ``torch.export`` or ``checkpoint`` (a torch.save pickle)."""
+    """``safetensors``, ``torchscript``, ``torch.export``, ``checkpoint`` (a torch.save pickle) or ``onnx``."""
     if file.suffix == ".safetensors" or _looks_like_safetensors(file):
         return "safetensors"
     if zipfile.is_zipfile(file):
@@ -125,61 +141,99 @@ def detect_format(file: Path) -> str:
             return "torchscript"  # its loader names what is wrong with the archive
     else:
         with file.open("rb") as handle:
-            if handle.read(1) == b"\x80":  # a pickle (torch.save's legacy format)
-                return "checkpoint"
+            head = handle.read(8)
+        if head[:1] == b"\x80":  # a pickle (torch.save's legacy format)
+            return "checkpoint"
+        if file.suffix == ONNX_SUFFIX or looks_like_onnx(head):
+            return "onnx"
     raise InputError(f"{file} is not a model genentropy can load: expected {SUPPORTED_FORMATS}")
 
 
 def load_model(path: str | Path, *, spec: str | Path | None = None, code_path: Sequence[str | Path] = (),
-               trust_pickle: bool = False) -> LoadedModel:
+               trust_pickle: bool = False, select: str | None = None, class_map: Sequence[str] = ()) -> LoadedModel:
     """Load a decoder, choosing the format by content.
 
+    ``path``: a file, or ``hf://owner/repo[/file][@revision]`` (``hub.py``).
     ``spec``: a spec file (YAML) to use instead of a sidecar ``<model>.yaml``; its latent and
     output sections apply to every format, its architecture to weights-only formats.
     ``code_path``: directories to import ``import:`` architectures (and trusted pickles) from.
     ``trust_pickle``: load a whole pickled ``nn.Module`` (runs code from the file).
+    ``select``: the sub-model inside a checkpoint (``selection.select_submodel``).
+    ``class_map``: ``OLD=NEW`` renames of the classes a trusted pickle names (``pickles.parse_class_map``).
     """
-    file = _check_file(path)
-    spec_file = Path(spec) if spec is not None else find_sidecar(file)
+    renamed = parse_class_map(class_map)
+    remote = fetch_hub_model(str(path)) if is_hub_url(path) else None
+    file = _check_file(remote.file if remote is not None else path)
+    spec_file = Path(spec) if spec is not None else (remote.spec_file if remote is not None else find_sidecar(file))
     file_spec = read_spec_file(spec_file) if spec_file is not None else None
+    if remote is not None:
+        file_spec = remote.complete_spec(file_spec)
     kind = detect_format(file)
+    if select is not None and kind not in SELECTABLE_FORMATS:
+        raise InputError(f"--select chooses a sub-model inside a checkpoint or safetensors file; {path} is {kind}: "
+                         "drop --select")
     if kind == "safetensors":
-        loaded = load_safetensors_model(file, file_spec, code_path)
+        loaded = load_safetensors_model(file, file_spec, code_path, select)
     elif kind == "torchscript":
         loaded = load_torchscript(file)
     elif kind == "torch.export":
         decoder, metadata, origins = load_exported(file)
         loaded = LoadedModel(decoder, str(file), "torch.export", metadata, origins)
+    elif kind == "onnx":
+        decoder, metadata, origins = load_onnx(file)
+        loaded = LoadedModel(decoder, str(file), "onnx", metadata, origins)
     else:
-        loaded = load_torch_save_model(file, file_spec, code_path, trust_pickle)
+        loaded = load_torch_save_model(file, file_spec, code_path, trust_pickle, select, renamed)
+    if remote is not None:
+        loaded.path, loaded.location = remote.url, str(file)
     if file_spec is not None:
         loaded.layer(spec_metadata(file_spec), "spec")
-        loaded.spec_source, loaded.spec_file = str(spec_file), file_spec
+        loaded.spec_source = str(spec_file) if spec_file is not None else f"{loaded.path} (config.json)"
+        loaded.spec_file = file_spec
         if has_architecture(file_spec) and loaded.spec is not file_spec:
-            loaded.warnings.append(f"{file} carries its own code: the architecture in {spec_file} is used only by convert")
+            loaded.warnings.append(f"{loaded.path} carries its own code: the architecture in {loaded.spec_source} "
+                                   "is used only by convert")
+    if "latent_shape" not in loaded.metadata:  # a built-in architecture's latent_dim
+        loaded.layer(architecture_latent_metadata(loaded.spec or file_spec), "architecture")
     return loaded
 
 
-def _build(spec: dict, tensors: dict[str, torch.Tensor], source: str, code_path: Sequence[str | Path]):
-    return load_state_into(build_from_spec(spec, code_path), tensors, source)
+def _build(spec: dict, tensors: dict[str, torch.Tensor], source: str, code_path: Sequence[str | Path],
+           content: Any = None, selection: dict | None = None):
+    """The spec's architecture with ``tensors`` loaded; when they do not fit and another
+    sub-model of the checkpoint ``content`` does, the refusal names the selection that fits."""
+    module = build_from_spec(spec, code_path)
+    try:
+        return load_state_into(module, tensors, source)
+    except InputError as error:
+        fits = [] if content is None else matching_candidates(content, module.state_dict(),
+                                                              (selection or {}).get("strip_prefix", ""))
+        if not fits:
+            raise
+        raise InputError(f"{error}; the tensors at {fits[0].select} fit it: pass --select {fits[0].select} "
+                         f"(or weights: {spec_weights(fits[0])} in the spec)") from None
 
 
 def _missing_spec(file: Path, what: str) -> InputError:
+    choose = (f", with weights: naming its sub-model (`genentropy inspect {file}` lists them and the spec lines "
+              "for each)" if what == "a training checkpoint" else "")
     return InputError(
-        f"{file} holds {what} but no spec saying which architecture they belong to; put {file.with_suffix('.yaml').name} "
-        "beside it or pass --spec FILE (architecture or import, kwargs, latent)"
+        f"{file} holds {what} but no spec saying which architecture the weights belong to; put "
+        f"{file.with_suffix('.yaml').name} beside it or pass --spec FILE (architecture or import, kwargs, latent){choose}"
     )
 
 
-def load_safetensors_model(file: Path, file_spec: dict | None = None,
-                           code_path: Sequence[str | Path] = ()) -> LoadedModel:
+def load_safetensors_model(file: Path, file_spec: dict | None = None, code_path: Sequence[str | Path] = (),
+                           select: str | None = None) -> LoadedModel:
     """safetensors weights, built from the spec file if it names an architecture, else the embedded spec."""
     tensors, embedded = read_safetensors(file)
     spec = file_spec if has_architecture(file_spec) else embedded
     if not has_architecture(spec):
         raise _missing_spec(file, "weights")
     assert spec is not None
-    loaded = LoadedModel(_build(spec, tensors, str(file), code_path), str(file), "safetensors", spec=spec)
+    chosen, selection = select_submodel(tensors, spec.get("weights"), select, str(file))
+    decoder = _build(spec, chosen, str(file), code_path, tensors, selection)
+    loaded = LoadedModel(decoder, str(file), "safetensors", spec=spec, selection=selection)
     if embedded is not None:
         loaded.layer(spec_metadata(embedded), "metadata")
     if spec is embedded:
@@ -188,19 +242,30 @@ def load_safetensors_model(file: Path, file_spec: dict | None = None,
 
 
 def load_torch_save_model(file: Path, file_spec: dict | None = None, code_path: Sequence[str | Path] = (),
-                          trust_pickle: bool = False) -> LoadedModel:
-    """A torch.save state dict built with the spec's architecture, or (trusted) a pickled module."""
-    content, trusted = load_torch_save(file, trust_pickle, code_path)
-    if isinstance(content, torch.nn.Module):
-        loaded = LoadedModel(content, str(file), "pickle")
+                          trust_pickle: bool = False, select: str | None = None,
+                          class_map: dict[str, str] | None = None) -> LoadedModel:
+    """A torch.save state dict (or the checkpoint's selected sub-model) built with the spec's
+    architecture, or (trusted) a pickled module."""
+    content, trusted = load_torch_save(file, trust_pickle, code_path, class_map)
+    if isinstance(content, torch.nn.Module) and select is None:
+        chosen, selection = content, {}
+    else:
+        try:
+            chosen, selection = select_submodel(content, (file_spec or {}).get("weights"), select, str(file))
+        except InputError:
+            if has_architecture(file_spec) or select is not None or any(
+                    candidate.kind == "module" for candidate in find_candidates(content)):
+                raise
+            raise _missing_spec(file, "a training checkpoint") from None
+    if isinstance(chosen, torch.nn.Module):
+        loaded = LoadedModel(chosen, str(file), "pickle", selection=selection)
         loaded.warnings.append(PICKLE_WARNING.format(file=file))
         return loaded
     if not has_architecture(file_spec):
         raise _missing_spec(file, "a state dict")
     assert file_spec is not None
-    tensors = select_state_dict(content, file_spec, str(file))
-    decoder = _build(file_spec, tensors, str(file), code_path)
-    loaded = LoadedModel(decoder, str(file), "state-dict", spec=file_spec)
+    decoder = _build(file_spec, chosen, str(file), code_path, content, selection)
+    loaded = LoadedModel(decoder, str(file), "state-dict", spec=file_spec, selection=selection)
     if trusted:
         loaded.warnings.append(PICKLE_WARNING.format(file=file))
     return loaded

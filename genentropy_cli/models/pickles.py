@@ -12,7 +12,7 @@ import pickle
 import re
 import types
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 import torch
 
@@ -32,29 +32,96 @@ MOVED_MODULES = {
 """Where classes that pickles made by genentropy 0.1 name now live (the package was split into layers)."""
 
 
+class UnimportableClass(AttributeError):
+    """A class a pickle names that cannot be imported: ``module.name`` as the file says, and
+    what ``--class-map`` made of it (None: not mapped)."""
+
+    def __init__(self, module: str, name: str, mapped: str | None, error: BaseException):
+        super().__init__(f"{module}.{name}: {first_line(error)}")
+        self.module, self.name, self.mapped, self.error = module, name, mapped, error
+
+
 class _RenamingUnpickler(pickle.Unpickler):
+    renamed: Mapping[str, str] = MOVED_MODULES
+
     def find_class(self, module: str, name: str) -> Any:
-        return super().find_class(MOVED_MODULES.get(module, module), name)
+        target = self.renamed.get(f"{module}.{name}")
+        if target is not None:  # one class mapped to another: "module:Class"
+            where, _, attribute = target.partition(":")
+        else:
+            where, attribute = self.renamed.get(module, module), name
+        try:
+            return super().find_class(where, attribute)
+        except (ImportError, AttributeError) as error:
+            mapped = f"{where}:{attribute}" if (where, attribute) != (module, name) else None
+            raise UnimportableClass(module, name, mapped, error) from None
 
 
-RENAMING_PICKLE = types.SimpleNamespace(**{name: getattr(pickle, name) for name in ("load", "loads", "dump", "dumps",
-                                                                                       "UnpicklingError")},
-                                        Unpickler=_RenamingUnpickler, __name__="pickle")
+def renaming_pickle(class_map: Mapping[str, str] | None = None) -> types.SimpleNamespace:
+    """A pickle module for ``torch.load`` that finds moved classes: ``MOVED_MODULES`` and the
+    user's ``--class-map`` (``parse_class_map``)."""
+    unpickler = type("_MappedUnpickler", (_RenamingUnpickler,), {"renamed": {**MOVED_MODULES, **(class_map or {})}})
+    return types.SimpleNamespace(**{name: getattr(pickle, name) for name in ("load", "loads", "dump", "dumps",
+                                                                             "UnpicklingError")},
+                                 Unpickler=unpickler, __name__="pickle")
+
+
+RENAMING_PICKLE = renaming_pickle()
 """A pickle module for ``torch.load`` that finds moved classes (``MOVED_MODULES``)."""
+
+
+def parse_class_map(entries: Sequence[str]) -> dict[str, str]:
+    """``--class-map OLD=NEW`` entries as the unpickler's renames.
+
+    ``__main__.Generator=mymodels:Generator`` maps one class (a class saved from a script or
+    notebook, or a renamed one) to an importable class; ``oldpkg.nets=newpkg.nets`` maps a
+    moved module (every class in it).
+    """
+    renamed: dict[str, str] = {}
+    for entry in entries:
+        old, separator, new = (part.strip() for part in str(entry).partition("="))
+        module, colon, name = new.partition(":")
+        parts = [*old.split("."), *module.split("."), *(name.split(".") if colon else [])]
+        if not separator or not all(part.isidentifier() for part in parts) or (colon and "." not in old):
+            raise InputError(f"--class-map takes OLD=NEW, e.g. __main__.Generator=mymodels:Generator (a class) or "
+                             f"oldpkg.nets=newpkg.nets (a module); got {entry!r}")
+        renamed[old] = new
+    return renamed
+
+
+def unimportable_advice(file: Path, error: UnimportableClass) -> str:
+    """The refusal for a pickled class that cannot be imported, saying what makes it importable."""
+    if error.mapped is not None:
+        return (f"{file}: {error.module}.{error.name} is mapped to {error.mapped}, which cannot be imported "
+                f"({first_line(error.error)}); add the directory that holds it with --code-path DIR")
+    if error.module == "__main__":
+        return (f"{file} pickles the class {error.name} of the script or notebook that saved it (module __main__), "
+                "which cannot be imported as it was: copy the class into a file DIR/mymodels.py and pass "
+                f"--trust-pickle --code-path DIR --class-map __main__.{error.name}=mymodels:{error.name}")
+    return (f"{file} names {error.module}.{error.name}, which cannot be imported ({first_line(error.error)}): add the "
+            f"directory that holds {error.module} with --code-path DIR, or if the class moved, map it with "
+            f"--class-map {error.module}.{error.name}=module:Class")
 
 
 def _refusal(file: Path, error: BaseException) -> InputError:
     names = re.findall(r"GLOBAL ([\w.]+)", str(error))
     what = f"a pickled {names[0]}" if names else "a pickled Python object"
+    flags = "--trust-pickle"
+    if names and names[0].startswith("__main__."):  # saved from a script or notebook: map the class
+        name = names[0].removeprefix("__main__.")
+        flags = f"--trust-pickle --code-path DIR --class-map __main__.{name}=mymodels:{name}"
+        what += f" (defined in the script or notebook that saved it: copy the class into DIR/mymodels.py)"
     return InputError(
         f"{file} holds {what}, not just weights: unpickling it would run code from the file, so it is refused; "
-        f"if you trust it, convert it once with `genentropy convert {file} model.safetensors --trust-pickle` "
-        "(then load the .safetensors), or pass --trust-pickle"
+        f"if you trust it, convert it once with `genentropy convert {file} model.safetensors {flags}` "
+        f"(then load the .safetensors), or pass {flags}"
     )
 
 
-def load_torch_save(file: Path, trust_pickle: bool = False, code_path: Sequence[str | Path] = ()) -> tuple[Any, bool]:
-    """The unpickled object and whether it needed the trusted (code-running) path."""
+def load_torch_save(file: Path, trust_pickle: bool = False, code_path: Sequence[str | Path] = (),
+                    class_map: Mapping[str, str] | None = None) -> tuple[Any, bool]:
+    """The unpickled object and whether it needed the trusted (code-running) path; ``class_map``
+    renames the classes it names (``parse_class_map``)."""
     try:
         return torch.load(str(file), map_location="cpu", weights_only=True), False
     except pickle.UnpicklingError as error:
@@ -64,7 +131,10 @@ def load_torch_save(file: Path, trust_pickle: bool = False, code_path: Sequence[
         raise InputError(f"{file} is not a loadable torch.save checkpoint ({first_line(error)})") from None
     with import_paths(code_path):
         try:
-            return torch.load(str(file), map_location="cpu", weights_only=False, pickle_module=RENAMING_PICKLE), True
+            return torch.load(str(file), map_location="cpu", weights_only=False,
+                              pickle_module=renaming_pickle(class_map)), True
+        except UnimportableClass as error:
+            raise InputError(unimportable_advice(file, error)) from None
         except (ImportError, AttributeError) as error:
             raise InputError(
                 f"{file} names code that cannot be imported ({first_line(error)}); add its directory with --code-path DIR"

@@ -1,6 +1,6 @@
 """From what the user points at (a file and options) to a decoder ready for the engine.
 
-    ModelOptions(path, spec, code_path, trust_pickle, latent_*, output_*) --resolve_model-->
+    ModelOptions(path, spec, code_path, trust_pickle, select, class_map, latent_*, output_*) --resolve_model-->
     ResolvedModel(decoder with its output transform, latent spec, and where each came from)
 
 Precedence for the latent spec and the output transform: flags, then the spec file
@@ -26,6 +26,8 @@ class ModelOptions:
     spec: str | Path | None = None
     code_path: Sequence[str | Path] = ()
     trust_pickle: bool = False
+    select: str | None = None
+    class_map: Sequence[str] = ()
     latent_dim: int | None = None
     latent_shape: str | Sequence[int] | None = None
     latent_distribution: str | None = None
@@ -88,7 +90,7 @@ def _resolve_transform(loaded: LoadedModel, output_range: Any, output_select: An
 def resolve_model(options: ModelOptions) -> ResolvedModel:
     """Load the model and settle its latent spec and output transform (flags win)."""
     loaded = load_model(options.path, spec=options.spec, code_path=tuple(options.code_path),
-                        trust_pickle=options.trust_pickle)
+                        trust_pickle=options.trust_pickle, select=options.select, class_map=tuple(options.class_map))
     shape = options.latent_shape
     if isinstance(shape, str):
         shape = parse_latent_shape(shape)

@@ -7,7 +7,7 @@ A spec is a small mapping (YAML or JSON):
     kwargs: {latent_dim: 62, width: 0.25}
     latent: {shape: [62], distribution: uniform}
     output: {range: [-1, 1], select: 0}  # optional output transform (transforms.py)
-    weights: {key: netG, strip_prefix: "module."}  # optional: where a checkpoint keeps the state dict
+    weights: {key: state_dict, prefix: "generator."}  # optional: the sub-model in a checkpoint (selection.py)
 
 It comes from a file beside the weights (``model.yaml`` next to ``model.safetensors``), from
 ``--spec FILE``, or embedded: ``save_safetensors`` writes it as JSON in the safetensors
@@ -19,6 +19,7 @@ named Python module, so use it only with code you trust.
 from __future__ import annotations
 
 import importlib
+import inspect
 import json
 import sys
 from contextlib import contextmanager
@@ -32,12 +33,13 @@ from safetensors.torch import load_file, save_file
 
 from genentropy_cli.errors import InputError, first_line
 from genentropy_cli.models.architectures import ARCHITECTURES
+from genentropy_cli.models.selection import SELECTION_KEYS
 
 SPEC_METADATA_KEY = "genentropy_spec"
 SPEC_KEYS: tuple[str, ...] = ("architecture", "import", "kwargs", "latent", "output", "weights", "description")
 LATENT_KEYS: tuple[str, ...] = ("shape", "distribution")
 OUTPUT_KEYS: tuple[str, ...] = ("range", "select")
-WEIGHTS_KEYS: tuple[str, ...] = ("key", "strip_prefix")
+WEIGHTS_KEYS: tuple[str, ...] = SELECTION_KEYS
 SIDECAR_SUFFIXES: tuple[str, ...] = (".yaml", ".yml")
 
 
@@ -197,6 +199,19 @@ def latent_metadata(spec: dict) -> dict:
     return metadata
 
 
+def architecture_latent_metadata(spec: Mapping | None) -> dict:
+    """The latent shape a built-in architecture implies, ``[kwargs.latent_dim]`` (or its default),
+    for a spec without ``latent: {shape}``; {} for ``import:`` classes, whose arguments are their own."""
+    if not spec or spec.get("architecture") not in ARCHITECTURES:
+        return {}
+    kwargs = dict(spec.get("kwargs") or {})
+    default = inspect.signature(ARCHITECTURES[spec["architecture"]]).parameters.get("latent_dim")
+    size = kwargs.get("latent_dim", default.default if default is not None else None)
+    if not isinstance(size, int) or isinstance(size, bool) or size <= 0:
+        return {}
+    return {"latent_shape": [size]}
+
+
 def output_metadata(spec: dict) -> dict:
     """The spec's output section as ``output_range`` / ``output_select`` metadata."""
     output = spec.get("output") or {}
@@ -257,36 +272,6 @@ def read_safetensors(path: str | Path) -> tuple[dict[str, torch.Tensor], dict | 
     except json.JSONDecodeError:
         raise InputError(f"{path} carries an unreadable embedded spec ({SPEC_METADATA_KEY})") from None
     return tensors, validate_spec(spec, f"the spec embedded in {path}", strict=False)
-
-
-def select_state_dict(checkpoint: Any, spec: Mapping | None, source: str) -> dict[str, torch.Tensor]:
-    """The state dict inside a loaded checkpoint: the whole mapping, or ``weights.key`` (a
-    dotted path, e.g. ``netG`` or ``state_dict``), minus ``weights.strip_prefix``."""
-    weights = dict((spec or {}).get("weights") or {})
-    found = checkpoint
-    key = weights.get("key")
-    if key:
-        for part in str(key).split("."):
-            if not isinstance(found, Mapping) or part not in found:
-                raise InputError(f"{source} has no entry {key!r} (spec weights.key); it holds {_keys_of(found)}")
-            found = found[part]
-    if not isinstance(found, Mapping) or not found or not all(isinstance(v, torch.Tensor) for v in found.values()):
-        raise InputError(
-            f"{source} does not hold a state dict (a mapping of names to tensors) where expected; it holds "
-            f"{_keys_of(found)}: name the entry with weights: {{key: NAME}} in the spec"
-        )
-    prefix = weights.get("strip_prefix")
-    state = {str(name): tensor for name, tensor in found.items()}
-    if prefix:
-        state = {name.removeprefix(str(prefix)): tensor for name, tensor in state.items()}
-    return state
-
-
-def _keys_of(value: Any) -> str:
-    if isinstance(value, Mapping):
-        names = [str(name) for name in list(value)[:8]]
-        return "keys " + ", ".join(names) + (" ..." if len(value) > 8 else "") if names else "an empty mapping"
-    return f"a {type(value).__name__}"
 
 
 def load_state_into(module: torch.nn.Module, tensors: dict[str, torch.Tensor], source: str) -> torch.nn.Module:
