@@ -12,7 +12,8 @@ from genentropy_cli.cli.options import RUN_DEFAULTS, DeviceFlags, ModelArgument,
 from genentropy_cli.cli.output import Sink
 from genentropy_cli.defaults import INSPECT_PROBE_LATENTS
 from genentropy_cli.errors import InputError
-from genentropy_cli.jobs.inspect import inspect_model
+from genentropy_cli.jobs.inspect import checkpoint_report, inspect_model
+from genentropy_cli.models.contents import checkpoint_contents
 from genentropy_cli.run.options import validate_scales
 
 ProbeLatentsOption = Annotated[int, typer.Option("--probe-latents", help="Latents whose Jacobians are probed.")]
@@ -22,11 +23,23 @@ RankScaleOption = Annotated[float, typer.Option("--scale", "-s", help="Scale s a
 @command
 def inspect(model: ModelArgument, *, source: ModelFlags, probe_latents: ProbeLatentsOption = INSPECT_PROBE_LATENTS,
             scale: RankScaleOption = RUN_DEFAULTS["scales"][0], machine: DeviceFlags, report: OutputFlags) -> None:
-    """Describe a model: format, parameters, latent spec and its source, output, speed, Jacobian probe."""
+    """Describe a model: format, parameters, latent spec and its source, output, speed, Jacobian probe;
+    for a checkpoint also the sub-models it holds, with the --select flag and spec lines for each."""
     if probe_latents <= 0:
         raise InputError(f"--probe-latents must be positive, got {probe_latents}")
     sink = Sink.of(report)
-    resolved = open_model(source, model, sink.warn)
+    contents = checkpoint_contents(source.model_options(model))
+    try:
+        resolved = open_model(source, model, sink.warn)
+    except InputError as error:
+        if not contents or not contents["candidates"]:
+            raise
+        sink.warn(f"no model built yet: {error}")
+        document = checkpoint_report(contents, error)
+        sink.emit(document, lambda: reporting.checkpoint_tables(document["checkpoint"], model))
+        return
     document = inspect_model(resolved, device=machine.device, dtype=machine.dtype, probe_latents=probe_latents,
-                             scale=validate_scales([scale])[0], seed=machine.seed)
-    sink.emit(document, lambda: reporting.inspect_table(document))
+                             scale=validate_scales([scale])[0], seed=machine.seed, checkpoint=contents)
+    several = contents is not None and (len(contents["candidates"]) > 1 or contents["other_entries"])
+    sink.emit(document, lambda: [reporting.inspect_table(document)]
+              + (reporting.checkpoint_tables(contents, model) if several else []))

@@ -178,6 +178,10 @@ def _transform_label(transform: dict) -> str:
     return ", ".join(parts) or "none"
 
 
+def _selection_label(selection: dict) -> str:
+    return ", ".join(f"{name} {value}" for name, value in selection.items())
+
+
 def inspect_table(report: dict) -> Table:
     """``genentropy inspect``: one row per fact."""
     model, probe, parameters = report["model"], report["jacobian_probe"], report["parameters"]
@@ -187,6 +191,8 @@ def inspect_table(report: dict) -> Table:
                                       if model["runs_code_from_file"] else "")),
         ("architecture", str(model.get("architecture") or "-")),
         ("spec", str(model.get("spec_source") or "-")),
+        *([("selected", _selection_label(model["selected"]))] if model.get("selected") else []),
+        *([("local file", model["file"])] if model.get("file") else []),
         ("parameters", f"{parameters['count']:,} ({', '.join(parameters['dtypes']) or '-'}); "
                        f"buffers {parameters['buffers']:,}"),
         ("latent", f"{'x'.join(str(size) for size in model['latent_shape'])} {model['latent_distribution']} "
@@ -200,6 +206,33 @@ def inspect_table(report: dict) -> Table:
         (f"rank at s = {probe['scale']:g}", f"{min(ranks)} to {max(ranks)} of d = {probe['latent_dim']}"),
     ]
     return _field_table(f"Model {model['path']}", rows)
+
+
+def checkpoint_tables(contents: dict, path: str) -> list[Table]:
+    """``inspect`` of a checkpoint: its sub-models with the flag and spec lines that choose each,
+    then its other entries."""
+    fits = any(candidate["fits_spec"] is not None for candidate in contents["candidates"])
+    models = Table(title=f"Sub-models in {path}", caption="Choose one with --select, or with the weights: line "
+                   "in the spec (beside architecture/import, kwargs, latent).")
+    for header in ["--select", "what", "tensors", "values"] + (["fits spec"] if fits else []) + ["spec lines"]:
+        models.add_column(header, justify="right" if header in ("tensors", "values") else "left")
+    for candidate in contents["candidates"]:
+        what = candidate["kind"] + (f" {candidate['class']}" if candidate["class"] else "")
+        row = [candidate["select"] or "(the whole file)", what, f"{candidate['tensors']:,}", f"{candidate['values']:,}"]
+        if fits:
+            row.append({True: "yes", False: "no", None: "-"}[candidate["fits_spec"]])
+        models.add_row(*row, candidate["spec_lines"] or "(none needed)")
+    tables = [models]
+    if contents["other_entries"]:
+        others = Table(title="Other entries (not models)")
+        for header in ("key", "kind", "value"):
+            others.add_column(header)
+        for entry in contents["other_entries"]:
+            others.add_row(entry["key"], entry["kind"], entry["detail"])
+        if contents["other_entries_not_shown"]:
+            others.caption = f"{contents['other_entries_not_shown']} more not shown"
+        tables.append(others)
+    return tables
 
 
 def convert_table(report: dict) -> Table:

@@ -4,6 +4,10 @@ Format, parameters, latent spec and where it came from, output shape, forward ti
 sample, and a Jacobian probe on a few latents: singular values sigma_j of J (square roots of
 the eigenvalues of J^T J, float64) and the rank at scale s, #{j : sigma_j > s}. A rank below
 d at the s you plan to use means the estimate there is dominated by s (check with sweeps).
+
+A checkpoint or safetensors file also gets its contents (``models.contents``): the sub-models
+it holds with the ``--select`` flag and spec lines for each, and its other entries. When no
+model can be built from it yet (several sub-models, no spec), that listing is the report.
 """
 
 from __future__ import annotations
@@ -54,10 +58,16 @@ def forward_seconds_per_sample(prepared, latents: torch.Tensor, repeats: int = I
     return best / latents.shape[0]
 
 
+def checkpoint_report(contents: dict, error: Exception) -> dict:
+    """The inspect report of a checkpoint no model could be built from yet: what it holds, and why."""
+    return envelope("inspect", {"model": None, "load_error": str(error), "checkpoint": contents, "warnings": []})
+
+
 def inspect_model(resolved: ResolvedModel, device: str = "auto", dtype: str = "float32",
                   probe_latents: int = INSPECT_PROBE_LATENTS, scale: float = DEFAULT_SCALES[0],
-                  seed: int = DEFAULT_SEED, timing_batch: int = INSPECT_TIMING_BATCH) -> dict:
-    """The inspect report as a JSON-ready dict."""
+                  seed: int = DEFAULT_SEED, timing_batch: int = INSPECT_TIMING_BATCH,
+                  checkpoint: dict | None = None) -> dict:
+    """The inspect report as a JSON-ready dict (``checkpoint``: the file's contents, if a checkpoint)."""
     latent = resolved.latent
     torch_device, torch_dtype = resolve_device(device), resolve_dtype(dtype)
     stream = LatentStream(latent, seed)
@@ -93,5 +103,6 @@ def inspect_model(resolved: ResolvedModel, device: str = "auto", dtype: str = "f
             "latent_dim": latent.dim,
             "jacobian_method": prepared.jacobian_method,
         },
+        "checkpoint": checkpoint,
         "warnings": list(resolved.loaded.warnings),
     })

@@ -84,6 +84,11 @@ class HubModel:
     spec_file: Path | None
     config: dict | None
 
+    def in_terms_of_the_repository(self, message: str) -> str:
+        """A loader's message about the cached file, about the repository instead."""
+        sidecar = f"put {self.file.with_suffix('.yaml').name} beside it"
+        return message.replace(sidecar, f"add {HUB_SPEC_FILE} to the repository").replace(str(self.file), self.url)
+
     def complete_spec(self, spec: dict | None) -> dict | None:
         """A spec naming a class without kwargs gets ``config.json``'s (PyTorchModelHubMixin's record)."""
         if spec is None or "kwargs" in spec or self.config is None or not ("architecture" in spec or "import" in spec):

@@ -26,7 +26,7 @@ import json
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 import torch
 
@@ -172,18 +172,12 @@ def load_model(path: str | Path, *, spec: str | Path | None = None, code_path: S
     if select is not None and kind not in SELECTABLE_FORMATS:
         raise InputError(f"--select chooses a sub-model inside a checkpoint or safetensors file; {path} is {kind}: "
                          "drop --select")
-    if kind == "safetensors":
-        loaded = load_safetensors_model(file, file_spec, code_path, select)
-    elif kind == "torchscript":
-        loaded = load_torchscript(file)
-    elif kind == "torch.export":
-        decoder, metadata, origins = load_exported(file)
-        loaded = LoadedModel(decoder, str(file), "torch.export", metadata, origins)
-    elif kind == "onnx":
-        decoder, metadata, origins = load_onnx(file)
-        loaded = LoadedModel(decoder, str(file), "onnx", metadata, origins)
-    else:
-        loaded = load_torch_save_model(file, file_spec, code_path, trust_pickle, select, renamed)
+    try:
+        loaded = _load_file(file, kind, file_spec, code_path, trust_pickle, select, renamed)
+    except InputError as error:
+        if remote is None:
+            raise
+        raise InputError(remote.in_terms_of_the_repository(str(error))) from None
     if remote is not None:
         loaded.path, loaded.location = remote.url, str(file)
     if file_spec is not None:
@@ -198,20 +192,58 @@ def load_model(path: str | Path, *, spec: str | Path | None = None, code_path: S
     return loaded
 
 
+def _load_file(file: Path, kind: str, file_spec: dict | None, code_path: Sequence[str | Path], trust_pickle: bool,
+               select: str | None, class_map: dict[str, str]) -> LoadedModel:
+    if kind == "safetensors":
+        return load_safetensors_model(file, file_spec, code_path, select)
+    if kind == "torchscript":
+        return load_torchscript(file)
+    if kind == "torch.export":
+        decoder, metadata, origins = load_exported(file)
+        return LoadedModel(decoder, str(file), "torch.export", metadata, origins)
+    if kind == "onnx":
+        decoder, metadata, origins = load_onnx(file)
+        return LoadedModel(decoder, str(file), "onnx", metadata, origins)
+    return load_torch_save_model(file, file_spec, code_path, trust_pickle, select, class_map)
+
+
+def _fit_hint(spec: dict, content: Any, code_path: Sequence[str | Path], selection: Mapping | None) -> str:
+    """'; the tensors at X fit it: pass --select X ...' when a sub-model of the checkpoint
+    ``content`` has exactly the names and shapes of the spec's architecture, else ''."""
+    expected = build_from_spec(spec, code_path).state_dict()
+    fits = matching_candidates(content, expected, str((selection or {}).get("strip_prefix") or ""))
+    if not fits:
+        return ""
+    if not fits[0].select:
+        return "; the whole file fits the spec's architecture: drop --select (and the spec's weights: key, prefix)"
+    return (f"; the tensors at {fits[0].select} fit the spec's architecture: pass --select {fits[0].select} "
+            f"(or weights: {spec_weights(fits[0])} in the spec)")
+
+
 def _build(spec: dict, tensors: dict[str, torch.Tensor], source: str, code_path: Sequence[str | Path],
-           content: Any = None, selection: dict | None = None):
+           content: Any = None, selection: Mapping | None = None):
     """The spec's architecture with ``tensors`` loaded; when they do not fit and another
     sub-model of the checkpoint ``content`` does, the refusal names the selection that fits."""
-    module = build_from_spec(spec, code_path)
     try:
-        return load_state_into(module, tensors, source)
+        return load_state_into(build_from_spec(spec, code_path), tensors, source)
     except InputError as error:
-        fits = [] if content is None else matching_candidates(content, module.state_dict(),
-                                                              (selection or {}).get("strip_prefix", ""))
-        if not fits:
+        hint = "" if content is None else _fit_hint(spec, content, code_path, selection)
+        if not hint:
             raise
-        raise InputError(f"{error}; the tensors at {fits[0].select} fit it: pass --select {fits[0].select} "
-                         f"(or weights: {spec_weights(fits[0])} in the spec)") from None
+        raise InputError(f"{error}{hint}") from None
+
+
+def _select(content: Any, spec: dict | None, select: str | None, source: str,
+            code_path: Sequence[str | Path]) -> tuple[Any, dict]:
+    """``selection.select_submodel``; where the file holds several sub-models and one fits the
+    spec's architecture, the refusal names it."""
+    try:
+        return select_submodel(content, (spec or {}).get("weights"), select, source)
+    except InputError as error:
+        hint = _fit_hint(spec, content, code_path, (spec or {}).get("weights")) if has_architecture(spec) else ""
+        if not hint:
+            raise
+        raise InputError(f"{error}{hint}") from None
 
 
 def _missing_spec(file: Path, what: str) -> InputError:
@@ -231,7 +263,7 @@ def load_safetensors_model(file: Path, file_spec: dict | None = None, code_path:
     if not has_architecture(spec):
         raise _missing_spec(file, "weights")
     assert spec is not None
-    chosen, selection = select_submodel(tensors, spec.get("weights"), select, str(file))
+    chosen, selection = _select(tensors, spec, select, str(file), code_path)
     decoder = _build(spec, chosen, str(file), code_path, tensors, selection)
     loaded = LoadedModel(decoder, str(file), "safetensors", spec=spec, selection=selection)
     if embedded is not None:
@@ -251,7 +283,7 @@ def load_torch_save_model(file: Path, file_spec: dict | None = None, code_path: 
         chosen, selection = content, {}
     else:
         try:
-            chosen, selection = select_submodel(content, (file_spec or {}).get("weights"), select, str(file))
+            chosen, selection = _select(content, file_spec, select, str(file), code_path)
         except InputError:
             if has_architecture(file_spec) or select is not None or any(
                     candidate.kind == "module" for candidate in find_candidates(content)):

@@ -22,6 +22,7 @@ beside PyPI's torchvision) it is imported without them (``_import_converter``).
 from __future__ import annotations
 
 import contextlib
+import importlib.metadata
 import sys
 import types
 import warnings
@@ -122,6 +123,13 @@ def _converter_exists(op_type: str, version: int, domain: str) -> bool:
     return True
 
 
+def _version(package: str) -> str:
+    try:
+        return importlib.metadata.version(package)
+    except importlib.metadata.PackageNotFoundError:
+        return "(version unknown)"
+
+
 def _opsets(model: Any) -> dict[str, int]:
     return {("" if entry.domain == "ai.onnx" else entry.domain): int(entry.version) for entry in model.opset_import}
 
@@ -180,7 +188,7 @@ def load_onnx(file: Path) -> tuple[OnnxDecoder, dict, dict]:
     metadata = parse_metadata(records.get(METADATA_FILE, ""), file)
     origins = {key: "metadata" for key in metadata}
     shape = _latent_input(model, file)
-    _check_ops(model, file, getattr(onnx2torch, "__version__", ""))
+    _check_ops(model, file, _version("onnx2torch"))
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")

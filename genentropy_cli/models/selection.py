@@ -82,9 +82,16 @@ def _count(tensors: Sequence[torch.Tensor]) -> tuple[int, int]:
     return len(tensors), sum(tensor.numel() for tensor in tensors)
 
 
+def is_optimizer_state(value: Any) -> bool:
+    """An optimiser's ``state_dict()``: ``{"state": ..., "param_groups": [...]}``."""
+    return isinstance(value, Mapping) and "state" in value and "param_groups" in value
+
+
 def find_candidates(content: Any, key: str = "", depth: int = 0) -> list[Candidate]:
     """Every sub-model in the tree: each state dict, each of its name groups when it has more
-    than one (``generator.``, ``discriminator.``), and each pickled module."""
+    than one (``generator.``, ``discriminator.``), and each pickled module; not optimiser states."""
+    if is_optimizer_state(content):
+        return []
     if isinstance(content, torch.nn.Module):
         values = [*content.parameters(), *content.buffers()]
         return [Candidate(key, "", "module", *_count(values), class_name=type(content).__qualname__)]
