@@ -94,6 +94,11 @@ def test_lightning_checkpoint_written_by_lightning(run_cli, lightning_checkpoint
     assert document["estimates"][0]["entropy"] == pytest.approx(entropy_of(generator), rel=RELATIVE, abs=0)
     assert document["model"]["selected"] == {"key": "state_dict", "prefix": "generator."}
     assert document["model"]["latent_source"]["shape"] == "architecture"
+    target = tmp_path / "generator.safetensors"
+    converted = run_cli("convert", path, target, "--spec", spec, "--select", "state_dict.generator", "--json")
+    assert converted.exit_code == 0 and converted.json()["weights_identical"], converted.stderr
+    assert estimated(run_cli, target)["estimates"][0]["entropy"] == pytest.approx(entropy_of(generator), rel=RELATIVE,
+                                                                                  abs=0)
 
 
 def test_hand_written_lightning_layout_in_every_command(run_cli, tmp_path):
@@ -231,6 +236,10 @@ def test_a_notebook_pickle_loads_with_class_map(run_cli, notebook_pickle, tmp_pa
     document = estimated(run_cli, path, "--trust-pickle", "--code-path", code, *mapping, "--latent-dim", "4")
     assert document["estimates"][0]["entropy"] == pytest.approx(entropy_of(original, 4), rel=RELATIVE, abs=0)
     assert document["model"]["format"] == "pickle"
+    inspected = run_cli("inspect", path, "--trust-pickle", "--code-path", code, *mapping, "--latent-dim", "4", "--json")
+    assert inspected.exit_code == 0, inspected.stderr
+    assert inspected.json()["parameters"]["count"] == sum(p.numel() for p in original.parameters())
+    assert "runs code named in" in inspected.stderr  # the trusted-pickle warning
 
     target = tmp_path / "netG.safetensors"
     converted = run_cli("convert", path, target, "--trust-pickle", "--code-path", code, *mapping, "--latent-dim", "4",

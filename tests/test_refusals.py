@@ -91,3 +91,19 @@ def test_bad_config_keys_and_values(run_cli, tmp_path):
     assert_one_line_error(run_cli("estimate", SAMPLES / "half_sphere.pt", "--config", config), "mapping")
     assert_one_line_error(run_cli("estimate", SAMPLES / "half_sphere.pt", "--config", tmp_path / "absent.yaml"),
                           "config file not found")
+
+
+def test_onnx_and_hub_inputs_without_their_extras_name_the_install(run_cli, tmp_path, monkeypatch):
+    import sys
+
+    from genentropy_cli.models import onnx_models
+
+    monkeypatch.setattr(onnx_models, "_STATE", {})
+    monkeypatch.setitem(sys.modules, "onnx", None)  # import onnx raises ImportError
+    path = tmp_path / "generator.onnx"
+    path.write_bytes(b"\x08\x07\x12\x07pytorch")
+    assert_one_line_error(run_cli("estimate", path), "is an ONNX graph", "pip install 'genentropy[onnx]'",
+                          "pip install --no-deps onnx2torch")
+    monkeypatch.setitem(sys.modules, "huggingface_hub", None)
+    assert_one_line_error(run_cli("inspect", "hf://someone/generator"), "is on the Hugging Face Hub",
+                          "pip install 'genentropy[hub]'")

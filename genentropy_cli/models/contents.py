@@ -26,7 +26,13 @@ from genentropy_cli.models.selection import (
     matching_candidates,
     spec_weights,
 )
-from genentropy_cli.models.specs import build_from_spec, find_sidecar, has_architecture, read_safetensors, read_spec_file
+from genentropy_cli.models.specs import (
+    build_from_spec,
+    find_sidecar,
+    has_architecture,
+    read_safetensors,
+    read_spec_file,
+)
 
 MAX_OTHER_ENTRIES = 40
 OTHER_DEPTH = 2

@@ -110,7 +110,7 @@ def _refusal(file: Path, error: BaseException) -> InputError:
     if names and names[0].startswith("__main__."):  # saved from a script or notebook: map the class
         name = names[0].removeprefix("__main__.")
         flags = f"--trust-pickle --code-path DIR --class-map __main__.{name}=mymodels:{name}"
-        what += f" (defined in the script or notebook that saved it: copy the class into DIR/mymodels.py)"
+        what += " (defined in the script or notebook that saved it: copy the class into DIR/mymodels.py)"
     return InputError(
         f"{file} holds {what}, not just weights: unpickling it would run code from the file, so it is refused; "
         f"if you trust it, convert it once with `genentropy convert {file} model.safetensors {flags}` "
