@@ -135,6 +135,7 @@ def test_inspect_lists_the_sub_models_and_the_lines_that_choose_each(run_cli, tm
     assert "no model built yet" in listing.stderr
     document = listing.json()
     assert document["model"] is None and "no spec" in document["load_error"]
+    assert "with weights: naming its sub-model" in document["load_error"]
     candidates = {item["select"]: item for item in document["checkpoint"]["candidates"]}
     assert set(candidates) == {"state_dict", "state_dict.generator", "state_dict.discriminator"}
     generator_values = sum(tensor.numel() for tensor in generator.state_dict().values())
@@ -168,6 +169,12 @@ def test_selection_refusals_name_what_is_there(run_cli, tmp_path):
                           "its names start with net.")
     assert_one_line_error(run_cli("estimate", tmp_path / "netG.pth", "--select", "net"), "missing net.0.bias",
                           "the whole file fits the spec's architecture: drop --select")
+    torch.save({"epoch": 3, "optimizer": {"state": {}, "param_groups": []}}, tmp_path / "empty.pth")
+    assert_one_line_error(run_cli("estimate", tmp_path / "empty.pth", "--spec", tmp_path / "netG.yaml"),
+                          "holds no model weights", "keys epoch, optimizer", "--select KEY")
+    scripted = tmp_path / "scripted.pt"
+    torch.jit.save(torch.jit.script(generator), scripted)
+    assert_one_line_error(run_cli("estimate", scripted, "--select", "net"), "is torchscript", "drop --select")
     listing = run_cli("inspect", tmp_path / "netG.pth", "--select", "main")  # the listing, and why nothing was built
     assert listing.exit_code == 0 and "no tensors named main.*" in listing.stderr and "(the whole file)" in listing.stdout
 
@@ -248,6 +255,30 @@ def test_a_notebook_pickle_loads_with_class_map(run_cli, notebook_pickle, tmp_pa
     assert converted.json()["spec"]["import"] == "mymodels:Generator"
     again = estimated(run_cli, target, "--code-path", code)
     assert again["estimates"][0]["entropy"] == pytest.approx(entropy_of(original, 4), rel=RELATIVE, abs=0)
+
+
+def test_a_pickled_class_that_moved_is_mapped_to_its_new_module(run_cli, tmp_path, monkeypatch):
+    old, new = tmp_path / "old", tmp_path / "new"
+    old.mkdir()
+    new.mkdir()
+    source = "from genentropy_cli.models.architectures import MLPDecoder\n\n\nclass Net(MLPDecoder):\n    pass\n"
+    (old / "oldnets.py").write_text(source)
+    (new / "newnets.py").write_text(source)
+    monkeypatch.syspath_prepend(str(old))
+    monkeypatch.delitem(sys.modules, "oldnets", raising=False)
+    import oldnets
+
+    torch.manual_seed(6)
+    module = oldnets.Net(**KWARGS).eval()
+    torch.save(module, tmp_path / "net.pt")
+    monkeypatch.delitem(sys.modules, "oldnets")
+    monkeypatch.setattr(sys, "path", [entry for entry in sys.path if entry != str(old)])
+    assert_one_line_error(run_cli("estimate", tmp_path / "net.pt", "--trust-pickle"), "names oldnets.Net",
+                          "--code-path DIR", "--class-map oldnets.Net=module:Class")
+    document = estimated(run_cli, tmp_path / "net.pt", "--trust-pickle", "--code-path", new, "--class-map",
+                         "oldnets=newnets", "--latent-dim", "3")
+    assert document["estimates"][0]["entropy"] == pytest.approx(entropy_of(module), rel=RELATIVE, abs=0)
+    sys.modules.pop("newnets", None)
 
 
 def test_a_pickled_dict_of_modules_is_selected_by_key(run_cli, tmp_path):

@@ -101,7 +101,7 @@ def test_a_mixin_repository_loads_from_the_cache_with_its_spec_and_config(run_cl
         document = result.json()
         assert document["estimates"][0]["entropy"] == pytest.approx(expected, rel=1e-10, abs=0), url
         assert document["model"]["path"] == url and document["model"]["file"].endswith("model.safetensors")
-        assert document["model"]["spec_source"].endswith("genentropy.yaml")
+        assert document["model"]["spec_source"].startswith("hf://someone/hubgen/genentropy.yaml")
         assert document["model"]["latent_source"] == {"shape": "spec", "distribution": "spec"}
 
 
@@ -140,6 +140,12 @@ def test_hub_refusals_say_what_to_do(run_cli, published, tmp_path, monkeypatch):
     assert_one_line_error(run_cli("estimate", "hf://someone/hubgen/netG.pt"), "has no file netG.pt",
                           "config.json", "model.safetensors")
     assert_one_line_error(run_cli("estimate", "hf://datasets/someone/hubgen"), "datasets hold no models")
+    assert_one_line_error(run_cli("estimate", "hf://someone"), "not a Hugging Face model reference",
+                          "hf://owner/repo/FILE@REVISION")
+    hub_cache(cache, "someone/two", {"a.safetensors": cache.parent / "saved" / "model.safetensors",
+                                     "b.onnx": cache.parent / "saved" / "config.json"})
+    assert_one_line_error(run_cli("estimate", "hf://someone/two"), "holds several model files (a.safetensors, b.onnx)",
+                          "name one, e.g. hf://someone/two/a.safetensors")
     bare = tmp_path / "bare"
     bare.mkdir()
     (bare / "model.safetensors").write_bytes((cache / "models--someone--hubgen" / "snapshots" / COMMIT /

@@ -86,6 +86,10 @@ def test_convert_maps_the_graph_onto_its_architecture_and_gives_the_same_entropy
     module, path = exported
     plain = tmp_path / "plain.safetensors"
     assert_one_line_error(run_cli("convert", path, plain), "is onnx", "--spec FILE")
+    write_spec_file({"architecture": "mlp", "kwargs": {"latent_dim": 5, "output_dim": 784}}, tmp_path / "other.yaml")
+    assert_one_line_error(run_cli("convert", path, plain, "--spec", tmp_path / "other.yaml"),
+                          "do not carry the names of mlp (missing net.0.weight", "the module it was exported from")
+    assert not plain.exists()
     write_spec_file(SPEC, tmp_path / "spec.yaml")
     target = tmp_path / "generator.safetensors"
     result = run_cli("convert", path, target, "--spec", tmp_path / "spec.yaml", "--json")
@@ -131,6 +135,20 @@ def test_a_fixed_batch_size_and_an_op_without_converter_are_refused(run_cli, exp
     onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)]), str(path))
     assert_one_line_error(run_cli("estimate", path), "ONNX op Hardmax at opset 13", "no opset of the exporter avoids it",
                           "TorchScript or torch.export")
+
+
+def test_two_inputs_and_a_corrupt_file_are_refused(run_cli, exported, tmp_path):
+    from onnx import TensorProto, helper
+
+    graph = helper.make_graph([helper.make_node("Add", ["z", "y"], ["x"])], "g",
+                              [helper.make_tensor_value_info(name, TensorProto.FLOAT, ["batch", 4]) for name in "zy"],
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 4])])
+    path = tmp_path / "two.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)]), str(path))
+    assert_one_line_error(run_cli("estimate", path), "takes 2 inputs (z, y)", "a decoder takes one, the latent batch")
+    corrupt = tmp_path / "corrupt.onnx"
+    corrupt.write_bytes(exported[1].read_bytes()[:200])
+    assert_one_line_error(run_cli("estimate", corrupt), "is not a loadable ONNX model")
 
 
 def test_detection_ops_without_torchvision_are_refused_by_name(run_cli, exported, tmp_path):

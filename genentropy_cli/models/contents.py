@@ -15,7 +15,7 @@ from typing import Any, Iterator
 import torch
 
 from genentropy_cli.errors import InputError
-from genentropy_cli.models.hub import fetch_hub_model, is_hub_url
+from genentropy_cli.models.hub import HubModel, fetch_hub_model, is_hub_url
 from genentropy_cli.models.loading import SELECTABLE_FORMATS, detect_format
 from genentropy_cli.models.pickles import load_torch_save, parse_class_map
 from genentropy_cli.models.resolve import ModelOptions
@@ -69,13 +69,16 @@ def _read_tree(file: Path, kind: str, options: ModelOptions) -> Any:
     return load_torch_save(file, options.trust_pickle, tuple(options.code_path), parse_class_map(options.class_map))[0]
 
 
-def _expected_state(file: Path, options: ModelOptions, spec_file: Path | None) -> tuple[dict | None, str]:
+def _expected_state(file: Path, options: ModelOptions, remote: HubModel | None) -> tuple[dict | None, str]:
     """The state dict of the spec's architecture (None without one), and its strip_prefix."""
-    spec_file = Path(options.spec) if options.spec is not None else spec_file or find_sidecar(file)
-    if spec_file is None:
-        return None, ""
-    spec = read_spec_file(spec_file)
-    if not has_architecture(spec):
+    if options.spec is not None:
+        spec_file: Path | None = Path(options.spec)
+    else:
+        spec_file = remote.spec_file if remote is not None else find_sidecar(file)
+    spec = read_spec_file(spec_file) if spec_file is not None else None
+    if remote is not None:
+        spec = remote.complete_spec(spec)
+    if spec is None or not has_architecture(spec):
         return None, ""
     try:
         module = build_from_spec(spec, tuple(options.code_path))
@@ -94,7 +97,7 @@ def checkpoint_contents(options: ModelOptions) -> dict | None:
     if kind not in SELECTABLE_FORMATS:
         return None
     tree = _read_tree(file, kind, options)
-    expected, strip_prefix = _expected_state(file, options, remote.spec_file if remote is not None else None)
+    expected, strip_prefix = _expected_state(file, options, remote)
     fitting = {candidate.select for candidate in matching_candidates(tree, expected, strip_prefix)} \
         if expected is not None else None
     candidates = [{

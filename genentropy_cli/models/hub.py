@@ -76,13 +76,14 @@ def parse_hub_url(url: str) -> HubReference:
 
 @dataclass(frozen=True)
 class HubModel:
-    """A Hub model made local: the file, its spec file (if the repository has one) and the
-    repository's ``config.json`` (None if absent)."""
+    """A Hub model made local: the file, its spec file (if the repository has one; ``spec_label``
+    names it in the repository) and the repository's ``config.json`` (None if absent)."""
 
     url: str
     file: Path
     spec_file: Path | None
     config: dict | None
+    spec_label: str | None = None
 
     def in_terms_of_the_repository(self, message: str) -> str:
         """A loader's message about the cached file, about the repository instead."""
@@ -188,7 +189,9 @@ def fetch_hub_model(url: str) -> HubModel:
         raise
     except Exception as error:
         raise _hub_error(url, error, cache, offline) from None
-    return HubModel(url, file, spec_file, _read_config(config_file, url) if config_file else None)
+    label = f"{HUB_SCHEME}{reference.repo_id}/{spec_name}" + (f"@{reference.revision}" if reference.revision else "")
+    return HubModel(url, file, spec_file, _read_config(config_file, url) if config_file else None,
+                    label if spec_name else None)
 
 
 def _read_config(file: Path, url: str) -> dict:

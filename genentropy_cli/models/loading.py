@@ -182,7 +182,8 @@ def load_model(path: str | Path, *, spec: str | Path | None = None, code_path: S
         loaded.path, loaded.location = remote.url, str(file)
     if file_spec is not None:
         loaded.layer(spec_metadata(file_spec), "spec")
-        loaded.spec_source = str(spec_file) if spec_file is not None else f"{loaded.path} (config.json)"
+        hub_label = remote.spec_label if remote is not None and spec is None else None
+        loaded.spec_source = hub_label or str(spec_file)
         loaded.spec_file = file_spec
         if has_architecture(file_spec) and loaded.spec is not file_spec:
             loaded.warnings.append(f"{loaded.path} carries its own code: the architecture in {loaded.spec_source} "
