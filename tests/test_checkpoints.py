@@ -83,6 +83,7 @@ def lightning_checkpoint(tmp_path_factory) -> tuple[torch.nn.Module, Path]:
     return gan.generator.eval(), folder / "last.ckpt"
 
 
+@pytest.mark.filterwarnings("ignore:.*LeafSpec")  # inside Lightning 2.6 on torch 2.13
 def test_lightning_checkpoint_written_by_lightning(run_cli, lightning_checkpoint, tmp_path):
     generator, path = lightning_checkpoint
     spec = tmp_path / "generator.yaml"
