@@ -66,10 +66,6 @@ def renaming_pickle(class_map: Mapping[str, str] | None = None) -> types.SimpleN
                                  Unpickler=unpickler, __name__="pickle")
 
 
-RENAMING_PICKLE = renaming_pickle()
-"""A pickle module for ``torch.load`` that finds moved classes (``MOVED_MODULES``)."""
-
-
 def parse_class_map(entries: Sequence[str]) -> dict[str, str]:
     """``--class-map OLD=NEW`` entries as the unpickler's renames.
 
