@@ -6,6 +6,7 @@ A spec is a small mapping (YAML or JSON):
     # import: mypkg.models:Generator     # ...or user code by import path (not both)
     kwargs: {latent_dim: 62, width: 0.25}
     latent: {shape: [62], distribution: uniform}
+    label: {num_classes: 10, format: onehot, argument: c}  # a conditional decoder's label (optional)
     output: {range: [-1, 1], select: 0}  # optional output transform (transforms.py)
     weights: {key: netG, strip_prefix: "module."}  # optional: where a checkpoint keeps the state dict
 
@@ -32,9 +33,11 @@ from safetensors.torch import load_file, save_file
 
 from genentropy_cli.errors import InputError, first_line
 from genentropy_cli.models.architectures import ARCHITECTURES
+from genentropy_cli.models.metadata import LABEL_KEYS, label_metadata
 
 SPEC_METADATA_KEY = "genentropy_spec"
-SPEC_KEYS: tuple[str, ...] = ("architecture", "import", "kwargs", "latent", "output", "weights", "description")
+SPEC_KEYS: tuple[str, ...] = ("architecture", "import", "kwargs", "latent", "label", "output", "weights",
+                              "description")
 LATENT_KEYS: tuple[str, ...] = ("shape", "distribution")
 OUTPUT_KEYS: tuple[str, ...] = ("range", "select")
 WEIGHTS_KEYS: tuple[str, ...] = ("key", "strip_prefix")
@@ -60,7 +63,7 @@ def validate_spec(spec: Any, source: str = "the spec", strict: bool = True) -> d
         raise InputError(f"{source} names both architecture and import; keep one")
     if "import" in spec and (not isinstance(spec["import"], str) or ":" not in spec["import"]):
         raise InputError(f"{source}: import takes 'package.module:ClassName', got {spec['import']!r}")
-    for section, keys in (("kwargs", None), ("latent", LATENT_KEYS), ("output", OUTPUT_KEYS),
+    for section, keys in (("kwargs", None), ("latent", LATENT_KEYS), ("label", LABEL_KEYS), ("output", OUTPUT_KEYS),
                           ("weights", WEIGHTS_KEYS)):
         value = spec.get(section)
         if value is None:
@@ -209,8 +212,8 @@ def output_metadata(spec: dict) -> dict:
 
 
 def spec_metadata(spec: dict) -> dict:
-    """Everything a spec says about the latent and the output, as loader metadata."""
-    return {**latent_metadata(spec), **output_metadata(spec)}
+    """Everything a spec says about the latent, the label and the output, as loader metadata."""
+    return {**latent_metadata(spec), **label_metadata(spec.get("label"), "the spec"), **output_metadata(spec)}
 
 
 # --------------------------------------------------------------------------- weights
