@@ -30,7 +30,8 @@ TINY = SAMPLES / "tiny_decoder.safetensors"
 USER_CODE = SAMPLES / "user_code"
 
 MODEL_OPTIONS = ("--spec", "--code-path", "--trust-pickle", "--output-range", "--output-select", "--latent-dim",
-                 "--latent-shape", "--latent-distribution", "--config")
+                 "--latent-shape", "--latent-distribution", "--num-classes", "--label-format", "--label-arg",
+                 "--class-weights", "--classes", "--config")
 RUN_OPTIONS = ("--num-samples", "-n", "--batch-size", "--tangent-chunk", "--max-memory", "--device", "--dtype",
                "--seed", "--skip-nonfinite", "--target-stderr", "--min-samples", "--checkpoint", "--checkpoint-every",
                "--per-sample", "--save-latents", "--probe-samples")
