@@ -376,6 +376,10 @@ def test_sweep_compare_samples_inspect_and_convert(run_cli, conditional_file, tm
     copy = save_torchscript(linear(), tmp_path / "copy.pt", latent=make_latent_spec(3), label=LabelSpec(3))
     compared = run_json(run_cli, "compare", conditional_file, copy, "-n", "300", *FLOAT64)
     assert compared["conditional"] and len(compared["class_pairs"]) == 3 and len(compared["conditional_pairs"]) == 1
+    alone = run_json(run_cli, "estimate", conditional_file, "-n", "300", *FLOAT64)
+    assert class_entropies(compared["models"][0]) == pytest.approx(class_entropies(alone), rel=1e-13)
+    assert compared["models"][1]["conditional_entropy"][0]["entropy"] == pytest.approx(
+        alone["conditional_entropy"][0]["entropy"], rel=1e-13)
     for pair in compared["class_pairs"] + compared["conditional_pairs"]:
         assert pair["difference"] == 0 and pair["paired_stderr"] == 0
     plain = save_torchscript(torch.nn.Linear(3, 5), tmp_path / "plain.pt", latent=make_latent_spec(3))
@@ -424,6 +428,18 @@ def test_checkpoint_resume_and_per_sample_rows(run_cli, conditional_file, tmp_pa
     assert len(lines) == 1200
     record = json.loads(lines[0])
     assert {f"y={label}.neg_log_density" for label in range(3)} <= set(record), sorted(record)
+
+
+def test_every_class_runs_one_shared_copy_of_the_weights():
+    from genentropy_cli.jobs.conditional import conditional_workload
+    from genentropy_cli.run.options import EstimateOptions
+
+    decoder = ConditionalInfoGANGenerator(latent_dim=4, num_classes=3, width=0.03)
+    workload = conditional_workload(decoder, make_latent_spec(4), LabelSpec(3), EstimateOptions(num_samples=10),
+                                    torch.device("cpu"))
+    copies = {id(member.prepared.function.decoder) for member in workload.members}
+    assert len(copies) == 1 and workload.members[0].prepared.function.decoder is not decoder
+    assert [member.name for member in workload.members] == ["y=0", "y=1", "y=2"]
 
 
 def test_bind_class_and_label_spec_refuse_nonsense():

@@ -31,7 +31,7 @@ def estimate(model: ModelArgument, *, source: ModelFlags, scale: ScaleOption = N
     sink = Sink.of(report)
     options = estimate_options(run, scale)
     loaded = open_model(source, model, sink.warn)
-    with sink.progress("estimating", options.scales) as progress:
+    with sink.progress("estimating", options.scales, conditional=loaded.label is not None) as progress:
         result = estimate_entropy(loaded.decoder, loaded.latent, options=options, labels=loaded.label,
                                   progress=progress, log=sink.warn)
     if isinstance(result, ConditionalResult):

@@ -41,7 +41,7 @@ def sweep_scale_command(model: ModelArgument, *, source: ModelFlags, reference: 
         plotting.check_plot_target(plot)  # before the estimate, not after it
     loaded = open_model(source, model, sink.warn)
     known = parse_reference(reference, loaded.metadata) if reference is not None else None
-    with sink.progress("sweeping", sorted(options.scales, reverse=True)) as progress:
+    with sink.progress("sweeping", sorted(options.scales, reverse=True), loaded.label is not None) as progress:
         sweep = sweep_scale(loaded.decoder, loaded.latent, options.scales, reference=known, tolerance_se=tolerance_se,
                             options=options, labels=loaded.label, progress=progress, log=sink.warn)
     title = f"H(X|Y) of {loaded.path}" if sweep.conditional else loaded.path

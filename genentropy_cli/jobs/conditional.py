@@ -69,7 +69,7 @@ class ClassEstimate:
         return f"y={self.label}"
 
     def to_dict(self) -> dict:
-        return {"label": self.label, "probability": self.probability,
+        return {"label": self.label, "name": self.name, "probability": self.probability,
                 "estimates": [{**estimate.to_dict(), "rank": rank} for estimate, rank in zip(self.estimates, self.ranks)],
                 "num_nonfinite": self.num_nonfinite, "precision_probe": self.precision_probe,
                 "diagnostics": dict(self.diagnostics)}

@@ -1,5 +1,6 @@
-"""Differences between estimates on common latents: the columns of one ``PairedRows`` run
-(models of ``compare``, classes of a conditional decoder) tested pair by pair.
+"""Differences between estimates on common latents: which models can share a latent sequence
+(``latent_seeds``), and the columns of one ``PairedRows`` run (models of ``compare``, classes of
+a conditional decoder) tested pair by pair.
 
 For terms a_i, b_i on shared latents the difference H_a - H_b is estimated by mean(a_i - b_i),
 with the paired standard error std(a_i - b_i) / sqrt(N); the unpaired one, sqrt(se_a^2 + se_b^2),
