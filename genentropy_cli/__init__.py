@@ -3,6 +3,7 @@
 The public Python API; every job takes its run settings as ``options=EstimateOptions(...)`` or
 as keyword arguments (docs/python-api.md)."""
 
+from genentropy_cli.core.labels import LabelSpec
 from genentropy_cli.core.latents import (
     LatentSpec,
     StandardNormal,
@@ -12,8 +13,10 @@ from genentropy_cli.core.latents import (
     parse_distribution,
 )
 from genentropy_cli.jobs.compare import ComparisonResult, compare_models
+from genentropy_cli.jobs.conditional import ConditionalResult
+from genentropy_cli.jobs.conditional_compare import ConditionalComparison
 from genentropy_cli.jobs.estimate import estimate_entropy
-from genentropy_cli.jobs.samples import ExtremeSamples, find_extreme_samples
+from genentropy_cli.jobs.samples import ConditionalExtremes, ExtremeSamples, find_extreme_samples
 from genentropy_cli.jobs.sweep import Reference, SweepResult, sweep_scale
 from genentropy_cli.run.options import EstimateOptions
 from genentropy_cli.run.results import EntropyResult, ScaleEstimate
@@ -22,9 +25,13 @@ from genentropy_cli.version import __version__
 __all__ = [
     "__version__",
     "ComparisonResult",
+    "ConditionalComparison",
+    "ConditionalExtremes",
+    "ConditionalResult",
     "EntropyResult",
     "EstimateOptions",
     "ExtremeSamples",
+    "LabelSpec",
     "LatentSpec",
     "Reference",
     "ScaleEstimate",

@@ -136,3 +136,15 @@ SAMPLES_DEFAULT_K: int = 8
 
 SAMPLES_DEFAULT_NUM_SAMPLES: int = 5_000
 """Latents ``samples`` scans for its extremes (the K in N rarest, not an estimate)."""
+
+# ----------------------------------------------------------------- conditional decoders (issue 15)
+
+DEFAULT_LABEL_FORMAT: str = "index"
+"""How a conditional decoder takes its label unless told: int64 class numbers (B,)."""
+
+DEFAULT_LABEL_ARGUMENT: str = "position"
+"""Where the label goes unless told: the decoder's second positional argument, g(z, y)."""
+
+CONDITIONAL_MAX_PAIRED_CLASSES: int = 20
+"""Up to this many classes every pair's difference H(X|a) - H(X|b) is estimated with its paired
+standard error (K(K-1)/2 statistics columns per scale); beyond it, none (choose with --classes)."""

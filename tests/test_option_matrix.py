@@ -29,8 +29,9 @@ SAMPLES = ROOT / "sample_models"
 TINY = SAMPLES / "tiny_decoder.safetensors"
 USER_CODE = SAMPLES / "user_code"
 
-MODEL_OPTIONS = ("--spec", "--code-path", "--trust-pickle", "--select", "--class-map", "--output-range", "--output-select", "--latent-dim",
-                 "--latent-shape", "--latent-distribution", "--config")
+MODEL_OPTIONS = ("--spec", "--code-path", "--trust-pickle", "--select", "--class-map", "--output-range",
+                 "--output-select", "--latent-dim", "--latent-shape", "--latent-distribution", "--num-classes",
+                 "--label-format", "--label-arg", "--class-weights", "--classes", "--config")
 RUN_OPTIONS = ("--num-samples", "-n", "--batch-size", "--tangent-chunk", "--max-memory", "--device", "--dtype",
                "--seed", "--skip-nonfinite", "--target-stderr", "--min-samples", "--checkpoint", "--checkpoint-every",
                "--per-sample", "--save-latents", "--probe-samples")

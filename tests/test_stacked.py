@@ -118,7 +118,7 @@ UNSUPPORTED = {
     "mean over the batch": lambda z: z @ W - (z @ W).mean(0),
     "train-mode batch norm": lambda z: TRAIN_NORM(z @ W),
     "a constant per row": lambda z: (z @ W) * torch.arange(z.shape[0], dtype=z.dtype)[:, None],
-    "a row-sized constant concatenated": lambda z: torch.cat([z @ W, torch.zeros(z.shape[0], 2, dtype=z.dtype)], 1),
+    "a per-row constant concatenated": lambda z: torch.cat([z @ W, torch.arange(z.shape[0], dtype=z.dtype)[:, None]], 1),
     "flip of the batch": lambda z: (z @ W).flip(0),
     "sort": lambda z: torch.sort(z @ W, dim=1).values,
     "comparison": lambda z: torch.where(z @ W > 0, z @ W, 0.1 * (z @ W)),

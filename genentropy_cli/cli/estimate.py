@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from genentropy_cli.cli import reporting
+from genentropy_cli.cli import conditional_tables, reporting
 from genentropy_cli.cli.guard import command
 from genentropy_cli.cli.options import (
     ModelArgument,
@@ -14,6 +14,7 @@ from genentropy_cli.cli.options import (
     open_model,
 )
 from genentropy_cli.cli.output import Sink
+from genentropy_cli.jobs.conditional import ConditionalResult
 from genentropy_cli.jobs.estimate import estimate_entropy
 
 
@@ -23,12 +24,21 @@ def estimate(model: ModelArgument, *, source: ModelFlags, scale: ScaleOption = N
     """Estimate the entropy H_s = mean of -log p(z) + 1/2 log det(J^T J + s^2 I).
 
     Under torchrun the ranks share the samples and rank 0 alone prints. Ctrl-C saves the
-    checkpoint, prints the partial result and exits 130.
+    checkpoint, prints the partial result and exits 130. A conditional decoder (--num-classes,
+    or a label recorded in the model) gets H(X|y) per class on common latents, H(X|Y), H(Y) and
+    the bounds of the mixture entropy H(X).
     """
     sink = Sink.of(report)
     options = estimate_options(run, scale)
     loaded = open_model(source, model, sink.warn)
-    with sink.progress("estimating", options.scales) as progress:
-        result = estimate_entropy(loaded.decoder, loaded.latent, options=options, progress=progress, log=sink.warn)
+    with sink.progress("estimating", options.scales, conditional=loaded.label is not None) as progress:
+        result = estimate_entropy(loaded.decoder, loaded.latent, options=options, labels=loaded.label,
+                                  progress=progress, log=sink.warn)
+    if isinstance(result, ConditionalResult):
+        for message in result.warnings:
+            sink.warn(message)
+        sink.emit_run(result.to_dict("estimate", model=loaded.describe()), result, lambda: [
+            *conditional_tables.estimate_tables(result, loaded.path), reporting.diagnostics_table(result)])
+        return
     sink.emit_run(result.to_dict("estimate", model=loaded.describe()), result, lambda: [
         reporting.estimate_table(result, loaded.path), reporting.diagnostics_table(result)])

@@ -57,7 +57,10 @@ def save_labelled_grid(sections: Sequence[tuple[str, np.ndarray, Sequence[str]]]
         raise InputError("writing image grids needs matplotlib: pip install 'genentropy[plot]'") from None
     columns = min(GRID_COLUMNS, max(len(images) for _, images, _ in sections))
     rows_per_section = [max(1, -(-len(images) // columns)) for _, images, _ in sections]
-    cell, label, margin, header = 1.1, 0.4, 0.9, 0.8  # inches: image, its title, left labels, figure title
+    wrap = max(40, 14 * columns)
+    title_lines = textwrap.wrap(title, wrap) + textwrap.wrap(note, wrap)
+    cell, label, margin = 1.1, 0.4, 0.9  # inches: image, its title, left labels
+    header = max(0.8, 0.55 + 0.14 * len(title_lines))  # the figure title, every line of it, and row 1's labels
     width, height = cell * columns + margin, (cell + label) * sum(rows_per_section) + header
     figure = plt.figure(figsize=(width, height))
     grid = figure.add_gridspec(sum(rows_per_section), columns, left=margin / width, right=0.99, bottom=0.01,
@@ -77,8 +80,7 @@ def save_labelled_grid(sections: Sequence[tuple[str, np.ndarray, Sequence[str]]]
             axis.imshow(np.clip(image, 0.0, 1.0), cmap="gray" if image.ndim == 2 else None, vmin=0.0, vmax=1.0)
             axis.set_title(labels[position], fontsize=7)
         first_row += rows
-    wrap = max(40, 14 * columns)
-    figure.suptitle("\n".join(textwrap.wrap(title, wrap) + textwrap.wrap(note, wrap)), fontsize=8)
+    figure.suptitle("\n".join(title_lines), fontsize=8, y=1 - 0.1 / height, va="top")
     target = Path(path)
     try:
         figure.savefig(target, dpi=110, bbox_inches="tight")

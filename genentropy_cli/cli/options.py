@@ -1,6 +1,6 @@
 """The options of every command, each declared once, in three bundles (see ``bundles``):
 
-    ModelFlags   which decoder and how to read it: every command that loads a model
+    ModelFlags   which decoder and how to read it (latent, label, output): every command that loads a model
     RunFlags     the batch loop's settings: estimate, sweep-scale, compare, samples
     OutputFlags  --json, --output, --quiet, --debug: every command
 
@@ -78,6 +78,16 @@ LatentShapeOption = Annotated[Optional[str], _model(
     "--latent-shape", help="Latent shape per sample, e.g. 100,1,1 (DCGAN).")]
 LatentDistributionOption = Annotated[Optional[str], _model(
     "--latent-distribution", help="; ".join(f"{kind.usage} ({kind.summary})" for kind in LATENT_DISTRIBUTIONS.values()) + ".")]
+NumClassesOption = Annotated[Optional[int], _model(
+    "--num-classes", help="A conditional decoder g(z, y): its number of classes K (each class is estimated).")]
+LabelFormatOption = Annotated[Optional[str], _model(
+    "--label-format", help="How the label is passed: index (int64 class numbers) or onehot (float rows of K).")]
+LabelArgOption = Annotated[Optional[str], _model(
+    "--label-arg", help="Where the label goes: position (2nd positional argument) or a keyword name, e.g. c.")]
+ClassWeightsOption = Annotated[Optional[str], _model(
+    "--class-weights", help="p(y): uniform, w1,w2,... (normalised), or a file of numbers, one per class.")]
+ClassesOption = Annotated[Optional[str], _model(
+    "--classes", help="Only these classes, e.g. 0,3,7 (the mixture is then over them).")]
 ConfigOption = Annotated[Optional[str], _model(
     "--config", is_eager=True, callback=_config_callback,
     help="YAML file of this command's options (flags override it); see docs/usage.md#run-configuration.")]
@@ -97,6 +107,11 @@ class ModelFlags:
     latent_dim: LatentDimOption = None
     latent_shape: LatentShapeOption = None
     latent_distribution: LatentDistributionOption = None
+    num_classes: NumClassesOption = None
+    label_format: LabelFormatOption = None
+    label_arg: LabelArgOption = None
+    class_weights: ClassWeightsOption = None
+    classes: ClassesOption = None
     config_file: ConfigOption = None
 
     def model_options(self, path: str) -> ModelOptions:
@@ -104,7 +119,9 @@ class ModelFlags:
                             trust_pickle=self.trust_pickle, select=self.select,
                             class_map=tuple(self.class_map or ()), latent_dim=self.latent_dim,
                             latent_shape=self.latent_shape, latent_distribution=self.latent_distribution,
-                            output_range=self.output_range, output_select=self.output_select)
+                            output_range=self.output_range, output_select=self.output_select,
+                            num_classes=self.num_classes, label_format=self.label_format, label_arg=self.label_arg,
+                            class_weights=self.class_weights, classes=self.classes)
 
 
 def open_model(flags: ModelFlags, path: str, warn: Callable[[str], None]) -> ResolvedModel:

@@ -74,8 +74,10 @@ def info(message: str) -> None:
 
 
 @contextmanager
-def progress_bar(description: str, scales: Sequence[float], enabled: bool = True) -> Iterator[ProgressCallback | None]:
-    """A Rich progress bar on stderr with ETA, samples/s and the running estimate."""
+def progress_bar(description: str, scales: Sequence[float], enabled: bool = True,
+                 conditional: bool = False) -> Iterator[ProgressCallback | None]:
+    """A Rich progress bar on stderr with ETA, samples/s and the running estimate (of a
+    conditional decoder: H(X|Y), the last statistics columns)."""
     if not enabled:
         yield None
         return
@@ -95,7 +97,9 @@ def progress_bar(description: str, scales: Sequence[float], enabled: bool = True
     def update(done: int, total: int, running: Sequence[float]) -> None:
         elapsed = progress.tasks[task].elapsed or 0.0
         rate = f"{done / elapsed:,.0f} samples/s" if elapsed > 0 else ""
-        shown = ", ".join(f"H({scale:.0e})={value:.4f}" for scale, value in zip(scales, running))
+        values = running[len(running) - len(scales):] if conditional else running
+        name = "H(X|Y)" if conditional else "H"
+        shown = ", ".join(f"{name}({scale:.0e})={value:.4f}" for scale, value in zip(scales, values))
         progress.update(task, completed=done, total=total, rate=rate, running=shown)
 
     with progress:
@@ -124,9 +128,9 @@ class Sink:
         if self.speaks and not self.quiet:
             info(message)
 
-    def progress(self, description: str, scales: Sequence[float] = ()):
+    def progress(self, description: str, scales: Sequence[float] = (), conditional: bool = False):
         """A progress bar on stderr (none with --quiet): a context giving the progress callback."""
-        return progress_bar(description, scales, enabled=self.speaks and not self.quiet)
+        return progress_bar(description, scales, enabled=self.speaks and not self.quiet, conditional=conditional)
 
     def emit(self, document: dict, render: Render) -> None:
         """The result: the JSON file (--output), then the JSON document or the table(s) on stdout."""

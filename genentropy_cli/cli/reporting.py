@@ -8,6 +8,7 @@ from typing import Sequence
 
 from rich.table import Table
 
+from genentropy_cli.core.labels import LabelSpec
 from genentropy_cli.run.results import EntropyResult
 from genentropy_cli.run.stopping import STOP_REASONS
 
@@ -182,6 +183,12 @@ def _selection_label(selection: dict) -> str:
     return ", ".join(f"{name} {value}" for name, value in selection.items())
 
 
+def label_text(label: dict) -> str:
+    """A JSON label record in words: classes, format, how it is passed, p(y)."""
+    return LabelSpec(**{key: label.get(key) for key in ("num_classes", "format", "argument", "weights",
+                                                         "classes")}).describe()
+
+
 def inspect_table(report: dict) -> Table:
     """``genentropy inspect``: one row per fact."""
     model, probe, parameters = report["model"], report["jacobian_probe"], report["parameters"]
@@ -197,6 +204,9 @@ def inspect_table(report: dict) -> Table:
                        f"buffers {parameters['buffers']:,}"),
         ("latent", f"{'x'.join(str(size) for size in model['latent_shape'])} {model['latent_distribution']} "
                    f"(d = {model['latent_dim']}; {_sources(model['latent_source'])})"),
+        *([("label", f"{label_text(model['label'])} ("
+                     + _sources({key: value for key, value in model["label"]["source"].items() if value != "default"})
+                     + f"); probed at class {probe['label']}")] if model.get("label") else []),
         ("output", f"{'x'.join(str(size) for size in model['output_shape'])} (D = {model['output_dim']})"),
         ("output transform", _transform_label(model["output_transform"])),
         ("forward time", f"{report['forward_seconds_per_sample'] * 1e6:,.1f} us/sample "

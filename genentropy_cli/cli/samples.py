@@ -20,7 +20,7 @@ from genentropy_cli.cli.options import (
 from genentropy_cli.cli.output import Sink
 from genentropy_cli.defaults import SAMPLES_DEFAULT_K
 from genentropy_cli.errors import InputError
-from genentropy_cli.jobs.samples import find_extreme_samples
+from genentropy_cli.jobs.samples import ConditionalExtremes, find_extreme_samples
 
 LowestOption = Annotated[int, typer.Option("--lowest", help="How many lowest-term samples (dense regions).")]
 HighestOption = Annotated[int, typer.Option("--highest", help="How many highest-term samples (sparse regions).")]
@@ -46,8 +46,10 @@ def grid_target(grid: Optional[str], out: Optional[str], sink: Sink) -> Optional
 def samples(model: ModelArgument, *, source: ModelFlags, lowest: LowestOption = SAMPLES_DEFAULT_K,
             highest: HighestOption = SAMPLES_DEFAULT_K, scale: SampleScaleOption = RUN_DEFAULTS["scales"][0],
             run: SamplesRunFlags, grid: GridOption = None, out: OutOption = None, report: OutputFlags) -> None:
-    """Show the outputs with the lowest and highest per-sample entropy terms h_i = -log p(x_i)."""
-    from genentropy_cli.cli.grids import save_extremes_grid
+    """Show the outputs with the lowest and highest per-sample entropy terms h_i = -log p(x_i)
+    (a conditional decoder: per class, one grid row each)."""
+    from genentropy_cli.cli.conditional_tables import samples_table as class_samples_table
+    from genentropy_cli.cli.grids import save_class_extremes_grid, save_extremes_grid
     from genentropy_cli.cli.tables import samples_table
 
     sink = Sink.of(report)
@@ -59,14 +61,16 @@ def samples(model: ModelArgument, *, source: ModelFlags, lowest: LowestOption = 
     loaded = open_model(source, model, sink.warn)
     with sink.progress("scanning") as progress:
         result = find_extreme_samples(loaded.decoder, loaded.latent, lowest, highest, options=options,
-                                      progress=progress, log=sink.warn)
+                                      labels=loaded.label, progress=progress, log=sink.warn)
     if result.num_nonfinite:
         sink.warn(f"skipped {result.num_nonfinite} sample(s) with non-finite terms")
     if result.partial:
         sink.warn(f"interrupted: the extremes are PARTIAL, of the first {result.num_scanned} samples scanned")
     document = result.to_dict(model=loaded.describe())
+    conditional = isinstance(result, ConditionalExtremes)
     if grid is not None and sink.speaks:
-        document["grid"] = save_extremes_grid(result, grid, f"{loaded.path}: lowest and highest entropy terms")
+        title = f"{loaded.path}: lowest and highest entropy terms" + (" per class" if conditional else "")
+        document["grid"] = (save_class_extremes_grid if conditional else save_extremes_grid)(result, grid, title)
         sink.info(f"wrote {document['grid']}")
-    sink.emit(document, lambda: samples_table(result, loaded.path))
+    sink.emit(document, lambda: (class_samples_table if conditional else samples_table)(result, loaded.path))
     sink.exit_if_partial(result)

@@ -30,8 +30,10 @@ PlotOption = Annotated[Optional[str], typer.Option(
 def sweep_scale_command(model: ModelArgument, *, source: ModelFlags, reference: ReferenceOption = None,
                         tolerance_se: ToleranceOption = DEFAULT_AGREEMENT_SE, scales: ScalesOption = None,
                         run: RunFlags, plot: PlotOption = None, report: OutputFlags) -> None:
-    """Estimate H_s at several scales in one pass and check convergence as s -> 0 (Table 1)."""
+    """Estimate H_s at several scales in one pass and check convergence as s -> 0 (Table 1); for a
+    conditional decoder, H(X|Y) and every class's H(X|y)."""
     from genentropy_cli.cli import plotting, sweep_report
+    from genentropy_cli.cli.conditional_tables import class_sweep_table
 
     sink = Sink.of(report)
     options = estimate_options(run, parse_scales(scales) if scales is not None else DEFAULT_SWEEP_SCALES)
@@ -39,10 +41,13 @@ def sweep_scale_command(model: ModelArgument, *, source: ModelFlags, reference: 
         plotting.check_plot_target(plot)  # before the estimate, not after it
     loaded = open_model(source, model, sink.warn)
     known = parse_reference(reference, loaded.metadata) if reference is not None else None
-    with sink.progress("sweeping", sorted(options.scales, reverse=True)) as progress:
+    with sink.progress("sweeping", sorted(options.scales, reverse=True), loaded.label is not None) as progress:
         sweep = sweep_scale(loaded.decoder, loaded.latent, options.scales, reference=known, tolerance_se=tolerance_se,
-                            options=options, progress=progress, log=sink.warn)
+                            options=options, labels=loaded.label, progress=progress, log=sink.warn)
+    title = f"H(X|Y) of {loaded.path}" if sweep.conditional else loaded.path
     if plot and sink.speaks:
-        plotting.plot_sweep(sweep, plot, title=loaded.path)
-    sink.emit_run(sweep.to_dict(model=loaded.describe()), sweep.result,
-                  lambda: sweep_report.render_sweep(sweep, loaded.path))
+        plotting.plot_sweep(sweep, plot, title=title)
+    for message in getattr(sweep.result, "warnings", []):
+        sink.warn(message)
+    sink.emit_run(sweep.to_dict(model=loaded.describe()), sweep.result, lambda: [
+        sweep_report.render_sweep(sweep, title), *([class_sweep_table(sweep)] if sweep.conditional else [])])

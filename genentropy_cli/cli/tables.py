@@ -77,14 +77,14 @@ def pairs_table(result: ComparisonResult, scale_index: int = 0) -> Table:
             format_error(oriented.unpaired_stderr) if oriented.shared_latents
             else f"[bold]{format_error(oriented.unpaired_stderr)}[/bold]",
             format_number(oriented.correlation, 2),
-            _format_z(oriented.z_score),
+            format_z(oriented.z_score),
             f"{oriented.p_holm:.0e}" if oriented.p_holm == oriented.p_holm else "-",
             oriented.mark,
         )
     return table
 
 
-def _format_z(value: float) -> str:
+def format_z(value: float) -> str:
     """z to one decimal; beyond +-999 just the bound (the p-value is 0 either way)."""
     if value != value:
         return "-"

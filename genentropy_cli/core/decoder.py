@@ -35,6 +35,7 @@ __all__ = [
     "fallback_method",
     "jacobians_agree",
     "prepare_decoder",
+    "private_copy",
     "stacked_tolerance",
 ]
 
@@ -90,13 +91,10 @@ class PreparedDecoder:
                 return JACOBIAN_METHODS[self.jacobian_method](self.flat(), inputs, tangent_chunk, with_outputs=True)
 
 
-def prepare_decoder(
-    decoder: Any,
-    latent: LatentSpec,
-    device: torch.device,
-    dtype: torch.dtype,
-) -> PreparedDecoder:
-    """Copy, configure and probe ``decoder`` on two latents; bad fits are InputErrors."""
+def private_copy(decoder: Any, device: torch.device, dtype: torch.dtype) -> tuple[Any, bool]:
+    """The decoder the estimate runs, and whether TorchScript is in it: a copy of a module (its
+    TorchScript parts reloaded fresh) in eval mode without parameter gradients, on ``device`` in
+    ``dtype``; a plain callable as it is."""
     torchscript = is_torchscript(decoder)
     if torchscript:
         module = fresh_torchscript_copy(decoder)
@@ -112,6 +110,26 @@ def prepare_decoder(
         for parameter in module.parameters():
             parameter.requires_grad_(False)
         module = module.to(device=device, dtype=dtype)
+    return module, torchscript
+
+
+def prepare_decoder(
+    decoder: Any,
+    latent: LatentSpec,
+    device: torch.device,
+    dtype: torch.dtype,
+    *,
+    copy: bool = True,
+) -> PreparedDecoder:
+    """Copy, configure and probe ``decoder`` on two latents; bad fits are InputErrors. With
+    ``copy=False`` the decoder is already ``private_copy``'s result (several class-bound views of
+    one copy share its weights) and is only configured in place."""
+    if copy:
+        module, torchscript = private_copy(decoder, device, dtype)
+    else:
+        module = decoder
+        torchscript = is_torchscript(decoder) or (
+            isinstance(decoder, torch.nn.Module) and bool(torchscript_parts(decoder)))
 
     probe = torch.zeros(2, *latent.shape, dtype=dtype, device=device)
     try:
@@ -121,9 +139,11 @@ def prepare_decoder(
         raise
     except Exception as error:  # the decoder's own message says what it expected
         shape = "x".join(str(size) for size in latent.shape)
+        hint = ("; if it takes a class label, give --num-classes K (and --label-arg NAME for a keyword)"
+                if "missing" in str(error) and "argument" in str(error) else "")
         raise InputError(
             f"latent size {shape} does not fit the decoder ({first_line(error)}); "
-            "set --latent-dim or --latent-shape to what the decoder takes"
+            f"set --latent-dim or --latent-shape to what the decoder takes{hint}"
         ) from None
     if not isinstance(output, torch.Tensor):
         raise InputError(

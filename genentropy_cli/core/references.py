@@ -12,6 +12,7 @@ from torch import nn
 __all__ = [
     "HALF_SPHERE_ENTROPY",
     "NAMED_REFERENCES",
+    "ConditionalLinearDecoder",
     "ElementwiseExp",
     "HalfSphereGaussianCDF",
     "HalfSphereRadial",
@@ -139,6 +140,37 @@ def matrix_with_singular_values(singular_values: Sequence[float], output_dim: in
 def linear_decoder_entropy(singular_values: Sequence[float], scale: float, latent_entropy: float) -> float:
     """Entropy of x = A z + b at scale s: H(z) + 1/2 sum_j log(sigma_j^2 + s^2)."""
     return latent_entropy + 0.5 * sum(math.log(sigma**2 + scale**2) for sigma in singular_values)
+
+
+class ConditionalLinearDecoder(nn.Module):
+    """x = A_y z + b_y for class y, a conditional decoder with a known entropy per class: with
+    z ~ N(0, I_d), H_s(X|y) = d/2 log(2 pi e) + 1/2 sum_j log(sigma_{y,j}^2 + s^2).
+
+    ``forward(z, y)`` takes class numbers (int64 (B,)) or one-hot rows (float (B, K)); every
+    class's output is formed, x = sum_k onehot_k (A_k z + b_k), so both formats give the same
+    outputs and the label enters only as a constant that weights them."""
+
+    def __init__(self, matrices: torch.Tensor, biases: torch.Tensor):
+        super().__init__()
+        self.register_buffer("matrices", matrices.clone())  # (K, D, d)
+        self.register_buffer("biases", biases.clone())  # (K, D)
+
+    @classmethod
+    def with_singular_values(cls, spectra: Sequence[Sequence[float]], output_dim: int,
+                             seed: int = 0) -> "ConditionalLinearDecoder":
+        """Class k's A_k has exactly the singular values ``spectra[k]``; biases are random."""
+        matrices = torch.stack([matrix_with_singular_values(values, output_dim, seed + index)
+                                for index, values in enumerate(spectra)])
+        biases = torch.randn(len(spectra), output_dim, generator=torch.Generator().manual_seed(seed),
+                             dtype=torch.float64)
+        return cls(matrices, biases)
+
+    def forward(self, latents: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        count, output_dim, dim = self.matrices.shape
+        weights = labels.to(latents.dtype) if labels.is_floating_point() else (
+            nn.functional.one_hot(labels, count).to(latents.dtype))
+        every_class = (latents.flatten(1) @ self.matrices.reshape(count * output_dim, dim).T).view(-1, count, output_dim)
+        return (every_class * weights[:, :, None]).sum(dim=1) + weights @ self.biases
 
 
 class ElementwiseExp(nn.Module):

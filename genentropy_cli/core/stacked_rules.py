@@ -16,74 +16,24 @@ tag pointwise), here.
 
 from __future__ import annotations
 
-from typing import Any, Callable, ContextManager, Protocol
+from typing import Any, Callable
 
 import torch
 from torch.func import jvp, vmap
 
+from genentropy_cli.core.stacked_operands import (
+    StackedMode,
+    UnsupportedOperation,
+    has_equal_rows,
+    operand_leaves,
+    shared_row,
+)
+from genentropy_cli.core.stacked_operands import dim_index as _dim
+from genentropy_cli.core.stacked_operands import row_free as _row_free
+
 __all__ = ["ELEMENTWISE", "RULES", "StackedMode", "UnsupportedOperation", "operand_leaves", "rule_for"]
 
 aten = torch.ops.aten
-
-
-class UnsupportedOperation(RuntimeError):
-    """The decoder uses an op the stacked method has no exact rule for (use torch.func)."""
-
-
-def operand_leaves(*values: Any) -> list:
-    """The tensors and scalars in op arguments: positional values, lists of them (cat, stack),
-    dict values (kwargs), one level deep as aten schemas have them (cheaper than pytree)."""
-    found = []
-    for value in values:
-        if isinstance(value, dict):
-            value = list(value.values())
-        if isinstance(value, (list, tuple)):
-            for item in value:
-                found.extend(item if isinstance(item, (list, tuple)) else (item,))
-        else:
-            found.append(value)
-    return found
-
-
-def _dim(dim: int, ndim: int) -> int:
-    return dim + ndim if dim < 0 else dim
-
-
-def _row_free(value: Any, ndim: int) -> bool:
-    """A constant that is the same for every row of an ``ndim``-dimensional stacked tensor."""
-    if not isinstance(value, torch.Tensor):
-        return True
-    return value.dim() < ndim or (value.dim() == ndim and (value.shape[0] == 1 or value.stride(0) == 0))
-
-
-class StackedMode(Protocol):
-    """What a rule may ask of the dispatch mode (``stacked.StackedRows``): the layout
-    N = (k + 1) B of ``primal_rows`` B and ``slots`` k, and which tensors are stacked."""
-
-    primal_rows: int
-    slots: int
-
-    def mark(self, tensor: torch.Tensor) -> torch.Tensor:
-        """Tag an op's output as stacked (it must carry a multiple of N rows)."""
-        ...
-
-    def is_stacked(self, value: Any) -> bool: ...
-
-    def multiplicity(self, tensor: torch.Tensor) -> int:
-        """m: the tensor carries each stacked row in m consecutive rows."""
-        ...
-
-    def primal(self, tensor: torch.Tensor) -> torch.Tensor: ...
-
-    def tangents(self, tensor: torch.Tensor) -> torch.Tensor:
-        """Tangent rows as (k, B * m, ...)."""
-        ...
-
-    def assemble(self, primal: torch.Tensor, tangents: torch.Tensor) -> torch.Tensor: ...
-
-    def transforms_enabled(self) -> ContextManager:
-        """The caller's dispatch keys back, for rules that take derivatives with torch.func."""
-        ...
 
 
 # ---------------------------------------------------------------------- rules
@@ -95,6 +45,13 @@ def _only_first_stacked(mode: StackedMode, args, kwargs, name: str) -> torch.Ten
     if not mode.is_stacked(source) or any(mode.is_stacked(leaf) for leaf in leaves):
         raise UnsupportedOperation(f"{name} with a stacked operand other than its input")
     return source
+
+
+def _with_shared_rows(mode: StackedMode, args: tuple) -> tuple:
+    """``args`` with each constant whose rows are all equal as its first row (``shared_row``),
+    e.g. a label's embedding that scales or shifts the stacked rows."""
+    rows = max((arg.shape[0] for arg in args if mode.is_stacked(arg) and arg.dim()), default=0)
+    return tuple(arg if mode.is_stacked(arg) else shared_row(arg, rows) for arg in args)
 
 
 def _structural(dim_positions: tuple[int, ...] = (), dim_lists: tuple[int, ...] = ()):
@@ -234,6 +191,7 @@ def _native_batch_norm(mode, func, args, kwargs):
 
 def _linear_combination(mode, func, args, kwargs):
     """add/sub of two stacked tensors (rows line up), or with a constant on the primal rows."""
+    args = _with_shared_rows(mode, args)
     first, second = args[0], args[1]
     alpha = kwargs.get("alpha", 1)
     if mode.is_stacked(first) and mode.is_stacked(second):
@@ -256,6 +214,7 @@ def _linear_combination(mode, func, args, kwargs):
 
 def _scaling(mode, func, args, kwargs):
     """mul/div by a constant: linear in the stacked operand."""
+    args = _with_shared_rows(mode, args)
     first, second = args[0], args[1]
     if kwargs.get("rounding_mode") is not None:  # floor/trunc division: piecewise constant
         return _pointwise(mode, func, args, kwargs)
@@ -302,6 +261,7 @@ def _pointwise(mode, func, args, kwargs):
     (exact for an elementwise f), computed once at the primal and broadcast over the k slots.
     """
     inplace = _is_inplace(func)
+    args = _with_shared_rows(mode, args)
     if inplace and not mode.is_stacked(args[0]):
         raise UnsupportedOperation(f"in-place {func.overloadpacket.__name__} into a constant")
 
@@ -388,6 +348,37 @@ def _rowwise(mode, func, args, kwargs):
     return (out, *full[1:]) if isinstance(full, (tuple, list)) else out
 
 
+_CAT_OF_STACKED = _structural(dim_positions=(1,))
+
+
+def _cat(mode, func, args, kwargs):
+    """cat of stacked tensors, or of stacked tensors and constants whose rows are all equal (a
+    class label's one-hot code or embedding beside the latent): the constant's columns hold its
+    values on the primal rows and zeros on the tangent rows (a constant has no derivative)."""
+    tensors = list(args[0])
+    if all(mode.is_stacked(item) for item in tensors):
+        return _CAT_OF_STACKED(mode, func, args, kwargs)
+    stacked = [item for item in tensors if mode.is_stacked(item)]
+    rows, ndim = stacked[0].shape[0], stacked[0].dim()
+    dim = _dim(args[1] if len(args) > 1 else kwargs.get("dim", 0), ndim)
+    if dim == 0:
+        raise UnsupportedOperation("cat along the batch dimension")
+    constants = [item for item in tensors if not mode.is_stacked(item)]
+    if len({mode.multiplicity(item) for item in stacked}) != 1 or not all(
+            isinstance(item, torch.Tensor) and item.dim() == ndim and item.shape[0] == rows and has_equal_rows(item)
+            for item in constants):
+        raise UnsupportedOperation("cat of stacked rows and a constant that differs per row")
+    out = mode.mark(func(*args, **kwargs))
+    if not out.is_floating_point():
+        raise UnsupportedOperation(f"cat to {out.dtype}")
+    tangent_rows, offset = out[mode.primal_rows * mode.multiplicity(out):], 0
+    for item in tensors:
+        if not mode.is_stacked(item):
+            tangent_rows.narrow(dim, offset, item.shape[dim]).zero_()
+        offset += item.shape[dim]
+    return out
+
+
 _VIEW_LIKE = _structural()
 RULES: dict[Any, Callable] = {
     # moves and copies within rows (the row count is checked on the output)
@@ -404,7 +395,7 @@ RULES: dict[Any, Callable] = {
     aten.select: _structural(dim_positions=(1,)), aten.split: _structural(dim_positions=(2,)),
     aten.split_with_sizes: _structural(dim_positions=(2,)), aten.unbind: _structural(dim_positions=(1,)),
     aten.narrow: _structural(dim_positions=(1,)), aten.flip: _structural(dim_lists=(1,)),
-    aten.cat: _structural(dim_positions=(1,)), aten.stack: _structural(dim_positions=(1,)),
+    aten.cat: _cat, aten.stack: _structural(dim_positions=(1,)),
     aten.sum: _structural(dim_lists=(1,)), aten.mean: _structural(dim_lists=(1,)),
     # linear maps with constant weights; affine ones add their bias to the primal rows only
     aten.mm: _mm, aten.bmm: _bmm, aten.addmm: _addmm, aten.convolution: _convolution,
@@ -419,7 +410,7 @@ RULES: dict[Any, Callable] = {
     aten.native_group_norm: _rowwise, aten.max_pool2d_with_indices: _rowwise, aten.constant_pad_nd: _rowwise,
 }
 """Rules by op; other ops tagged pointwise get ``_pointwise``; anything else is unsupported."""
-# cat/stack take a list first: the dim check above reads args[1], and every list member must be stacked.
+# stack takes a list first: the dim check above reads args[1], and every list member must be stacked.
 
 
 def rule_for(func) -> Callable | None:

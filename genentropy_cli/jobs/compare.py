@@ -23,20 +23,15 @@ from typing import Any, Sequence
 
 import torch
 
-from genentropy_cli.core.latents import LatentSpec, block_seed, distribution_label, make_latent_spec
-from genentropy_cli.core.significance import (
-    correlation_from_moments,
-    holm_adjust,
-    rank_descending,
-    significance_mark,
-    two_sided_p_value,
-    unpaired_stderr,
-    z_score,
-)
+from genentropy_cli.core.labels import LabelSpec
+from genentropy_cli.core.latents import LatentSpec, distribution_label, make_latent_spec
+from genentropy_cli.core.significance import rank_descending
 from genentropy_cli.core.stats import RunningMoments
 from genentropy_cli.defaults import COMPARE_SIGNIFICANCE_LEVEL
 from genentropy_cli.envelope import envelope
 from genentropy_cli.errors import EstimationError, InputError
+from genentropy_cli.jobs.conditional_compare import ConditionalComparison, compare_conditional
+from genentropy_cli.jobs.pairs import PairDifference, column_group, latent_seeds, pair_differences, same_latents
 from genentropy_cli.run.hooks import LogCallback, ProgressCallback, RunHooks
 from genentropy_cli.run.loop import LoopOutcome, run_loop
 from genentropy_cli.run.options import EstimateOptions, options_from
@@ -44,50 +39,6 @@ from genentropy_cli.run.results import ScaleEstimate, estimates_from_moments
 from genentropy_cli.run.workload import DecoderWork, Workload
 
 # --------------------------------------------------------------------------- results
-
-
-@dataclass
-class PairDifference:
-    """H_first - H_second at one scale."""
-
-    first: int
-    second: int
-    scale: float
-    difference: float
-    stderr: float  # the one used for the test: paired where latents are shared
-    paired_stderr: float  # std of per-sample differences (by sample index) / sqrt(N)
-    unpaired_stderr: float
-    correlation: float  # of the two models' per-sample terms, by sample index
-    shared_latents: bool
-    z_score: float = math.nan
-    p_value: float = math.nan
-    p_holm: float = math.nan
-
-    @property
-    def significant(self) -> bool:
-        return bool(self.p_holm < COMPARE_SIGNIFICANCE_LEVEL)
-
-    @property
-    def mark(self) -> str:
-        return significance_mark(self.p_holm)
-
-    def to_dict(self, names: Sequence[str]) -> dict:
-        return {
-            "first": names[self.first],
-            "second": names[self.second],
-            "scale": self.scale,
-            "difference": self.difference,
-            "stderr": self.stderr,
-            "paired_stderr": self.paired_stderr,
-            "unpaired_stderr": self.unpaired_stderr,
-            "correlation": self.correlation,
-            "shared_latents": self.shared_latents,
-            "z": self.z_score,
-            "p_value": self.p_value,
-            "p_holm": self.p_holm,
-            "significant": self.significant,
-            "mark": self.mark,
-        }
 
 
 @dataclass
@@ -167,35 +118,6 @@ class ComparisonResult:
 # --------------------------------------------------------------------------- the run
 
 
-def _spec_key(spec: LatentSpec) -> tuple:
-    return (tuple(spec.shape), distribution_label(spec.distribution))
-
-
-INDEPENDENT_SEED_OFFSET = 1_000_003
-"""Derived seeds are block_seed(seed, INDEPENDENT_SEED_OFFSET + k): streams unrelated to seed's."""
-
-
-def latent_seeds(specs: Sequence[LatentSpec], seed: int, shared_latents: bool = True) -> list[int]:
-    """The seed of each model's latent stream.
-
-    Shared: models with the first model's spec use ``seed`` (each then matches ``estimate
-    --seed seed``); the k-th other spec (k = 1, 2, ...) uses a derived seed. Two specs drawn
-    from one seed would not be independent (uniform and normal latents come from the same
-    generator bits), so neither the paired nor the unpaired standard error would be right.
-    Not shared: model m uses the derived seed of k = m + 1, all independent.
-    """
-    def derived(k: int) -> int:
-        return block_seed(seed, INDEPENDENT_SEED_OFFSET + k)
-
-    if not shared_latents:
-        return [derived(index + 1) for index in range(len(specs))]
-    order: list[tuple] = []
-    for spec in specs:
-        if _spec_key(spec) not in order:
-            order.append(_spec_key(spec))
-    return [seed if order.index(_spec_key(spec)) == 0 else derived(order.index(_spec_key(spec))) for spec in specs]
-
-
 def compare_models(
     decoders: Sequence[Any],
     latents: Sequence[LatentSpec | int | Sequence[int]],
@@ -205,10 +127,11 @@ def compare_models(
     *,
     options: EstimateOptions | None = None,
     shared_latents: bool = True,
+    labels: LabelSpec | int | Sequence[LabelSpec | int | None] | None = None,
     progress: ProgressCallback | None = None,
     log: LogCallback | None = None,
     **settings: Any,
-) -> ComparisonResult:
+) -> ComparisonResult | ConditionalComparison:
     """Estimate every decoder on the same latent sequence and every pairwise difference.
 
     Models with equal latent specs see identical latents z_i (common random numbers); each
@@ -219,6 +142,8 @@ def compare_models(
     in expectation (a check of the method, not something to use for decisions).
     A sample that is non-finite for any model is dropped for all (``skip_nonfinite``).
     The run's settings are ``options`` and/or its fields as keywords, as for ``estimate_entropy``.
+    ``labels`` (one ``LabelSpec`` or class count for all, or one per model) compares conditional
+    decoders class by class and by H(X|Y) (``conditional_compare``).
     """
     given = {"scales": scales, "num_samples": n_samples}
     run_options = options_from(options, **{key: value for key, value in given.items() if value is not None},
@@ -234,17 +159,15 @@ def compare_models(
     if run_options.num_samples < 2:
         raise InputError(f"compare needs at least 2 samples for standard errors, got {run_options.num_samples}")
     pairs = list(combinations(range(len(decoders)), 2))
-    warnings: list[str] = []
     seeds = latent_seeds(specs, run_options.seed, shared_latents)
-    if shared_latents and len(set(seeds)) > 1:
-        described = "; ".join(f"{name}: {spec.describe()}, seed {model_seed}"
-                              for name, spec, model_seed in zip(names, specs, seeds))
-        warnings.append(
-            f"the models' latent specs differ ({described}): only models with the same spec share latents; "
-            "each other spec draws from its own seed (independent latents), and differences across specs "
-            "use the unpaired standard error"
-        )
-    shared = [shared_latents and _spec_key(specs[a]) == _spec_key(specs[b]) for a, b in pairs]
+    warnings = latent_sharing_notes(names, specs, seeds, shared_latents)
+    if labels is not None:
+        per_model = list(labels) if isinstance(labels, (list, tuple)) else [labels] * len(decoders)
+        if len(per_model) != len(decoders):
+            raise InputError(f"got {len(decoders)} decoders but {len(per_model)} label specs")
+        hooks = RunHooks(progress=progress, log=log)
+        return compare_conditional(decoders, specs, names, per_model, run_options, shared_latents, hooks, warnings)
+    shared = [shared_latents and same_latents(specs[a], specs[b]) for a, b in pairs]
 
     def workload(device: torch.device) -> Workload:
         members = [DecoderWork.prepare(decoder, spec, model_seed, run_options, device, name)
@@ -254,6 +177,18 @@ def compare_models(
 
     outcome = run_loop(workload, run_options, RunHooks(progress=progress, log=log))
     return comparison_result(outcome, specs, seeds, shared, warnings, shared_latents)
+
+
+def latent_sharing_notes(names: Sequence[str], specs: Sequence[LatentSpec], seeds: Sequence[int],
+                         shared_latents: bool) -> list[str]:
+    """The warning when models' latent specs differ (only equal specs share latents)."""
+    if not shared_latents or len(set(seeds)) == 1:
+        return []
+    described = "; ".join(f"{name}: {spec.describe()}, seed {model_seed}"
+                          for name, spec, model_seed in zip(names, specs, seeds))
+    return [f"the models' latent specs differ ({described}): only models with the same spec share latents; "
+            "each other spec draws from its own seed (independent latents), and differences across specs "
+            "use the unpaired standard error"]
 
 
 def comparison_result(outcome: LoopOutcome, specs: Sequence[LatentSpec], seeds: Sequence[int], shared: Sequence[bool],
@@ -267,8 +202,7 @@ def comparison_result(outcome: LoopOutcome, specs: Sequence[LatentSpec], seeds: 
         raise EstimationError("fewer than two samples were finite for every model; nothing to compare")
 
     def column_moments(column: int) -> RunningMoments:
-        window = slice(column * num_scales, (column + 1) * num_scales)
-        return RunningMoments(total.count, total.mean[window], total.m2[window])
+        return column_group(total, column, num_scales)
 
     summaries = [
         ModelSummary(names[model], specs[model], member.prepared.output_dim,
@@ -282,7 +216,7 @@ def comparison_result(outcome: LoopOutcome, specs: Sequence[LatentSpec], seeds: 
         ranks = rank_descending([item.estimates[scale_index].entropy for item in summaries])
         for item, rank in zip(summaries, ranks):
             item.ranks.append(rank)
-    differences = _pair_differences(summaries, pairs, shared, [column_moments(num_models + p) for p in range(len(pairs))],
+    differences = pair_differences(summaries, pairs, shared, [column_moments(num_models + p) for p in range(len(pairs))],
                                     scale_values)
     if summary.num_nonfinite:
         warnings.append(f"dropped {summary.num_nonfinite} sample(s) that were non-finite for at least one model; "
@@ -297,26 +231,3 @@ def comparison_result(outcome: LoopOutcome, specs: Sequence[LatentSpec], seeds: 
     diagnostics = {key: value for key, value in outcome.diagnostics.items() if key != "models"}
     return ComparisonResult(summaries, differences, settings, outcome.elapsed_seconds, warnings,
                             partial=outcome.partial, stop_reason=outcome.stop_reason, diagnostics=diagnostics)
-
-
-def _pair_differences(summaries: list[ModelSummary], pairs: list[tuple[int, int]], shared: list[bool],
-                      moments: list[RunningMoments], scales: Sequence[float]) -> list[PairDifference]:
-    """Every pair at every scale, with z, p and Holm-adjusted p (per scale, over all pairs)."""
-    result: list[PairDifference] = []
-    for scale_index, scale in enumerate(scales):
-        at_scale = []
-        for (a, b), is_shared, difference in zip(pairs, shared, moments):
-            first, second = summaries[a].estimates[scale_index], summaries[b].estimates[scale_index]
-            paired = float(difference.stderr[scale_index])
-            unpaired = unpaired_stderr(first.stderr, second.stderr)
-            used = paired if is_shared else unpaired
-            delta = float(difference.mean[scale_index])
-            z = z_score(delta, used)
-            at_scale.append(PairDifference(
-                a, b, float(scale), delta, used, paired, unpaired,
-                correlation_from_moments(first.std, second.std, float(difference.std[scale_index])),
-                is_shared, z, two_sided_p_value(z)))
-        for item, adjusted in zip(at_scale, holm_adjust([item.p_value for item in at_scale])):
-            item.p_holm = adjusted
-        result.extend(at_scale)
-    return result

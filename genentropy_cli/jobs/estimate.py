@@ -4,7 +4,16 @@ from __future__ import annotations
 
 from typing import Any, Callable, Sequence
 
+from genentropy_cli.core.labels import LabelSpec
 from genentropy_cli.core.latents import LatentDistribution, LatentSpec, make_latent_spec
+from genentropy_cli.errors import InputError
+from genentropy_cli.jobs.conditional import (
+    ConditionalResult,
+    as_label_spec,
+    check_conditional_run,
+    conditional_result,
+    conditional_workload,
+)
 from genentropy_cli.run.hooks import BatchCallback, ProgressCallback, RowsCallback, RunHooks
 from genentropy_cli.run.loop import LoopOutcome, run_loop
 from genentropy_cli.run.options import EstimateOptions, options_from
@@ -22,12 +31,13 @@ def estimate_entropy(
     *,
     options: EstimateOptions | None = None,
     latent_distribution: str | LatentDistribution | None = None,
+    labels: LabelSpec | int | None = None,
     progress: ProgressCallback | None = None,
     log: Callable[[str], None] | None = None,
     on_batch: BatchCallback | None = None,
     on_rows: RowsCallback | None = None,
     **settings: Any,
-) -> EntropyResult:
+) -> EntropyResult | ConditionalResult:
     """Estimate the differential entropy of ``decoder``'s output distribution (nats):
 
         H_s = (1/N) sum_i [ -log p(z_i) + 1/2 log det(J(z_i)^T J(z_i) + s^2 I) ]
@@ -48,6 +58,11 @@ def estimate_entropy(
     notes (out-of-memory retries, the precision warning; default ``warnings.warn``);
     ``on_batch(indices, latents, terms)`` sees each batch this process computes;
     ``on_rows(first_index, rows)`` every sample's rows in sample order, on every process.
+
+    ``labels`` (a ``LabelSpec``, or a class count) makes it a conditional decoder g(z, y): a
+    module or any callable of (z, y) (or of z and a keyword label). Every chosen class is then
+    estimated on the same latents and a ``ConditionalResult`` returned: H(X|y) per class, their
+    paired differences, H(X|Y), H(Y) and the bounds of the mixture entropy (docs/conditional.md).
     """
     given = {"scales": scales, "num_samples": n_samples}
     run_options = options_from(options, **{key: value for key, value in given.items() if value is not None},
@@ -57,6 +72,14 @@ def estimate_entropy(
     else:
         spec = make_latent_spec(latent)
     hooks = RunHooks(progress=progress, log=log, on_batch=on_batch, on_rows=on_rows)
+    if labels is not None:
+        if on_batch is not None:
+            raise InputError("on_batch sees one decoder's batches; a conditional run has one per class: use on_rows")
+        label = as_label_spec(labels)
+        notes = check_conditional_run(label, run_options)
+        outcome = run_loop(lambda device: conditional_workload(decoder, spec, label, run_options, device),
+                           run_options, hooks)
+        return conditional_result(outcome, label, notes)
     outcome = run_loop(lambda device: Workload([DecoderWork.prepare(decoder, spec, run_options.seed, run_options, device)],
                                                run_options.scales), run_options, hooks)
     return entropy_result(outcome)

@@ -8,6 +8,7 @@ d at the s you plan to use means the estimate there is dominated by s (check wit
 A checkpoint or safetensors file also gets its contents (``models.contents``): the sub-models
 it holds with the ``--select`` flag and spec lines for each, and its other entries. When no
 model can be built from it yet (several sub-models, no spec), that listing is the report.
+A conditional decoder's label input is shown, and its probe runs at the first chosen class.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import torch
 
 from genentropy_cli.core.decoder import prepare_decoder
 from genentropy_cli.core.device import resolve_device, resolve_dtype, strict_float32
+from genentropy_cli.core.labels import bind_class
 from genentropy_cli.core.latents import LatentStream, distribution_label
 from genentropy_cli.core.terms import compute_sample_terms
 from genentropy_cli.defaults import (
@@ -71,8 +73,11 @@ def inspect_model(resolved: ResolvedModel, device: str = "auto", dtype: str = "f
     latent = resolved.latent
     torch_device, torch_dtype = resolve_device(device), resolve_dtype(dtype)
     stream = LatentStream(latent, seed)
+    label = resolved.label
+    probe_class = None if label is None else label.chosen[0]
+    decoder = resolved.decoder if label is None else bind_class(resolved.decoder, label, probe_class)
     with strict_float32():
-        prepared = prepare_decoder(resolved.decoder, latent, torch_device, torch_dtype)
+        prepared = prepare_decoder(decoder, latent, torch_device, torch_dtype)
         terms = compute_sample_terms(prepared, stream.range(0, probe_latents), [scale])
         per_sample = forward_seconds_per_sample(prepared, stream.range(0, timing_batch))
     singular_values = terms.eigenvalues.clamp_min(0.0).sqrt()  # (k, d), ascending
@@ -102,6 +107,7 @@ def inspect_model(resolved: ResolvedModel, device: str = "auto", dtype: str = "f
             "rank_at_scale": [int(rank) for rank in ranks],
             "latent_dim": latent.dim,
             "jacobian_method": prepared.jacobian_method,
+            "label": probe_class,
         },
         "checkpoint": checkpoint,
         "warnings": list(resolved.loaded.warnings),

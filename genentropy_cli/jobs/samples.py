@@ -4,7 +4,8 @@ The per-sample term h_i = -log p(z_i) + 1/2 log det(J^T J + s^2 I) is the (regul
 negative log density of the output x_i = g(z_i) on the decoder's manifold: the lowest h_i
 are where the model concentrates its mass, the highest where it spreads it thinly.
 The scan keeps only the K lowest and K highest (term, index) pairs; the latents of the
-chosen indices are regenerated from the seeded LatentStream and decoded at the end.
+chosen indices are regenerated from the seeded LatentStream and decoded at the end. A
+conditional decoder's classes are scanned on the same latents, each keeping its own extremes.
 """
 
 from __future__ import annotations
@@ -16,17 +17,19 @@ import numpy as np
 import torch
 
 from genentropy_cli.core.device import strict_float32
+from genentropy_cli.core.labels import LabelSpec
 from genentropy_cli.core.latents import LatentSpec, distribution_label, make_latent_spec
 from genentropy_cli.defaults import SAMPLES_DEFAULT_K, SAMPLES_DEFAULT_NUM_SAMPLES
 from genentropy_cli.envelope import envelope
 from genentropy_cli.errors import InputError
+from genentropy_cli.jobs.conditional import as_label_spec, check_conditional_run, conditional_workload
 from genentropy_cli.run.hooks import LogCallback, ProgressCallback, RunHooks
-from genentropy_cli.run.loop import run_loop
+from genentropy_cli.run.loop import LoopOutcome, run_loop
 from genentropy_cli.run.options import EstimateOptions, options_from
-from genentropy_cli.run.rows import SampleRows
+from genentropy_cli.run.rows import PairedRows, SampleRows
 from genentropy_cli.run.workload import DecoderWork, Workload
 
-__all__ = ["ExtremeKeeper", "ExtremeSamples", "find_extreme_samples", "keep_extremes"]
+__all__ = ["ConditionalExtremes", "ExtremeKeeper", "ExtremeSamples", "find_extreme_samples", "keep_extremes"]
 
 
 def keep_extremes(values: np.ndarray, indices: np.ndarray, count: int, lowest: bool) -> tuple[np.ndarray, np.ndarray]:
@@ -58,22 +61,76 @@ class ExtremeSamples:
     num_scanned: int | None = None
     """Finite samples the extremes were chosen from."""
 
-    def to_dict(self, model: dict | None = None) -> dict:
-        def rows(part: dict) -> list[dict]:
-            return [
-                {"index": int(index), "entropy_term": float(term), "neg_log_density": float(neg_log),
-                 "half_log_det": float(half)}
-                for index, term, neg_log, half in zip(part["indices"], part["terms"], part["neg_log_density"],
-                                                      part["half_log_det"])
-            ]
+    def model_dict(self, model: dict | None = None) -> dict:
+        return {**(model or {}), "latent_shape": list(self.latent.shape),
+                "latent_distribution": distribution_label(self.latent.distribution),
+                "output_shape": list(self.output_shape)}
 
+    def to_dict(self, model: dict | None = None) -> dict:
         return envelope("samples", {
-            "model": {**(model or {}), "latent_shape": list(self.latent.shape),
-                      "latent_distribution": distribution_label(self.latent.distribution),
-                      "output_shape": list(self.output_shape)},
+            "model": self.model_dict(model),
             "settings": dict(self.settings),
-            "lowest": rows(self.lowest),
-            "highest": rows(self.highest),
+            "lowest": sample_rows(self.lowest),
+            "highest": sample_rows(self.highest),
+            "num_nonfinite": self.num_nonfinite,
+            "num_scanned": self.num_scanned,
+            "elapsed_seconds": self.elapsed_seconds,
+            "partial": self.partial,
+            "stop_reason": self.stop_reason,
+        })
+
+
+def sample_rows(part: dict) -> list[dict]:
+    """The chosen samples of one end as JSON rows."""
+    return [
+        {"index": int(index), "entropy_term": float(term), "neg_log_density": float(neg_log),
+         "half_log_det": float(half)}
+        for index, term, neg_log, half in zip(part["indices"], part["terms"], part["neg_log_density"],
+                                              part["half_log_det"])
+    ]
+
+
+@dataclass
+class ConditionalExtremes:
+    """Every chosen class's extremes (``classes[k]`` is class ``label.chosen[k]``), on common latents."""
+
+    label: LabelSpec
+    classes: list[ExtremeSamples]
+    settings: dict
+    elapsed_seconds: float
+    num_nonfinite: int = 0
+
+    @property
+    def scale(self) -> float:
+        return self.classes[0].scale
+
+    @property
+    def num_samples(self) -> int:
+        return self.classes[0].num_samples
+
+    @property
+    def output_shape(self) -> tuple[int, ...]:
+        return self.classes[0].output_shape
+
+    @property
+    def partial(self) -> bool:
+        return self.classes[0].partial
+
+    @property
+    def stop_reason(self) -> str:
+        return self.classes[0].stop_reason
+
+    @property
+    def num_scanned(self) -> int | None:
+        return self.classes[0].num_scanned
+
+    def to_dict(self, model: dict | None = None) -> dict:
+        return envelope("samples", {
+            "model": {**self.classes[0].model_dict(model), "label": {**(model or {}).get("label", {}),
+                                                                     **self.label.to_dict()}},
+            "settings": dict(self.settings),
+            "classes": [{"label": chosen, "lowest": sample_rows(item.lowest), "highest": sample_rows(item.highest),
+                         "num_nonfinite": item.num_nonfinite} for chosen, item in zip(self.label.chosen, self.classes)],
             "num_nonfinite": self.num_nonfinite,
             "num_scanned": self.num_scanned,
             "elapsed_seconds": self.elapsed_seconds,
@@ -91,15 +148,17 @@ def find_extreme_samples(
     n_samples: int | None = None,
     *,
     options: EstimateOptions | None = None,
+    labels: LabelSpec | int | None = None,
     progress: ProgressCallback | None = None,
     log: LogCallback | None = None,
     **settings: Any,
-) -> ExtremeSamples:
+) -> ExtremeSamples | ConditionalExtremes:
     """Scan N seeded latents, keep the ``lowest``/``highest`` per-sample entropy terms at
     ``scale``, and decode those samples, through the one batch loop (so every run option
     applies; with ``skip_nonfinite`` non-finite terms are left out and counted).
     The run's settings are ``options`` and/or its fields as keywords, as for ``estimate_entropy``
-    (default N here: ``SAMPLES_DEFAULT_NUM_SAMPLES``); it takes one scale."""
+    (default N here: ``SAMPLES_DEFAULT_NUM_SAMPLES``); it takes one scale. With ``labels`` (a
+    conditional decoder) every chosen class gets its own extremes (``ConditionalExtremes``)."""
     given = {"scales": None if scale is None else (scale,), "num_samples": n_samples}
     base = options if options is not None else EstimateOptions(num_samples=SAMPLES_DEFAULT_NUM_SAMPLES)
     run_options = options_from(base, **{key: value for key, value in given.items() if value is not None}, **settings)
@@ -111,18 +170,45 @@ def find_extreme_samples(
         raise InputError(f"--num-samples ({run_options.num_samples}) must be at least --lowest/--highest "
                          f"({max(lowest, highest)})")
     spec = make_latent_spec(latent)
+    if labels is not None:
+        return _conditional_extremes(decoder, spec, as_label_spec(labels), lowest, highest, run_options,
+                                     RunHooks(progress=progress, log=log))
     keeper = ExtremeKeeper(lowest, highest)
     outcome = run_loop(lambda device: Workload([DecoderWork.prepare(decoder, spec, run_options.seed, run_options, device)],
                                                run_options.scales),
                        run_options, RunHooks(progress=progress, log=log, on_rows=keeper.add))
-    member = outcome.workload.members[0]
+    return _extremes_of(outcome.workload.members[0], keeper, outcome, run_options, log)
+
+
+def _extremes_of(member: DecoderWork, keeper: "ExtremeKeeper", outcome: LoopOutcome, run_options: EstimateOptions,
+                 log: LogCallback | None, num_nonfinite: int | None = None) -> ExtremeSamples:
+    """Decode what ``keeper`` chose for one decoder."""
     with strict_float32():
         notify = RunHooks(log=log).notify
         parts = [_decode_chosen(member, chosen, run_options.scales, notify) for chosen in (keeper.low[1], keeper.high[1])]
     (scale_value,) = run_options.scales
-    return ExtremeSamples(scale_value, run_options.num_samples, spec, member.prepared.output_shape, parts[0], parts[1],
-                          {**outcome.settings, "scale": scale_value}, outcome.elapsed_seconds,
-                          outcome.summary.num_nonfinite, outcome.partial, outcome.stop_reason, outcome.moments.count)
+    nonfinite = outcome.summary.num_nonfinite if num_nonfinite is None else num_nonfinite
+    return ExtremeSamples(scale_value, run_options.num_samples, member.spec, member.prepared.output_shape, parts[0],
+                          parts[1], {**outcome.settings, "scale": scale_value}, outcome.elapsed_seconds, nonfinite,
+                          outcome.partial, outcome.stop_reason, outcome.moments.count)
+
+
+def _conditional_extremes(decoder: Any, spec: LatentSpec, label: LabelSpec, lowest: int, highest: int,
+                          run_options: EstimateOptions, hooks: RunHooks) -> ConditionalExtremes:
+    """Every class on the same latents, each keeping its own extremes."""
+    check_conditional_run(label, run_options)
+    keepers = [ExtremeKeeper(lowest, highest) for _ in label.chosen]
+
+    def on_rows(first_index: int, rows: PairedRows) -> None:
+        for keeper, part in zip(keepers, rows.models):
+            keeper.add(first_index, part)
+
+    outcome = run_loop(lambda device: conditional_workload(decoder, spec, label, run_options, device), run_options,
+                       RunHooks(progress=hooks.progress, log=hooks.log, on_rows=on_rows))
+    classes = [_extremes_of(member, keeper, outcome, run_options, hooks.log, int(summary.num_nonfinite))
+               for member, keeper, summary in zip(outcome.workload.members, keepers, outcome.summary.models)]
+    return ConditionalExtremes(label, classes, {**outcome.settings, "scale": run_options.scales[0]},
+                               outcome.elapsed_seconds, outcome.summary.num_nonfinite)
 
 
 @dataclass

@@ -21,10 +21,11 @@ from typing import Any, Callable, Mapping, Sequence
 from genentropy_cli.core.references import NAMED_REFERENCES
 from genentropy_cli.defaults import DEFAULT_AGREEMENT_SE, DEFAULT_SWEEP_SCALES
 from genentropy_cli.errors import InputError
+from genentropy_cli.jobs.conditional import ConditionalResult
 from genentropy_cli.jobs.estimate import estimate_entropy
 from genentropy_cli.run.options import validate_scales
 from genentropy_cli.run.results import EntropyResult, ScaleEstimate
-from genentropy_cli.run.rows import SampleRows
+from genentropy_cli.run.rows import PairedRows, SampleRows
 
 # ------------------------------------------------------------------------------ scales
 
@@ -263,35 +264,50 @@ class CollapseCounter:
     """Per scale, how many (finite) samples have an eigenvalue of J^T J below s^2: the latents
     where the regularisation really changes the log-determinant. When only a handful of
     samples do, the bias at that s comes from rare latents and the standard error can
-    understate the error (docs/reproducing-table-1.md)."""
+    understate the error (docs/reproducing-table-1.md). Rows of several decoders (a conditional
+    decoder's classes) are counted per decoder (``per_decoder``) and in total (``counts``)."""
 
     scales: tuple[float, ...]
     counts: list[int] = field(default_factory=list)
+    per_decoder: list[list[int]] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         self.counts = [0] * len(self.scales)
 
-    def add(self, first_index: int, rows: SampleRows) -> None:
+    def add(self, first_index: int, rows: SampleRows | PairedRows) -> None:
         """``on_rows``: every used sample once, in order, on every process."""
-        below = rows.collapsed[rows.finite] > 0
-        for index, count in enumerate(below.sum(axis=0).tolist()):
-            self.counts[index] += int(count)
+        parts = rows.models if isinstance(rows, PairedRows) else (rows,)
+        if not self.per_decoder:
+            self.per_decoder = [[0] * len(self.scales) for _ in parts]
+        for part, totals in zip(parts, self.per_decoder):
+            below = part.collapsed[rows.finite] > 0
+            for index, count in enumerate(below.sum(axis=0).tolist()):
+                totals[index] += int(count)
+                self.counts[index] += int(count)
 
 
 @dataclass
 class SweepResult:
     """The engine's result over all scales, with the reference and the convergence verdict.
     ``collapsed_samples[i]`` counts the samples with an eigenvalue of J^T J below
-    ``estimates[i].scale`` squared (CollapseCounter)."""
+    ``estimates[i].scale`` squared (CollapseCounter). For a conditional decoder ``result`` is a
+    ``ConditionalResult``: the verdict and the reference are about H(X|Y), and every class has
+    its own verdict (``class_convergence``) and counts (``class_collapsed_samples``)."""
 
-    result: EntropyResult
+    result: EntropyResult | ConditionalResult
     reference: Reference | None
     convergence: Convergence
     collapsed_samples: tuple[int, ...] = ()
+    class_convergence: tuple[Convergence, ...] = ()
+    class_collapsed_samples: tuple[tuple[int, ...], ...] = ()
 
     @property
     def estimates(self) -> list[ScaleEstimate]:
         return self.result.estimates
+
+    @property
+    def conditional(self) -> bool:
+        return isinstance(self.result, ConditionalResult)
 
     def reference_comparisons(self) -> list[Comparison]:
         """H_s - reference per scale, in the estimate's own standard errors (the reference is exact)."""
@@ -301,7 +317,8 @@ class SweepResult:
                 for item in self.estimates]
 
     def to_dict(self, model: dict | None = None) -> dict:
-        """The ``estimate`` JSON document (command ``sweep-scale``) plus ``reference`` and ``convergence``."""
+        """The ``estimate`` JSON document (command ``sweep-scale``) plus ``reference`` and ``convergence``
+        (and, conditional, ``class_convergence`` and ``class_collapsed_samples``)."""
         document = self.result.to_dict("sweep-scale", model=model)
         if self.reference is None:
             document["reference"] = None
@@ -315,6 +332,13 @@ class SweepResult:
         document["convergence"] = self.convergence.to_dict()
         document["collapsed_samples"] = [{"scale": item.scale, "count": count}
                                          for item, count in zip(self.estimates, self.collapsed_samples)]
+        if self.conditional:
+            document["class_convergence"] = [{"label": item.label, **verdict.to_dict()}
+                                             for item, verdict in zip(self.result.classes, self.class_convergence)]
+            document["class_collapsed_samples"] = [
+                {"label": item.label, "counts": [{"scale": estimate.scale, "count": count}
+                                                 for estimate, count in zip(self.estimates, counts)]}
+                for item, counts in zip(self.result.classes, self.class_collapsed_samples)]
         return document
 
 
@@ -329,17 +353,23 @@ def sweep_scale(
 ) -> SweepResult:
     """Estimate H_s at every scale in ONE pass (one eigen-decomposition of J^T J per sample
     serves all s), then compare the scales. ``estimate_options`` are ``estimate_entropy``'s
-    (n_samples, batch_size, device, dtype, seed, progress, latent_distribution, ...)."""
+    (n_samples, batch_size, device, dtype, seed, progress, latent_distribution, labels, ...);
+    with ``labels`` the sweep is of H(X|Y) and of every class."""
     ordered = sweep_order(scales)
     known = as_reference(reference)
     check_tolerance(tolerance_se)
     counter = CollapseCounter(ordered)
     user_on_rows = estimate_options.pop("on_rows", None)
 
-    def on_rows(first_index: int, rows: SampleRows) -> None:
+    def on_rows(first_index: int, rows: SampleRows | PairedRows) -> None:
         counter.add(first_index, rows)
         if user_on_rows is not None:
             user_on_rows(first_index, rows)
 
     result = estimate_entropy(decoder, latent, scales=ordered, on_rows=on_rows, **estimate_options)
-    return SweepResult(result, known, assess_convergence(result.estimates, tolerance_se), tuple(counter.counts))
+    convergence = assess_convergence(result.estimates, tolerance_se)
+    if not isinstance(result, ConditionalResult):
+        return SweepResult(result, known, convergence, tuple(counter.counts))
+    return SweepResult(result, known, convergence, tuple(counter.counts),
+                       tuple(assess_convergence(item.estimates, tolerance_se) for item in result.classes),
+                       tuple(tuple(counts) for counts in counter.per_decoder))

@@ -53,6 +53,23 @@ class InfoGANGenerator(nn.Module):
         return self.deconv(hidden.view(-1, self.channels, 7, 7))
 
 
+class ConditionalInfoGANGenerator(nn.Module):
+    """A class-conditional infoGAN MNIST generator (the conditional GAN/VAE decoders of Lee's
+    collection): ``InfoGANGenerator`` on the latent and the class's one-hot code side by side,
+    x = G([z; onehot(y)]). ``forward(z, y)`` takes class numbers (int64 (B,)) or one-hot rows
+    (float (B, K)): both label formats give the same outputs."""
+
+    def __init__(self, latent_dim: int = 62, num_classes: int = 10, width: float = 1.0, output_channels: int = 1):
+        super().__init__()
+        self.num_classes = num_classes
+        self.generator = InfoGANGenerator(latent_dim + num_classes, width, output_channels)
+
+    def forward(self, latents: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        if not labels.is_floating_point():
+            labels = nn.functional.one_hot(labels, self.num_classes).to(latents.dtype)
+        return self.generator(torch.cat([latents.flatten(1), labels.to(latents.dtype)], 1))
+
+
 class DCGANGenerator(nn.Module):
     """The DCGAN 64x64 generator (Radford et al.; PyTorch example): latent (nz, 1, 1) ->
     4x4x8ngf -> 8x8x4ngf -> 16x16x2ngf -> 32x32xngf -> 64x64xnc, tanh output."""
@@ -84,6 +101,7 @@ def _activation(name: str) -> nn.Module:
 ARCHITECTURES: dict[str, type[nn.Module]] = {
     "mlp": MLPDecoder,
     "infogan-mnist": InfoGANGenerator,
+    "infogan-mnist-conditional": ConditionalInfoGANGenerator,
     "dcgan-64": DCGANGenerator,
 }
 """Names a spec's ``architecture`` may use, with the class each builds."""

@@ -1,7 +1,8 @@
 """``genentropy convert``: any loadable decoder -> one self-describing safetensors file.
 
 The result holds the weights and, embedded, a spec naming the architecture (built-in or
-``import:``), its kwargs, the resolved latent spec and the output transform, so it loads
+``import:``), its kwargs, the resolved latent spec, a conditional decoder's label spec and the
+output transform, so it loads
 from its path alone and runs no code from the file. The architecture comes from the source's
 spec (embedded, sidecar or ``--spec``), from a ``spec`` entry in a TorchScript/.pt2 file's
 ``genentropy.json``, or, for a trusted pickled module, from its class (kwargs from the spec
@@ -18,12 +19,14 @@ from typing import Any
 import torch
 
 from genentropy_cli.core.decoder import prepare_decoder
+from genentropy_cli.core.labels import bind_class
 from genentropy_cli.core.latents import LatentStream, distribution_label
 from genentropy_cli.defaults import CONVERT_OUTPUT_TOLERANCE, INSPECT_PROBE_LATENTS
 from genentropy_cli.errors import EstimationError, InputError
 from genentropy_cli.models.architectures import ARCHITECTURES
 from genentropy_cli.models.exported import ExportedDecoder
 from genentropy_cli.models.loading import LoadedModel, load_safetensors_model
+from genentropy_cli.models.metadata import label_section
 from genentropy_cli.models.onnx_models import OnnxDecoder, onnx_weights
 from genentropy_cli.models.resolve import ModelOptions, ResolvedModel, resolve_model
 from genentropy_cli.models.specs import (
@@ -35,8 +38,8 @@ from genentropy_cli.models.specs import (
     validate_spec,
 )
 
-RESOLVED_KEYS = ("latent", "output", "weights")
-"""Spec sections the converted file gets afresh (resolved latent and transform; its own tensor names)."""
+RESOLVED_KEYS = ("latent", "label", "output", "weights")
+"""Spec sections the converted file gets afresh (resolved latent, label and transform; its own tensor names)."""
 
 
 def state_dict_of(decoder: Any) -> dict[str, torch.Tensor]:
@@ -105,6 +108,8 @@ def converted_spec(resolved: ResolvedModel) -> dict:
     spec = architecture_spec(resolved.loaded)
     spec["latent"] = {"shape": list(resolved.latent.shape),
                       "distribution": distribution_label(resolved.latent.distribution)}
+    if resolved.label is not None:
+        spec["label"] = label_section(resolved.label)
     transform = resolved.transform
     if not transform.is_identity:
         spec["output"] = {key: value for key, value in
@@ -114,12 +119,20 @@ def converted_spec(resolved: ResolvedModel) -> dict:
 
 
 def _max_output_difference(first: Any, second: Any, resolved: ResolvedModel) -> float:
-    """Largest |difference| of the two decoders' outputs on probe latents, in float64 on the CPU."""
+    """Largest |difference| of the two decoders' outputs on probe latents (at every chosen class
+    of a conditional decoder), in float64 on the CPU."""
     latents = LatentStream(resolved.latent, 0).range(0, INSPECT_PROBE_LATENTS)
-    outputs = [prepare_decoder(resolved.transform.apply(decoder), resolved.latent, torch.device("cpu"),
-                               torch.float64).decode(latents) for decoder in (first, second)]
-    scale = float(outputs[0].abs().max()) + 1.0
-    return float((outputs[0] - outputs[1]).abs().max()) / scale
+    label = resolved.label
+    differences = []
+    for chosen in (None,) if label is None else label.chosen:
+        outputs = []
+        for decoder in (first, second):
+            decoder = resolved.transform.apply(decoder)
+            decoder = decoder if label is None else bind_class(decoder, label, chosen)
+            outputs.append(prepare_decoder(decoder, resolved.latent, torch.device("cpu"), torch.float64).decode(latents))
+        scale = float(outputs[0].abs().max()) + 1.0
+        differences.append(float((outputs[0] - outputs[1]).abs().max()) / scale)
+    return max(differences, key=lambda value: (value != value, value))  # NaN (a failed check) wins
 
 
 def convert_to_safetensors(options: ModelOptions, target: str | Path, overwrite: bool = False) -> dict:

@@ -30,6 +30,7 @@ from typing import Any, Mapping, Sequence
 
 import torch
 
+from genentropy_cli.core.labels import LabelSpec
 from genentropy_cli.core.latents import LatentSpec, make_latent_spec, parse_distribution
 from genentropy_cli.errors import InputError, first_line
 from genentropy_cli.models.exported import PT2_SUFFIX, load_exported
@@ -67,7 +68,7 @@ FORMATS_RUNNING_CODE = ("torchscript", "torch.export", "pickle")
 class LoadedModel:
     """A decoder with what its files say about it.
 
-    ``metadata`` holds latent_shape / latent_distribution / output_range / output_select,
+    ``metadata`` holds latent_shape / latent_distribution / output_range / output_select / label_*,
     ``origins`` says for each where it came from (metadata, program, spec), ``spec`` is the
     architecture spec that built the decoder (None for formats that carry their code),
     ``spec_file`` the content of the spec file used (``--spec`` or sidecar), if any.
@@ -316,16 +317,20 @@ def load_torchscript(file: Path) -> LoadedModel:
 
 def save_torchscript(module: torch.nn.Module | torch.jit.ScriptModule, path: str | Path,
                      latent: LatentSpec | None = None, extra: dict | None = None,
-                     example: torch.Tensor | None = None) -> Path:
-    """Save ``module`` as TorchScript (scripted, or traced on ``example``) recording its latent spec."""
+                     example: torch.Tensor | None = None, label: LabelSpec | None = None) -> Path:
+    """Save ``module`` as TorchScript (scripted, or traced on ``example``) recording its latent
+    spec (and with ``label`` a conditional decoder's label input, traced with a positional label)."""
     if isinstance(module, torch.jit.ScriptModule):
         scripted = module
     elif example is not None:
-        scripted = torch.jit.trace(module.eval(), example)
+        inputs = example if label is None else (
+            example, label.labels(label.chosen[0], example.shape[0], example.device, example.dtype))
+        scripted = torch.jit.trace(module.eval(), inputs)
     else:
         scripted = torch.jit.script(module.eval())
     target = Path(path)
-    torch.jit.save(scripted, str(target), _extra_files={METADATA_FILE: json.dumps(metadata_record(latent, extra))})
+    record = metadata_record(latent, extra, label)
+    torch.jit.save(scripted, str(target), _extra_files={METADATA_FILE: json.dumps(record)})
     return target
 
 

@@ -1,10 +1,12 @@
 """From what the user points at (a file and options) to a decoder ready for the engine.
 
-    ModelOptions(path, spec, code_path, trust_pickle, select, class_map, latent_*, output_*) --resolve_model-->
-    ResolvedModel(decoder with its output transform, latent spec, and where each came from)
+    ModelOptions(path, spec, code_path, trust_pickle, select, class_map, latent_*, label_*, output_*)
+        --resolve_model--> ResolvedModel(decoder with its output transform, latent spec, label spec,
+        and where each came from)
 
-Precedence for the latent spec and the output transform: flags, then the spec file
-(``--spec`` or the sidecar), then what the model file embeds, then defaults.
+Precedence for the latent spec, the label spec (``models.labels``) and the output transform:
+flags, then the spec file (``--spec`` or the sidecar), then what the model file embeds, then
+defaults.
 """
 
 from __future__ import annotations
@@ -13,7 +15,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
+from genentropy_cli.core.labels import LabelSpec
 from genentropy_cli.core.latents import LatentSpec, parse_latent_shape
+from genentropy_cli.models.labels import resolve_label_spec
 from genentropy_cli.models.loading import LoadedModel, load_model, resolve_latent_spec
 from genentropy_cli.models.transforms import OutputTransform, parse_output_range, parse_output_select
 
@@ -33,6 +37,11 @@ class ModelOptions:
     latent_distribution: str | None = None
     output_range: str | Sequence[float] | None = None
     output_select: str | int | None = None
+    num_classes: int | None = None
+    label_format: str | None = None
+    label_arg: str | None = None
+    class_weights: str | Sequence[float] | None = None
+    classes: str | Sequence[int] | None = None
 
 
 @dataclass
@@ -48,6 +57,9 @@ class ResolvedModel:
     latent_origin: dict
     transform: OutputTransform
     transform_origin: dict = field(default_factory=dict)
+    label: LabelSpec | None = None
+    """The label input of a conditional decoder g(z, y); None for a decoder of z alone."""
+    label_origin: dict = field(default_factory=dict)
 
     @property
     def decoder(self) -> Any:
@@ -70,6 +82,9 @@ class ResolvedModel:
         description = self.loaded.describe()
         description["latent_source"] = dict(self.latent_origin)
         description["output_transform"] = {**self.transform.describe(), "source": dict(self.transform_origin)}
+        if self.label is not None:
+            description["label"] = {**self.label.to_dict(), "probabilities": list(self.label.probabilities),
+                                    "source": dict(self.label_origin)}
         return description
 
 
@@ -88,7 +103,7 @@ def _resolve_transform(loaded: LoadedModel, output_range: Any, output_select: An
 
 
 def resolve_model(options: ModelOptions) -> ResolvedModel:
-    """Load the model and settle its latent spec and output transform (flags win)."""
+    """Load the model and settle its latent spec, label spec and output transform (flags win)."""
     loaded = load_model(options.path, spec=options.spec, code_path=tuple(options.code_path),
                         trust_pickle=options.trust_pickle, select=options.select, class_map=tuple(options.class_map))
     shape = options.latent_shape
@@ -97,4 +112,7 @@ def resolve_model(options: ModelOptions) -> ResolvedModel:
     latent, latent_origin = resolve_latent_spec(
         loaded, options.latent_dim, tuple(shape) if shape is not None else None, options.latent_distribution)
     transform, transform_origin = _resolve_transform(loaded, options.output_range, options.output_select)
-    return ResolvedModel(loaded, latent, latent_origin, transform, transform_origin)
+    label, label_origin = resolve_label_spec(loaded, num_classes=options.num_classes, label_format=options.label_format,
+                                             label_arg=options.label_arg, class_weights=options.class_weights,
+                                             classes=options.classes)
+    return ResolvedModel(loaded, latent, latent_origin, transform, transform_origin, label, label_origin)

@@ -6,6 +6,7 @@ A spec is a small mapping (YAML or JSON):
     # import: mypkg.models:Generator     # ...or user code by import path (not both)
     kwargs: {latent_dim: 62, width: 0.25}
     latent: {shape: [62], distribution: uniform}
+    label: {num_classes: 10, format: onehot, argument: c}  # a conditional decoder's label (optional)
     output: {range: [-1, 1], select: 0}  # optional output transform (transforms.py)
     weights: {key: state_dict, prefix: "generator."}  # optional: the sub-model in a checkpoint (selection.py)
 
@@ -33,10 +34,12 @@ from safetensors.torch import load_file, save_file
 
 from genentropy_cli.errors import InputError, first_line
 from genentropy_cli.models.architectures import ARCHITECTURES
+from genentropy_cli.models.metadata import LABEL_KEYS, label_metadata
 from genentropy_cli.models.selection import SELECTION_KEYS
 
 SPEC_METADATA_KEY = "genentropy_spec"
-SPEC_KEYS: tuple[str, ...] = ("architecture", "import", "kwargs", "latent", "output", "weights", "description")
+SPEC_KEYS: tuple[str, ...] = ("architecture", "import", "kwargs", "latent", "label", "output", "weights",
+                              "description")
 LATENT_KEYS: tuple[str, ...] = ("shape", "distribution")
 OUTPUT_KEYS: tuple[str, ...] = ("range", "select")
 WEIGHTS_KEYS: tuple[str, ...] = SELECTION_KEYS
@@ -62,7 +65,7 @@ def validate_spec(spec: Any, source: str = "the spec", strict: bool = True) -> d
         raise InputError(f"{source} names both architecture and import; keep one")
     if "import" in spec and (not isinstance(spec["import"], str) or ":" not in spec["import"]):
         raise InputError(f"{source}: import takes 'package.module:ClassName', got {spec['import']!r}")
-    for section, keys in (("kwargs", None), ("latent", LATENT_KEYS), ("output", OUTPUT_KEYS),
+    for section, keys in (("kwargs", None), ("latent", LATENT_KEYS), ("label", LABEL_KEYS), ("output", OUTPUT_KEYS),
                           ("weights", WEIGHTS_KEYS)):
         value = spec.get(section)
         if value is None:
@@ -224,8 +227,8 @@ def output_metadata(spec: dict) -> dict:
 
 
 def spec_metadata(spec: dict) -> dict:
-    """Everything a spec says about the latent and the output, as loader metadata."""
-    return {**latent_metadata(spec), **output_metadata(spec)}
+    """Everything a spec says about the latent, the label and the output, as loader metadata."""
+    return {**latent_metadata(spec), **label_metadata(spec.get("label"), "the spec"), **output_metadata(spec)}
 
 
 # --------------------------------------------------------------------------- weights

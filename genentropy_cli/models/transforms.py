@@ -119,8 +119,9 @@ class TransformedDecoder(nn.Module):
         inner = getattr(self.decoder, "original_name", None) or type(self.decoder).__qualname__
         return f"{inner} then {self.transform.describe()}"
 
-    def forward(self, latents: torch.Tensor) -> torch.Tensor:
-        output = self.decoder(latents)
+    def forward(self, latents: torch.Tensor, *labels: Any, **keyword_labels: Any) -> torch.Tensor:
+        """The transformed output of ``decoder(latents, ...)`` (a conditional decoder's label passes through)."""
+        output = self.decoder(latents, *labels, **keyword_labels)
         if self.transform.select is not None:
             output = select_output(output, self.transform.select)
         if self.transform.range is not None:

@@ -2,10 +2,12 @@
 
 ``SampleRows`` are one decoder's rows: per sample, the entropy term h_i per scale, -log p(z_i),
 the collapsed-direction counts and the extreme singular values of J. ``PairedRows`` are several
-decoders' rows on the same sample indices (``compare``): the statistics' columns are every
-model's h_i per scale, then every pair's difference h_a - h_b per scale, so the paired standard
-error comes from the same streaming moments as the entropies. A sample is finite when every
-column is (a sample non-finite for one model is dropped for all).
+decoders' rows on the same sample indices (``compare``, or one conditional decoder's classes):
+the statistics' columns are every model's h_i per scale, then every pair's difference h_a - h_b
+per scale, then every weighted sum sum_m w_m h_m per scale (``combinations``: H(X|Y) =
+sum_y p(y) h_y, and differences of such sums), so paired standard errors come from the same
+streaming moments as the entropies. A sample is finite when every column is (a sample
+non-finite for one model is dropped for all).
 """
 
 from __future__ import annotations
@@ -180,12 +182,22 @@ class PairedRows:
     models: tuple[SampleRows, ...]
     pairs: tuple[tuple[int, int], ...]
     names: tuple[str, ...]
+    combinations: tuple[tuple[float, ...], ...] = ()
+    """Weights w (one per model) of each extra column group sum_m w_m h_m."""
 
     @property
     def terms(self) -> np.ndarray:
-        """(n, M*S + P*S): every model's h_i per scale, then every pair's h_a - h_b per scale."""
+        """(n, M*S + P*S + C*S): every model's h_i per scale, every pair's h_a - h_b per scale,
+        every combination's sum_m w_m h_m per scale."""
         differences = [self.models[a].terms - self.models[b].terms for a, b in self.pairs]
-        return np.concatenate([model.terms for model in self.models] + differences, axis=1)
+        weighted = []
+        for weights in self.combinations:  # positive and negative parts apart: equal models differ by exactly 0
+            parts = [np.zeros_like(self.models[0].terms), np.zeros_like(self.models[0].terms)]
+            for weight, model in zip(weights, self.models):
+                if weight != 0:
+                    parts[weight < 0] += abs(weight) * model.terms
+            weighted.append(parts[0] - parts[1])
+        return np.concatenate([model.terms for model in self.models] + differences + weighted, axis=1)
 
     @property
     def finite(self) -> np.ndarray:
@@ -195,7 +207,8 @@ class PairedRows:
         return len(self.models[0])
 
     def slice(self, start: int, stop: int) -> "PairedRows":
-        return PairedRows(tuple(model.slice(start, stop) for model in self.models), self.pairs, self.names)
+        return PairedRows(tuple(model.slice(start, stop) for model in self.models), self.pairs, self.names,
+                          self.combinations)
 
     @classmethod
     def concat(cls, pieces: Sequence["PairedRows"]) -> "PairedRows":
@@ -203,7 +216,7 @@ class PairedRows:
             return pieces[0]
         models = tuple(SampleRows.concat([piece.models[index] for piece in pieces])
                        for index in range(len(pieces[0].models)))
-        return cls(models, pieces[0].pairs, pieces[0].names)
+        return cls(models, pieces[0].pairs, pieces[0].names, pieces[0].combinations)
 
     def columns(self) -> dict[str, np.ndarray]:
         return {f"model{index}_{name}": column for index, model in enumerate(self.models)
@@ -212,7 +225,7 @@ class PairedRows:
     def with_columns(self, columns: Mapping[str, np.ndarray]) -> "PairedRows":
         models = tuple(SampleRows(**{name: np.asarray(columns[f"model{index}_{name}"]) for name in SampleRows.COLUMNS})
                        for index in range(len(self.models)))
-        return PairedRows(models, self.pairs, self.names)
+        return PairedRows(models, self.pairs, self.names, self.combinations)
 
     def new_summary(self, num_scales: int) -> "PairedSummary":
         return PairedSummary([SampleSummary(num_scales) for _ in self.models])
@@ -234,8 +247,9 @@ class PairedRows:
 
     @classmethod
     def empty(cls, num_models: int, num_scales: int, pairs: Sequence[tuple[int, int]],
-              names: Sequence[str]) -> "PairedRows":
-        return cls(tuple(SampleRows.empty(num_scales) for _ in range(num_models)), tuple(pairs), tuple(names))
+              names: Sequence[str], combinations: Sequence[Sequence[float]] = ()) -> "PairedRows":
+        return cls(tuple(SampleRows.empty(num_scales) for _ in range(num_models)), tuple(pairs), tuple(names),
+                   tuple(tuple(float(weight) for weight in weights) for weights in combinations))
 
 
 @dataclass
@@ -259,6 +273,19 @@ class PairedSummary:
 
     def diagnostics(self, scales: Sequence[float]) -> dict:
         return {"models": [summary.diagnostics(scales) for summary in self.models]}
+
+    def pooled(self) -> SampleSummary:
+        """Every model's samples as one summary (histograms and counts add exactly): the
+        spectrum over all classes of a conditional decoder."""
+        first = self.models[0]
+        return SampleSummary(
+            first.num_scales, sum(item.count for item in self.models),
+            sum((item.collapsed_sum for item in self.models), np.zeros(first.num_scales, dtype=np.int64)),
+            *(LogHistogram(sum(getattr(item, name).counts for item in self.models),
+                           min(getattr(item, name).minimum for item in self.models),
+                           max(getattr(item, name).maximum for item in self.models))
+              for name in ("sigma_min", "sigma_max")),
+            self.num_nonfinite, list(self.nonfinite_indices))
 
     def to_state(self) -> tuple[dict, dict[str, np.ndarray]]:
         metas, arrays = [], {}

@@ -53,8 +53,13 @@ class DecoderWork:
 
     @classmethod
     def prepare(cls, decoder: Any, spec: LatentSpec, seed: int, options: EstimateOptions, device: torch.device,
-                name: str | None = None) -> "DecoderWork":
-        prepared = prepare_decoder(decoder, spec, device, resolve_dtype(options.dtype))
+                name: str | None = None, computed: Any = None) -> "DecoderWork":
+        """``computed``: what runs instead of a private copy of ``decoder``, already one
+        (``core.decoder.private_copy``), e.g. a class-bound view of a copy all classes share;
+        ``decoder`` stays what identifies the member and what the precision probe copies."""
+        dtype = resolve_dtype(options.dtype)
+        prepared = (prepare_decoder(decoder, spec, device, dtype) if computed is None
+                    else prepare_decoder(computed, spec, device, dtype, copy=False))
         return cls(decoder, spec, int(seed), prepared, LatentStream(spec, seed),
                    AdaptiveSizes(*plan_for(prepared, options.max_memory, batch_size=options.batch_size,
                                            tangent_chunk=options.tangent_chunk)), name)
@@ -129,6 +134,8 @@ class Workload:
     """True for several models (``PairedRows``), even of one model; False: one decoder's ``SampleRows``."""
     extra_identity: dict = field(default_factory=dict)
     """More settings a checkpoint must share (compare: names, shared latents)."""
+    combinations: tuple[tuple[float, ...], ...] = ()
+    """Weights of the members' weighted sums, columns after the pairs' (``PairedRows``)."""
 
     @property
     def names(self) -> tuple[str, ...]:
@@ -153,7 +160,7 @@ class Workload:
 
     def rows_template(self) -> SampleRows | PairedRows:
         if self.paired:
-            return PairedRows.empty(len(self.members), len(self.scales), self.pairs, self.names)
+            return PairedRows.empty(len(self.members), len(self.scales), self.pairs, self.names, self.combinations)
         return SampleRows.empty(len(self.scales))
 
     def compute(self, segments: Segments, indices: np.ndarray, log: LogCallback,
@@ -169,11 +176,12 @@ class Workload:
             parts.append(SampleRows.from_terms(terms, self.scales))
         if not self.paired:
             return parts[0], clipped
-        return PairedRows(tuple(parts), self.pairs, self.names), clipped
+        return PairedRows(tuple(parts), self.pairs, self.names, self.combinations), clipped
 
     def identity(self) -> dict:
         """The decoders' part of the settings a checkpoint must share with its resumption."""
         if not self.paired:
             return self.members[0].identity()
+        combined = {"combinations": [list(weights) for weights in self.combinations]} if self.combinations else {}
         return {"models": [{**member.identity(), "name": name, "latent_seed": member.seed}
-                           for member, name in zip(self.members, self.names)], **self.extra_identity}
+                           for member, name in zip(self.members, self.names)], **combined, **self.extra_identity}

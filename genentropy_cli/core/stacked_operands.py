@@ -1,0 +1,94 @@
+"""What every stacked-tangent rule asks of an op's operands (``stacked_rules``): which arguments
+are tensors, which constants are the same for every row, and what the dispatch mode offers.
+
+A constant operand is harmless to the rules when it is the same for every row of the stacked
+batch: it then acts on the primal rows [P] exactly as on one sample, and its derivative is zero
+on the tangent rows [T_1; ...; T_k]. Such a constant is either broadcast (no batch dimension,
+one row, or an expanded row), or a tensor with one row per stacked row whose rows are all
+equal: a class label's one-hot code or embedding, made for the whole batch inside a
+conditional decoder (``labels.ClassBoundDecoder``).
+"""
+
+from __future__ import annotations
+
+from typing import Any, ContextManager, Protocol
+
+import torch
+
+__all__ = ["StackedMode", "UnsupportedOperation", "dim_index", "has_equal_rows", "operand_leaves", "row_free", "shared_row"]
+
+
+class UnsupportedOperation(RuntimeError):
+    """The decoder uses an op the stacked method has no exact rule for (use torch.func)."""
+
+
+def operand_leaves(*values: Any) -> list:
+    """The tensors and scalars in op arguments: positional values, lists of them (cat, stack),
+    dict values (kwargs), one level deep as aten schemas have them (cheaper than pytree)."""
+    found = []
+    for value in values:
+        if isinstance(value, dict):
+            value = list(value.values())
+        if isinstance(value, (list, tuple)):
+            for item in value:
+                found.extend(item if isinstance(item, (list, tuple)) else (item,))
+        else:
+            found.append(value)
+    return found
+
+
+def dim_index(dim: int, ndim: int) -> int:
+    """A possibly negative dimension as its index among ``ndim``."""
+    return dim + ndim if dim < 0 else dim
+
+
+def row_free(value: Any, ndim: int) -> bool:
+    """A constant that is the same for every row of an ``ndim``-dimensional stacked tensor."""
+    if not isinstance(value, torch.Tensor):
+        return True
+    return value.dim() < ndim or (value.dim() == ndim and (value.shape[0] == 1 or value.stride(0) == 0))
+
+
+def has_equal_rows(value: torch.Tensor) -> bool:
+    """Every row of ``value`` (along dim 0) equals the first, by value."""
+    return value.stride(0) == 0 or torch.equal(value, value[:1].expand_as(value))
+
+
+def shared_row(value: Any, rows: int) -> Any:
+    """A constant with ``rows`` rows that are all equal, as its first row (1, ...): it broadcasts
+    to the same values, and ``row_free`` then holds (a class label's embedding beside the latent's
+    rows). Anything else unchanged."""
+    if (isinstance(value, torch.Tensor) and value.dim() >= 1 and rows > 1 and value.shape[0] == rows
+            and has_equal_rows(value)):
+        return value[:1]
+    return value
+
+
+class StackedMode(Protocol):
+    """What a rule may ask of the dispatch mode (``stacked.StackedRows``): the layout
+    N = (k + 1) B of ``primal_rows`` B and ``slots`` k, and which tensors are stacked."""
+
+    primal_rows: int
+    slots: int
+
+    def mark(self, tensor: torch.Tensor) -> torch.Tensor:
+        """Tag an op's output as stacked (it must carry a multiple of N rows)."""
+        ...
+
+    def is_stacked(self, value: Any) -> bool: ...
+
+    def multiplicity(self, tensor: torch.Tensor) -> int:
+        """m: the tensor carries each stacked row in m consecutive rows."""
+        ...
+
+    def primal(self, tensor: torch.Tensor) -> torch.Tensor: ...
+
+    def tangents(self, tensor: torch.Tensor) -> torch.Tensor:
+        """Tangent rows as (k, B * m, ...)."""
+        ...
+
+    def assemble(self, primal: torch.Tensor, tangents: torch.Tensor) -> torch.Tensor: ...
+
+    def transforms_enabled(self) -> ContextManager:
+        """The caller's dispatch keys back, for rules that take derivatives with torch.func."""
+        ...
