@@ -205,6 +205,7 @@ def compare_models(
     *,
     options: EstimateOptions | None = None,
     shared_latents: bool = True,
+    pairs: Sequence[tuple[int, int]] | None = None,
     progress: ProgressCallback | None = None,
     log: LogCallback | None = None,
     **settings: Any,
@@ -218,6 +219,8 @@ def compare_models(
     makes the samples independent: the paired standard error then matches the unpaired one
     in expectation (a check of the method, not something to use for decisions).
     A sample that is non-finite for any model is dropped for all (``skip_nonfinite``).
+    ``pairs`` are the (first, second) model indices whose differences are estimated and tested
+    (Holm over them, per scale); default every pair (``track`` asks for consecutive ones).
     The run's settings are ``options`` and/or its fields as keywords, as for ``estimate_entropy``.
     """
     given = {"scales": scales, "num_samples": n_samples}
@@ -233,7 +236,7 @@ def compare_models(
     specs = [make_latent_spec(latent) for latent in latents]
     if run_options.num_samples < 2:
         raise InputError(f"compare needs at least 2 samples for standard errors, got {run_options.num_samples}")
-    pairs = list(combinations(range(len(decoders)), 2))
+    pairs = _checked_pairs(pairs, len(decoders))
     warnings: list[str] = []
     seeds = latent_seeds(specs, run_options.seed, shared_latents)
     if shared_latents and len(set(seeds)) > 1:
@@ -254,6 +257,19 @@ def compare_models(
 
     outcome = run_loop(workload, run_options, RunHooks(progress=progress, log=log))
     return comparison_result(outcome, specs, seeds, shared, warnings, shared_latents)
+
+
+def _checked_pairs(pairs: Sequence[tuple[int, int]] | None, count: int) -> list[tuple[int, int]]:
+    """Every pair (a < b) by default; else the given ones, each of two distinct model indices."""
+    if pairs is None:
+        return list(combinations(range(count), 2))
+    checked = [(int(a), int(b)) for a, b in pairs]
+    for a, b in checked:
+        if a == b or not (0 <= a < count and 0 <= b < count):
+            raise InputError(f"pair ({a}, {b}) must name two different models among 0..{count - 1}")
+    if not checked:
+        raise InputError("give at least one pair of models to compare")
+    return checked
 
 
 def comparison_result(outcome: LoopOutcome, specs: Sequence[LatentSpec], seeds: Sequence[int], shared: Sequence[bool],
