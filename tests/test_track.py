@@ -92,3 +92,15 @@ def test_track_keeps_the_order_given_where_no_step_is_known(run_cli, tmp_path):
     assert kept.exit_code == 0, kept.stderr
     assert [item["name"] for item in kept.json()["checkpoints"]] == ["late.pt", "early.pt"]
     assert [item["step"] for item in kept.json()["checkpoints"]] == [1, 2]
+
+
+def test_a_track_checkpoint_resumes_track_and_not_compare(run_cli, checkpoints, tmp_path):
+    saved = tmp_path / "track.ckpt"
+    first = run_cli("track", *checkpoints, *COMMON, "--json", "--checkpoint", saved)
+    assert first.exit_code == 0, first.stderr
+    again = run_cli("track", *checkpoints, *COMMON, "--json", "--checkpoint", saved)
+    assert again.exit_code == 0, again.stderr
+    assert again.json()["changes"] == first.json()["changes"]
+    assert again.json()["diagnostics"]["resumed_from_samples"] == 120
+    other = run_cli("compare", *checkpoints, *COMMON, "--checkpoint", saved)
+    assert other.exit_code == 2 and "Traceback" not in other.stderr

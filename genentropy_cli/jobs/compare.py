@@ -236,7 +236,10 @@ def compare_models(
     specs = [make_latent_spec(latent) for latent in latents]
     if run_options.num_samples < 2:
         raise InputError(f"compare needs at least 2 samples for standard errors, got {run_options.num_samples}")
-    pairs = _checked_pairs(pairs, len(decoders))
+    identity = {"names": list(names), "shared_latents": bool(shared_latents)}
+    if pairs is not None:  # a checkpoint of other pairs has other columns: it cannot be resumed
+        identity["pairs"] = [list(pair) for pair in _checked_pairs(pairs, len(decoders))]
+    pairs = [tuple(pair) for pair in identity.get("pairs", _checked_pairs(None, len(decoders)))]
     warnings: list[str] = []
     seeds = latent_seeds(specs, run_options.seed, shared_latents)
     if shared_latents and len(set(seeds)) > 1:
@@ -253,7 +256,7 @@ def compare_models(
         members = [DecoderWork.prepare(decoder, spec, model_seed, run_options, device, name)
                    for decoder, spec, model_seed, name in zip(decoders, specs, seeds, names)]
         return Workload(members, run_options.scales, tuple(pairs), paired=True,
-                        extra_identity={"names": list(names), "shared_latents": bool(shared_latents)})
+                        extra_identity=identity)
 
     outcome = run_loop(workload, run_options, RunHooks(progress=progress, log=log))
     return comparison_result(outcome, specs, seeds, shared, warnings, shared_latents)
