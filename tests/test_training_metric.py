@@ -124,6 +124,33 @@ def test_the_change_of_two_linear_decoders_is_exact_with_zero_paired_error():
     assert result.changes[0].unpaired_stderr == pytest.approx(math.sqrt(2) * spread, rel=1e-10)
 
 
+class Holed(torch.nn.Module):
+    """x = A z, NaN where z_0 is beyond ``edge`` on the given side (dropped with skip_nonfinite)."""
+
+    def __init__(self, singular_values, edge: float):
+        super().__init__()
+        self.linear, self.edge = linear_decoder(singular_values), edge
+
+    def forward(self, latents):
+        outputs = self.linear(latents)
+        beyond = latents[:, :1] > self.edge if self.edge > 0 else latents[:, :1] < self.edge
+        return torch.where(beyond, torch.full_like(outputs, math.nan), outputs)
+
+
+def test_the_change_uses_the_samples_finite_in_both_calls():
+    first, second = [1.0, 0.5, 2.0], [3.0, 0.25, 1.5]
+    metric = EntropyMetric(3, SCALES, N, **RUN, skip_nonfinite=True)
+    metric(Holed(first, 1.0))
+    result = metric(Holed(second, -1.0))
+    latents = LatentStream(make_latent_spec(3), RUN["seed"]).range(0, N)
+    both = int(((latents[:, 0] <= 1.0) & (latents[:, 0] >= -1.0)).sum())
+    assert 0 < both < result.estimates[0].num_samples < N
+    for change in result.changes:
+        expected = 0.5 * sum(math.log(b**2 + change.scale**2) - math.log(a**2 + change.scale**2)
+                             for a, b in zip(first, second))
+        assert change.num_samples == both and change.difference == pytest.approx(expected, abs=1e-10)
+
+
 def test_the_paired_error_is_the_spread_of_the_per_sample_differences():
     """Independent check: the per-sample terms from ``estimate_entropy``'s on_rows hook."""
     torch.manual_seed(1)

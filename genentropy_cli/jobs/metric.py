@@ -194,7 +194,8 @@ def paired_changes(now: np.ndarray, before: np.ndarray, estimates_now: Sequence[
         correlation = math.nan
         if differences.count >= 2 and now[common, index].std() > 0 and before[common, index].std() > 0:
             correlation = float(np.corrcoef(now[common, index], before[common, index])[0, 1])
-        changes.append(EntropyChange(current.scale, float(differences.mean[index]), float(differences.stderr[index]),
+        difference = float(differences.mean[index]) if differences.count else math.nan
+        changes.append(EntropyChange(current.scale, difference, float(differences.stderr[index]),
                                      unpaired_stderr(current.stderr, previous.stderr), correlation,
                                      int(differences.count)))
     return changes
