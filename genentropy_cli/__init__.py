@@ -16,8 +16,10 @@ from genentropy_cli.jobs.compare import ComparisonResult, compare_models
 from genentropy_cli.jobs.conditional import ConditionalResult
 from genentropy_cli.jobs.conditional_compare import ConditionalComparison
 from genentropy_cli.jobs.estimate import estimate_entropy
+from genentropy_cli.jobs.metric import EntropyChange, EntropyMetric, MetricResult, summary_writer, write_scalars
 from genentropy_cli.jobs.samples import ConditionalExtremes, ExtremeSamples, find_extreme_samples
 from genentropy_cli.jobs.sweep import Reference, SweepResult, sweep_scale
+from genentropy_cli.jobs.track import TrackResult, track_checkpoints
 from genentropy_cli.run.options import EstimateOptions
 from genentropy_cli.run.results import EntropyResult, ScaleEstimate
 from genentropy_cli.version import __version__
@@ -28,15 +30,20 @@ __all__ = [
     "ConditionalComparison",
     "ConditionalExtremes",
     "ConditionalResult",
+    "EntropyCallback",
+    "EntropyChange",
+    "EntropyMetric",
     "EntropyResult",
     "EstimateOptions",
     "ExtremeSamples",
     "LabelSpec",
     "LatentSpec",
+    "MetricResult",
     "Reference",
     "ScaleEstimate",
     "StandardNormal",
     "SweepResult",
+    "TrackResult",
     "TruncatedNormal",
     "Uniform",
     "compare_models",
@@ -44,5 +51,17 @@ __all__ = [
     "find_extreme_samples",
     "make_latent_spec",
     "parse_distribution",
+    "summary_writer",
     "sweep_scale",
+    "track_checkpoints",
+    "write_scalars",
 ]
+
+
+def __getattr__(name: str):
+    """``EntropyCallback`` on demand: its module imports Lightning, which takes seconds."""
+    if name == "EntropyCallback":
+        from genentropy_cli.jobs.training import EntropyCallback
+
+        return EntropyCallback
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -36,9 +36,10 @@ RUN_OPTIONS = ("--num-samples", "-n", "--batch-size", "--tangent-chunk", "--max-
                "--seed", "--skip-nonfinite", "--target-stderr", "--min-samples", "--checkpoint", "--checkpoint-every",
                "--per-sample", "--save-latents", "--probe-samples")
 OUTPUT_OPTIONS = ("--json", "--output", "-o", "--quiet", "-q", "--debug")
-MODEL_COMMANDS = ("estimate", "sweep-scale", "compare", "samples", "inspect", "convert")
-LOOP_COMMANDS = ("estimate", "sweep-scale", "compare", "samples")
-SCALE_FLAGS = {"estimate": "--scale", "compare": "--scale", "sweep-scale": "--scales", "samples": "--scale"}
+MODEL_COMMANDS = ("estimate", "sweep-scale", "compare", "track", "samples", "inspect", "convert")
+LOOP_COMMANDS = ("estimate", "sweep-scale", "compare", "track", "samples")
+SCALE_FLAGS = {"estimate": "--scale", "compare": "--scale", "track": "--scale", "sweep-scale": "--scales",
+               "samples": "--scale"}
 PER_COMMAND = {"--scale"}
 """Flags whose meaning is each command's own: ``--scale`` is repeatable for estimate and
 compare, one scale of the terms for samples, the scale of the rank for inspect."""
@@ -67,7 +68,7 @@ def test_every_loop_command_has_every_run_option_and_its_scale_flag(name):
     missing = [flag for flag in RUN_OPTIONS if flag not in flags]
     assert not missing, f"{name} lacks {missing}"
     scale = flags[SCALE_FLAGS[name]]
-    assert scale.multiple == (name in ("estimate", "compare")) and ("-s" in scale.opts) == (name != "sweep-scale")
+    assert scale.multiple == (name in ("estimate", "compare", "track")) and ("-s" in scale.opts) == (name != "sweep-scale")
 
 
 @pytest.mark.parametrize("name", MODEL_COMMANDS)

@@ -18,6 +18,7 @@ from genentropy_cli.cli.inspect import inspect
 from genentropy_cli.cli.options import DebugOption
 from genentropy_cli.cli.samples import samples
 from genentropy_cli.cli.sweep import sweep_scale_command
+from genentropy_cli.cli.track import track
 from genentropy_cli.version import __version__
 
 app = typer.Typer(
@@ -48,6 +49,7 @@ def main_callback(
 app.command("estimate")(estimate)
 app.command("sweep-scale")(sweep_scale_command)
 app.command("compare")(compare)
+app.command("track")(track)
 app.command("samples")(samples)
 app.command("inspect")(inspect)
 app.command("convert")(convert)

@@ -212,6 +212,9 @@ JsonOption = Annotated[bool, _output("--json", help="Print one JSON document on 
 OutputOption = Annotated[Optional[str], _output(
     "--output", "-o", help="Also write the JSON result to this file (atomically).")]
 QuietOption = Annotated[bool, _output("--quiet", "-q", help="No progress bar or notes on stderr (warnings stay).")]
+PlotOption = Annotated[Optional[str], _output(
+    "--plot", help="Also draw the result to this image (e.g. result.png): sweep-scale entropy vs s, track entropy "
+                   "vs step; needs matplotlib: pip install 'genentropy\\[plot]'.")]
 DebugOption = Annotated[bool, _output(
     "--debug", is_eager=True, callback=set_debug, help="Show tracebacks for errors (also before the command).")]
 

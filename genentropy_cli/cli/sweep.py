@@ -7,7 +7,15 @@ from typing import Annotated, Optional
 import typer
 
 from genentropy_cli.cli.guard import command
-from genentropy_cli.cli.options import ModelArgument, ModelFlags, OutputFlags, RunFlags, estimate_options, open_model
+from genentropy_cli.cli.options import (
+    ModelArgument,
+    ModelFlags,
+    OutputFlags,
+    PlotOption,
+    RunFlags,
+    estimate_options,
+    open_model,
+)
 from genentropy_cli.cli.output import Sink
 from genentropy_cli.defaults import DEFAULT_AGREEMENT_SE, DEFAULT_SWEEP_SCALES
 from genentropy_cli.jobs.sweep import parse_reference, parse_scales, sweep_scale
@@ -21,9 +29,6 @@ ReferenceOption = Annotated[Optional[str], typer.Option(
                         "half-sphere, sphere, or model (the value the model file records).")]
 ToleranceOption = Annotated[float, typer.Option(
     "--tolerance-se", help="Scales agree when their estimates differ by at most this many combined standard errors.")]
-PlotOption = Annotated[Optional[str], typer.Option(
-    "--plot", rich_help_panel="Output options",
-    help="Also draw entropy vs s to this image (e.g. sweep.png); needs matplotlib: pip install 'genentropy\\[plot]'.")]
 
 
 @command

@@ -128,6 +128,7 @@ def compare_models(
     options: EstimateOptions | None = None,
     shared_latents: bool = True,
     labels: LabelSpec | int | Sequence[LabelSpec | int | None] | None = None,
+    pairs: Sequence[tuple[int, int]] | None = None,
     progress: ProgressCallback | None = None,
     log: LogCallback | None = None,
     **settings: Any,
@@ -141,6 +142,8 @@ def compare_models(
     makes the samples independent: the paired standard error then matches the unpaired one
     in expectation (a check of the method, not something to use for decisions).
     A sample that is non-finite for any model is dropped for all (``skip_nonfinite``).
+    ``pairs`` are the (first, second) model indices whose differences are estimated and tested
+    (Holm over them, per scale); default every pair (``track`` asks for consecutive ones).
     The run's settings are ``options`` and/or its fields as keywords, as for ``estimate_entropy``.
     ``labels`` (one ``LabelSpec`` or class count for all, or one per model) compares conditional
     decoders class by class and by H(X|Y) (``conditional_compare``).
@@ -158,7 +161,10 @@ def compare_models(
     specs = [make_latent_spec(latent) for latent in latents]
     if run_options.num_samples < 2:
         raise InputError(f"compare needs at least 2 samples for standard errors, got {run_options.num_samples}")
-    pairs = list(combinations(range(len(decoders)), 2))
+    identity = {"names": list(names), "shared_latents": bool(shared_latents)}
+    if pairs is not None:  # a checkpoint of other pairs has other columns: it cannot be resumed
+        identity["pairs"] = [list(pair) for pair in _checked_pairs(pairs, len(decoders))]
+    pairs = [tuple(pair) for pair in identity.get("pairs", _checked_pairs(None, len(decoders)))]
     seeds = latent_seeds(specs, run_options.seed, shared_latents)
     warnings = latent_sharing_notes(names, specs, seeds, shared_latents)
     if labels is not None:
@@ -173,7 +179,7 @@ def compare_models(
         members = [DecoderWork.prepare(decoder, spec, model_seed, run_options, device, name)
                    for decoder, spec, model_seed, name in zip(decoders, specs, seeds, names)]
         return Workload(members, run_options.scales, tuple(pairs), paired=True,
-                        extra_identity={"names": list(names), "shared_latents": bool(shared_latents)})
+                        extra_identity=identity)
 
     outcome = run_loop(workload, run_options, RunHooks(progress=progress, log=log))
     return comparison_result(outcome, specs, seeds, shared, warnings, shared_latents)
@@ -189,6 +195,19 @@ def latent_sharing_notes(names: Sequence[str], specs: Sequence[LatentSpec], seed
     return [f"the models' latent specs differ ({described}): only models with the same spec share latents; "
             "each other spec draws from its own seed (independent latents), and differences across specs "
             "use the unpaired standard error"]
+
+
+def _checked_pairs(pairs: Sequence[tuple[int, int]] | None, count: int) -> list[tuple[int, int]]:
+    """Every pair (a < b) by default; else the given ones, each of two distinct model indices."""
+    if pairs is None:
+        return list(combinations(range(count), 2))
+    checked = [(int(a), int(b)) for a, b in pairs]
+    for a, b in checked:
+        if a == b or not (0 <= a < count and 0 <= b < count):
+            raise InputError(f"pair ({a}, {b}) must name two different models among 0..{count - 1}")
+    if not checked:
+        raise InputError("give at least one pair of models to compare")
+    return checked
 
 
 def comparison_result(outcome: LoopOutcome, specs: Sequence[LatentSpec], seeds: Sequence[int], shared: Sequence[bool],

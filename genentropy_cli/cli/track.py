@@ -1,0 +1,166 @@
+"""``genentropy track``: the checkpoints of a training run on common latents, entropy by step,
+every change between consecutive checkpoints with its paired standard error and significance."""
+
+from __future__ import annotations
+
+import glob
+from pathlib import Path
+from typing import Annotated, Any, List
+
+import typer
+from rich import box
+from rich.table import Table
+
+from genentropy_cli.cli.guard import command
+from genentropy_cli.cli.options import (
+    ModelFlags,
+    OutputFlags,
+    PlotOption,
+    RunFlags,
+    ScaleOption,
+    estimate_options,
+    open_model,
+)
+from genentropy_cli.cli.output import Sink
+from genentropy_cli.cli.reporting import entropy_digits, format_error, format_number
+from genentropy_cli.defaults import CONFIDENCE_Z_95
+from genentropy_cli.errors import InputError
+from genentropy_cli.jobs.track import TrackResult, checkpoint_step, order_by_step, track_checkpoints
+
+CheckpointsArgument = Annotated[List[str], typer.Argument(
+    help="Checkpoint files or glob patterns (quote them: 'run/gen-*.safetensors'), two or more; "
+         "ordered by the step in their names or metadata.", show_default=False)]
+KeepOrderOption = Annotated[bool, typer.Option(
+    "--keep-order", help="Keep the checkpoints in the order given instead of sorting them by step.")]
+GLOB_CHARACTERS = "*?["
+
+
+def expand_checkpoints(patterns: list[str]) -> list[str]:
+    """Every path, each glob pattern replaced by its matches (sorted); a pattern matching nothing
+    is an error, and so is a file named twice."""
+    paths: list[str] = []
+    for pattern in patterns:
+        if any(character in pattern for character in GLOB_CHARACTERS) and not Path(pattern).exists():
+            matches = sorted(glob.glob(pattern))
+            if not matches:
+                raise InputError(f"no checkpoint matches {pattern!r}")
+            paths.extend(matches)
+        else:
+            paths.append(pattern)
+    repeated = sorted({path for path in paths if paths.count(path) > 1})
+    if repeated:
+        raise InputError(f"{repeated[0]} is given more than once; name each checkpoint once")
+    return paths
+
+
+def checkpoint_names(paths: list[str]) -> list[str]:
+    """File names without the folder (with it where two names repeat)."""
+    names = [Path(path).name for path in paths]
+    return names if len(set(names)) == len(names) else list(paths)
+
+
+@command
+def track(checkpoints: CheckpointsArgument, *, source: ModelFlags, scale: ScaleOption = None,
+          keep_order: KeepOrderOption = False, run: RunFlags, plot: PlotOption = None, report: OutputFlags) -> None:
+    """Estimate a training run's checkpoints on common latents: entropy by step, each change tested."""
+    from genentropy_cli.cli import plotting
+
+    sink = Sink.of(report)
+    options = estimate_options(run, scale)
+    paths = expand_checkpoints(checkpoints)
+    if len(paths) < 2:
+        raise InputError(f"track needs at least two checkpoints, got {len(paths)}")
+    if plot:
+        plotting.check_plot_target(plot)  # before the estimate, not after it
+    loaded = [open_model(source, path, sink.warn) for path in paths]
+    found = [checkpoint_step(item.path, item.metadata, item.loaded.spec) for item in loaded]
+    order = order_by_step(paths, found, keep_order)
+    loaded, found = [loaded[index] for index in order], [found[index] for index in order]
+    steps = [item[0] if item else position + 1 for position, item in enumerate(found)]
+    step_sources = [item[1] if item else "order given" for item in found]
+    with sink.progress("tracking", options.scales) as progress:
+        result = track_checkpoints([item.decoder for item in loaded], [item.latent for item in loaded], steps,
+                                   names=checkpoint_names([item.path for item in loaded]), options=options,
+                                   step_sources=step_sources, progress=progress, log=sink.warn)
+    for summary, item in zip(result.comparison.models, loaded):
+        summary.info.update(item.describe())
+    for message in result.comparison.warnings:
+        sink.warn(message)
+    if plot and sink.speaks:
+        plot_track(result, plot)
+    sink.emit(result.to_dict(), lambda: [track_table(result, index) for index in range(len(options.scales))])
+    sink.exit_if_partial(result)
+
+
+def track_table(result: TrackResult, scale_index: int = 0) -> Table:
+    """One row per checkpoint in step order: entropy and its standard error, then the change
+    from the previous checkpoint with its paired and unpaired standard errors and its test."""
+    compared = result.comparison
+    settings = compared.settings
+    table = Table(
+        box=box.SIMPLE_HEAD,
+        title=f"Entropy by step at s = {settings['scales'][scale_index]:.0e} "
+              f"(seed {settings['seed']}, N = {settings['num_used']}, common latents)",
+        caption=(f"{settings['device']}, {settings['dtype']}; {compared.elapsed_seconds:.1f} s. Entropy in nats. "
+                 "Change = H(this) - H(previous) on the same latents; Paired SE = std of the per-sample "
+                 "differences / sqrt(N); Unpaired SE = sqrt(SE1^2 + SE2^2), what separate runs would give. "
+                 "p: two-sided normal test on the paired SE, Holm-adjusted over the changes; "
+                 f"* p < {settings['significance_level']:g}, ** p < 0.01, *** p < 0.001."),
+    )
+    for header in ("Step", "Checkpoint", "Entropy", "Std. error", "Change", "Paired SE", "Unpaired SE", "z", "p Holm",
+                   ""):
+        table.add_column(header, justify="left" if header in ("Checkpoint", "") else "right",
+                         no_wrap=header != "Checkpoint", overflow="fold")
+    changes = {pair.first: pair for pair in result.changes(scale_index)}
+    for index, model in enumerate(compared.models):
+        estimate = model.estimates[scale_index]
+        row = [str(result.steps[index]), model.name,
+               format_number(estimate.entropy, entropy_digits(estimate.stderr, 2)), format_error(estimate.stderr)]
+        change = changes.get(index)
+        if change is None:
+            row += ["", "", "", "", "", ""]
+        else:
+            row += [format_number(change.difference, entropy_digits(change.stderr, 2)),
+                    f"[bold]{format_error(change.stderr)}[/bold]", format_error(change.unpaired_stderr),
+                    "-" if change.z_score != change.z_score else f"{change.z_score:.1f}",
+                    f"{change.p_holm:.0e}" if change.p_holm == change.p_holm else "-", change.mark]
+        table.add_row(*row)
+    return table
+
+
+def plot_track(result: TrackResult, path: str) -> Path:
+    """Above: entropy against step with 95% error bars (1.96 SE), one line per scale. Below: each
+    change between consecutive checkpoints at its later step, with its paired 95% error bar and
+    (grey) the unpaired one that separate runs would give."""
+    from genentropy_cli.cli.plotting import require_matplotlib
+
+    pyplot = require_matplotlib()
+    compared = result.comparison
+    figure, (top, bottom) = pyplot.subplots(2, 1, figsize=(7, 6.5), sharex=True, height_ratios=(3, 2))
+    for scale_index, scale in enumerate(compared.settings["scales"]):
+        estimates = [model.estimates[scale_index] for model in compared.models]
+        line: Any = top.errorbar(result.steps, [item.entropy for item in estimates],
+                                 yerr=[CONFIDENCE_Z_95 * item.stderr for item in estimates], marker="o", capsize=3,
+                                 label=f"s = {scale:.0e}")
+        changes = result.changes(scale_index)
+        later = [result.steps[pair.first] for pair in changes]
+        bottom.errorbar(later, [pair.difference for pair in changes],
+                        yerr=[CONFIDENCE_Z_95 * pair.unpaired_stderr for pair in changes], fmt="none", ecolor="0.75",
+                        elinewidth=6, alpha=0.6)
+        bottom.errorbar(later, [pair.difference for pair in changes],
+                        yerr=[CONFIDENCE_Z_95 * pair.stderr for pair in changes], fmt="o", capsize=3,
+                        color=line.lines[0].get_color())
+    bottom.axhline(0.0, color="0.4", linewidth=0.8)
+    top.set_ylabel("entropy (nats)")
+    top.set_title(f"Entropy by step (N = {compared.settings['num_used']}, seed {compared.settings['seed']}, "
+                  "95% error bars)", fontsize=10)
+    top.legend(fontsize=9)
+    bottom.set_ylabel("change since previous")
+    bottom.set_xlabel("step")
+    bottom.set_title("paired 95% error bars (coloured) vs unpaired (grey)", fontsize=9)
+    for axes in (top, bottom):
+        axes.grid(True, alpha=0.3)
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+    pyplot.close(figure)
+    return Path(path)
