@@ -114,15 +114,38 @@ def test_freed_memory_is_kept_during_a_run_and_released_after():
     assert _child(RELEASE) == "True True"
 
 
+def relative_to_largest(eigenvalues: torch.Tensor) -> torch.Tensor:
+    """Eigenvalues over each matrix's largest: round-off is relative to it (LAPACK's backward error)."""
+    return eigenvalues / eigenvalues.abs().amax(dim=-1, keepdim=True)
+
+
+def _child_pool_and_eigenvalues(gram: torch.Tensor) -> tuple[bool, torch.Tensor]:
+    """In the forked child: the eigenvalues, and whether the pool used is the child's own."""
+    eigenvalues = batched_eigvalsh(gram)
+    pool = logdet._EIGVALSH_POOL
+    return pool is not None and pool[0] == os.getpid(), eigenvalues
+
+
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
 def test_threaded_eigenvalues_work_in_a_forked_child():
-    """A child forked after the pool exists has none of its threads: it must make its own."""
-    gram = exact_gram(torch.randn(5, 64, 12, generator=torch.Generator().manual_seed(4)))
-    expected = torch.linalg.eigvalsh(gram)
-    assert torch.equal(batched_eigvalsh(gram), expected)  # the parent's pool exists now
+    """A child forked after the pool exists has none of its threads: it must make its own. The
+    batch is twice ``EIGVALSH_THREAD_MIN_WORK`` and two threads are asked for, so the pool is
+    what computes it, in the parent and in the child (a stale pool there hangs: the timeout)."""
+    torch.set_num_threads(2)  # the conftest fixture restores the session's count
+    dim = 8
+    batch = 2 * EIGVALSH_THREAD_MIN_WORK // dim**3
+    gram = exact_gram(torch.randn(dim, batch, 12, generator=torch.Generator().manual_seed(4)))
+    expected = relative_to_largest(torch.linalg.eigvalsh(gram))
+    logdet._EIGVALSH_POOL = None
+    parent = batched_eigvalsh(gram)
+    assert logdet._EIGVALSH_POOL is not None and logdet._EIGVALSH_POOL[0] == os.getpid()  # the pool ran
+    # split or not, LAPACK decomposes each matrix alike; round-off of float64 relative to the
+    # largest eigenvalue (1e-12: ~1e4 eps) is all that may differ (MKL may take another path)
+    torch.testing.assert_close(relative_to_largest(parent), expected, rtol=0, atol=1e-12)
     import multiprocessing
 
     context = multiprocessing.get_context("fork")
     with context.Pool(1) as children:
-        result = children.apply_async(batched_eigvalsh, (gram,)).get(timeout=60)
-    assert torch.equal(result, expected)
+        own_pool, result = children.apply_async(_child_pool_and_eigenvalues, (gram,)).get(timeout=60)
+    assert own_pool
+    torch.testing.assert_close(relative_to_largest(result), expected, rtol=0, atol=1e-12)
