@@ -57,7 +57,10 @@ def test_an_interrupted_adaptive_run_resumes_to_the_same_stopping_point(tmp_path
     resumed = estimate_entropy(linear_decoder(SIGMAS), 3, checkpoint=tmp_path / "c.npz", **kwargs)
     assert resumed.stop_reason == "target_stderr"
     assert [item.num_samples for item in resumed.estimates] == [item.num_samples for item in reference.estimates]
-    assert [item.entropy for item in resumed.estimates] == [item.entropy for item in reference.estimates]
+    # the same batches as the reference after the checkpoint, but a resumed run is another code
+    # path (rows restored from the checkpoint): equal to float64 round-off, not demanded bit for bit
+    assert [item.entropy for item in resumed.estimates] == pytest.approx(
+        [item.entropy for item in reference.estimates], rel=1e-12)
 
 
 def test_the_cap_ends_the_run_when_the_target_is_out_of_reach(run_cli, tmp_path):

@@ -93,25 +93,39 @@ def test_keep_freed_memory_applies_once_and_respects_opt_outs():
 
 
 RELEASE = """
-import torch
+import ctypes, ctypes.util, torch
 from genentropy_cli.run.allocator import keep_freed_memory, release_freed_memory
 
-def resident():
-    with open("/proc/self/status") as status:
-        return next(int(line.split()[1]) * 1024 for line in status if line.startswith("VmRSS:"))
+class MallInfo2(ctypes.Structure):  # glibc >= 2.33
+    _fields_ = [(name, ctypes.c_size_t) for name in ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks",
+                                                     "fsmblks", "uordblks", "fordblks", "keepcost")]
 
+libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+if not hasattr(libc, "mallinfo2"):
+    print("no mallinfo2")
+    raise SystemExit
+libc.mallinfo2.restype = MallInfo2
 keep_freed_memory()
-blocks = [torch.ones(4 * 2**20) for _ in range(40)]  # 40 x 16 MiB, from the heap
+before = libc.mallinfo2()
+blocks = [torch.ones(4 * 2**20) for _ in range(40)]  # 40 x 16 MiB, from the heap (below the mmap threshold)
 del blocks
-kept = resident()
+kept = libc.mallinfo2()
 released = release_freed_memory()
-print(released, kept - resident() > 300 * 2**20)
+after = libc.mallinfo2()
+MIB = 2**20
+print(released, (kept.fordblks - before.fordblks) // MIB >= 600, (kept.arena - after.arena) // MIB >= 600)
 """
+"""glibc's own accounting (mallinfo2: ``arena`` bytes the heap took from the OS, ``fordblks``
+bytes free in it), exact for this process's allocations; the resident size a kernel reports
+also moves with page faults, transparent huge pages and reclaim, so it is not asserted on."""
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's malloc_trim")
 def test_freed_memory_is_kept_during_a_run_and_released_after():
-    assert _child(RELEASE) == "True True"
+    output = _child(RELEASE)
+    if output == "no mallinfo2":
+        pytest.skip("glibc older than 2.33 (or not glibc): no mallinfo2 to read the heap's accounting")
+    assert output == "True True True"  # trimmed; 640 MiB freed were kept in the heap; then given back
 
 
 def relative_to_largest(eigenvalues: torch.Tensor) -> torch.Tensor:

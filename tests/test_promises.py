@@ -132,3 +132,26 @@ def test_the_progress_bar_shows_the_running_estimate_on_stderr(run_cli, tmp_path
     assert run_cli("estimate", model, "-n", "300", "--dtype", "float64", "--json", "--quiet").exit_code == 0
     assert quiet.getvalue() == ""  # --quiet: no bar
 
+
+
+def test_every_tested_claim_in_the_docs_names_tests_that_exist():
+    """The habit: a claim in README.md or docs/ marked "(tested...)" names its test(s) as
+    ``tests/FILE.py::test_name`` (or a whole ``tests/FILE.py``), and each of them exists."""
+    import re
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent
+    pages = [root / "README.md", *sorted((root / "docs").glob("*.md"))]
+    claims = 0
+    for page in pages:
+        text = " ".join(page.read_text().split())  # a claim may wrap over lines
+        for match in re.finditer(r"\(tested\b([^()]*(?:\([^()]*\)[^()]*)*)\)", text):
+            claims += 1
+            named = re.findall(r"`(tests/[\w/]+\.py)(?:::(\w+))?`", match.group(1))
+            assert named, f"{page.name}: {match.group(0)!r} names no test"
+            for path, name in named:
+                source = root / path
+                assert source.is_file(), f"{page.name}: {path} does not exist"
+                if name:
+                    assert re.search(rf"^def {name}\(", source.read_text(), re.MULTILINE), f"{page.name}: no {path}::{name}"
+    assert claims >= 8
