@@ -87,6 +87,9 @@ def test_the_stopping_rule_matches_brute_force_from_any_starting_moments():
             continue
         assert hit is not None and split + hit + 1 == expected
     assert first_index_meeting_target(RunningMoments.empty(2), values, 1e-6, 10) is None
+    # a target met from the start: the run stops at exactly min_samples (the 10th row), not after it
+    assert first_index_meeting_target(RunningMoments.empty(2), values, 10.0, 10) == 9
+    assert first_count_meeting(values, 10.0, 10) == 10
 
 
 def test_bad_target_is_an_input_error(run_cli, tmp_path):
