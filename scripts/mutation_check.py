@@ -22,6 +22,7 @@ import argparse
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -33,10 +34,10 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 PACKAGE = "genentropy_cli"
 COPY_IGNORED = shutil.ignore_patterns(".git", "__pycache__", ".pytest_cache", "*.egg-info", ".ruff_cache", "site")
-FAST_FIRST = ("tests/test_engine.py", "tests/test_latent_distributions.py", "tests/test_stacked.py",
-              "tests/test_closed_forms.py", "tests/test_promises.py", "tests/test_per_sample.py",
-              "tests/test_adaptive.py", "tests/test_compare.py", "tests/test_reference_jacobian.py")
-"""Unit and closed-form tests, seconds each: run first, then every other test file."""
+FAST_FIRST = ("tests/test_latent_distributions.py", "tests/test_closed_forms.py", "tests/test_stacked.py",
+              "tests/test_compare.py", "tests/test_adaptive.py", "tests/test_per_sample.py", "tests/test_promises.py",
+              "tests/test_engine.py", "tests/test_reference_jacobian.py")
+"""Unit and closed-form tests, a few seconds each (the quickest first): run first, then every other file."""
 TIMEOUT_SECONDS = 1800
 ACTIVE_MUTANT_VARIABLE = "GENENTROPY_MUTANT"
 """Set to the mutant's name in its run (tests/test_mutation_check.py then ignores that one's text)."""
@@ -228,6 +229,35 @@ def first_failure(output: str, returncode: int) -> str:
     return {0: "-", 124: "timeout"}.get(returncode, f"pytest exit status {returncode}")
 
 
+_RUNNING: set[int] = set()
+"""Process groups of the suites running now (each in its own session, killed whole on a timeout
+or an interrupt: a suite starts CLI and torchrun processes of its own)."""
+
+
+def run_in_own_session(command: list[str], cwd: Path, environment: dict, timeout: float) -> tuple[int, str]:
+    """(exit status, stdout and stderr) of ``command``; 124 when it ran past ``timeout`` seconds."""
+    process = subprocess.Popen(command, cwd=cwd, env=environment, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                               text=True, start_new_session=True)
+    _RUNNING.add(process.pid)
+    try:
+        output, _ = process.communicate(timeout=timeout)
+        return process.returncode, output
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        output, _ = process.communicate()
+        return 124, output
+    finally:
+        _RUNNING.discard(process.pid)
+
+
+def stop_running_suites() -> None:
+    for group in list(_RUNNING):
+        try:
+            os.killpg(group, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+
 def test_files(root: Path) -> list[str]:
     """Every test file pytest collects from ``tests`` (test_*.py), those of ``FAST_FIRST`` first.
     (Named one by one: given ``tests`` too, pytest would collect it in its own order.)"""
@@ -250,11 +280,7 @@ def run_suite(source: Path, mutant: Mutant | None, timeout: float, extra: list[s
         environment["PYTHONDONTWRITEBYTECODE"] = "1"
         environment[ACTIVE_MUTANT_VARIABLE] = mutant.name if mutant else ""
         command = [sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider", *extra, *test_files(root)]
-        try:
-            done = subprocess.run(command, cwd=root, env=environment, capture_output=True, text=True, timeout=timeout)
-            returncode, output = done.returncode, done.stdout + done.stderr
-        except subprocess.TimeoutExpired as expired:
-            returncode, output = 124, str(expired.stdout or "")
+        returncode, output = run_in_own_session(command, root, environment, timeout)
     name = mutant.name if mutant else "(baseline: no mutation)"
     if log_dir is not None:
         log_dir.mkdir(parents=True, exist_ok=True)
@@ -306,11 +332,18 @@ def main(argv: list[str] | None = None) -> int:
         return outcome
 
     jobs = [None] if not arguments.no_baseline else []
+    signal.signal(signal.SIGTERM, signal.default_int_handler)  # SIGTERM too: stop the suites, then exit
     with tempfile.TemporaryDirectory(prefix="genentropy-mutation-source-") as snapshot:
         source = Path(snapshot) / "repo"  # the repository as it is now: later edits do not leak in
         shutil.copytree(ROOT, source, ignore=COPY_IGNORED)
-        with ThreadPoolExecutor(max(1, arguments.jobs)) as pool:
+        pool = ThreadPoolExecutor(max(1, arguments.jobs))
+        try:
             outcomes = list(pool.map(run, [*jobs, *chosen]))
+        except KeyboardInterrupt:
+            pool.shutdown(wait=False, cancel_futures=True)
+            stop_running_suites()
+            raise
+        pool.shutdown()
     if not arguments.no_baseline:
         baseline, outcomes = outcomes[0], outcomes[1:]
         if baseline.killed:

@@ -95,7 +95,7 @@ def test_a_second_sigint_aborts_at_once_and_the_checkpoint_keeps_what_was_done(t
     model = save_small_mlp(tmp_path / "mlp.pt")
     arguments = ["estimate", model, "-n", "2000", "--batch-size", "100", *SCALES, "--json", "--dtype", "float64"]
     checkpoint = ["--checkpoint", tmp_path / "run.ckpt", "--checkpoint-every", "0"]
-    aborted = run_interrupted("SIGINT*2", 4, *arguments, *checkpoint, timeout=60)
+    aborted = run_interrupted("SIGINT*2", 4, *arguments, *checkpoint, timeout=150)
     assert aborted.returncode == 130, aborted.stderr
     assert aborted.stdout == ""  # aborted: no partial result
     assert "SIGINT received" in aborted.stderr and aborted.stderr.strip().splitlines()[-1].endswith("interrupted")
