@@ -49,3 +49,28 @@ def run_cli():
 @pytest.fixture
 def model_dir(tmp_path: Path) -> Path:
     return tmp_path
+
+
+# ----------------------------------------------------------------------------- hermetic tests
+
+PINNED_ENVIRONMENT = {"COLUMNS": "200", "NO_COLOR": "1", "TERM": "dumb"}
+"""Table width (COLUMNS wins over the piped default, cli/output.py), no colour codes and no
+cursor control: what the text assertions on tables and notes were written for."""
+UNSET_ENVIRONMENT = ("LINES", "FORCE_COLOR", "TTY_COMPATIBLE", "TTY_INTERACTIVE")
+"""Rich reads these too: a terminal forced on would put control codes into captured output."""
+SESSION_THREADS = torch.get_num_threads()
+"""torch's intra-op threads as the session started (OMP_NUM_THREADS or the cores): a test that
+sets its own count (the threaded eigenvalues) must not leak it into the tests after it."""
+
+
+@pytest.fixture(autouse=True)
+def hermetic_environment(monkeypatch):
+    """Every test sees the same terminal settings and thread count, whatever the caller's shell
+    has (``COLUMNS=40``, ``FORCE_COLOR=1``) or an earlier test set."""
+    for name, value in PINNED_ENVIRONMENT.items():
+        monkeypatch.setenv(name, value)
+    for name in UNSET_ENVIRONMENT:
+        monkeypatch.delenv(name, raising=False)
+    torch.set_num_threads(SESSION_THREADS)
+    yield
+    torch.set_num_threads(SESSION_THREADS)

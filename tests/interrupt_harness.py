@@ -3,7 +3,9 @@
     python tests/interrupt_harness.py SIGNAL K -- estimate MODEL [options]
 
 The signal is real (os.kill on our own pid, from inside the run), which makes the point of
-interruption deterministic: after batch K has been computed. Used by test_resume.py.
+interruption deterministic: after batch K has been computed. ``SIGNAL*2`` sends it, then hangs
+in that batch (a decoder that never returns) until the same signal comes again half a second
+later: the second signal must abort at once. Used by test_resume.py.
 """
 
 from __future__ import annotations
@@ -11,21 +13,30 @@ from __future__ import annotations
 import os
 import signal
 import sys
+import threading
+import time
 
 import genentropy_cli.run.compute as runner
 from genentropy_cli.cli.app import main
 
+HANG_SECONDS = 600.0
+
 
 def signalling_after(compute, signal_name: str, after_batches: int):
     """``compute`` (runner.compute_sample_terms) that sends this process ``signal_name`` once it
-    has computed ``after_batches`` batches."""
+    has computed ``after_batches`` batches (``NAME*2``: then hangs until it is sent again)."""
     calls = [0]
+    name, _, times = signal_name.partition("*")
+    signum = getattr(signal, name)
 
     def counting(*args, **kwargs):
         terms = compute(*args, **kwargs)
         calls[0] += 1
         if calls[0] == after_batches:
-            os.kill(os.getpid(), getattr(signal, signal_name))
+            os.kill(os.getpid(), signum)
+            if times == "2":
+                threading.Timer(0.5, os.kill, (os.getpid(), signum)).start()
+                time.sleep(HANG_SECONDS)  # hung: only an abort gets out of here in time
         return terms
 
     return counting

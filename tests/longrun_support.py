@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -69,10 +70,60 @@ def run_subprocess(*arguments: str, timeout: float = 120) -> subprocess.Complete
                           text=True, timeout=timeout, env=environment, cwd=ROOT)
 
 
-def run_interrupted(signal_name: str, after_batches: int, *cli_arguments: str) -> subprocess.CompletedProcess:
-    """The CLI in a subprocess that receives ``signal_name`` after its ``after_batches``-th batch."""
-    return run_subprocess(HARNESS, signal_name, after_batches, "--", *cli_arguments)
+GLOO_UNAVAILABLE = re.compile(r"DistNetworkError|DistStoreError|RendezvousError|Gloo connectFullMesh failed|"
+                              r"gloo.*(not available|unsupported)", re.IGNORECASE)
+"""torchrun's process group cannot start on this machine at all: the torchrun tests are skipped."""
+ADDRESS_IN_USE = re.compile(r"Address already in use|EADDRINUSE", re.IGNORECASE)
+"""A port taken between torchrun choosing it and binding it (another test, another program):
+transient, so the launch is retried, never skipped."""
+LAUNCH_ATTEMPTS = 3
+
+
+def run_torchrun(*arguments: str, processes: int = 2, timeout: float = 300) -> subprocess.CompletedProcess:
+    """``torchrun --standalone --nproc_per_node N ARGUMENTS`` (``-m genentropy_cli ...`` or a script).
+    Each launch binds a fresh free port for its rendezvous, so an "address already in use" is
+    retried (another port) up to ``LAUNCH_ATTEMPTS`` times before the result is returned."""
+    for _ in range(LAUNCH_ATTEMPTS):
+        launched = run_subprocess("-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(processes),
+                                  *arguments, timeout=timeout)
+        if launched.returncode == 0 or not ADDRESS_IN_USE.search(launched.stderr):
+            break
+    return launched
+
+
+def skip_without_gloo(launched: subprocess.CompletedProcess) -> None:
+    """Skip the calling test where gloo cannot start here (not for a busy port: that was retried)."""
+    found = GLOO_UNAVAILABLE.search(launched.stderr) if launched.returncode != 0 else None
+    if found and not ADDRESS_IN_USE.search(launched.stderr):
+        import pytest
+
+        pytest.skip(f"the gloo backend cannot start here: {found.group(0)}")
+
+
+def run_interrupted(signal_name: str, after_batches: int, *cli_arguments: str,
+                    timeout: float = 120) -> subprocess.CompletedProcess:
+    """The CLI in a subprocess that receives ``signal_name`` after its ``after_batches``-th batch
+    (``NAME*2``: twice, hung in between; see interrupt_harness)."""
+    return run_subprocess(HARNESS, signal_name, after_batches, "--", *cli_arguments, timeout=timeout)
 
 
 def parse_json(text: str) -> dict:
     return json.loads(text)
+
+
+def interrupt_then_resume(monkeypatch, decoder, latent, checkpoint: Path, after_batches: int, first: dict,
+                          second: dict, **common):
+    """``estimate_entropy`` with ``first``'s settings, stopped by a SIGTERM after its
+    ``after_batches``-th batch (a partial result, the checkpoint saved), then run again from the
+    checkpoint with ``second``'s settings: (partial, resumed)."""
+    from interrupt_harness import signalling_after
+
+    import genentropy_cli.run.compute as runner
+    from genentropy_cli import estimate_entropy
+
+    with monkeypatch.context() as patched:
+        patched.setattr(runner, "compute_sample_terms",
+                        signalling_after(runner.compute_sample_terms, "SIGTERM", after_batches))
+        partial = estimate_entropy(decoder, latent, checkpoint=checkpoint, handle_signals=True, **first, **common)
+    resumed = estimate_entropy(decoder, latent, checkpoint=checkpoint, **second, **common)
+    return partial, resumed

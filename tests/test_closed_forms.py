@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -49,14 +50,48 @@ def test_linear_decoder_matches_closed_form_at_every_scale(run_cli, model_dir, d
     assert entropies == sorted(entropies, reverse=True)
 
 
-def test_elementwise_exp_gives_lognormal_entropy(run_cli, model_dir):
-    dim = 4
+class ScaledExp(torch.nn.Module):
+    """x = exp(a z) elementwise: J = diag(a exp(a z)), 1/2 log det(J^T J + s^2 I) = sum_j 1/2 log(a^2 e^{2 a z_j} + s^2)."""
+
+    def __init__(self, factor: float):
+        super().__init__()
+        self.factor = factor
+
+    def forward(self, latents: torch.Tensor) -> torch.Tensor:
+        return torch.exp(self.factor * latents.flatten(1))
+
+
+def elementwise_exp_entropy(factor: float, scale: float, distribution: str, dim: int) -> float:
+    """H_s of x = exp(a z) with z ~ the latent distribution, coordinate by coordinate:
+    H(z) + d E[1/2 log(a^2 e^{2 a z} + s^2)] (the expectation by quadrature, from scipy's density)."""
+    from scipy import integrate, stats
+
+    latent = {"normal": stats.norm(), "uniform01": stats.uniform(0, 1)}[distribution]
+    low, high = latent.support()
+
+    def integrand(z: float) -> float:
+        return 0.5 * np.logaddexp(2 * math.log(factor) + 2 * factor * z, 2 * math.log(scale)) * latent.pdf(z)
+
+    expectation, _ = integrate.quad(integrand, max(low, -40), min(high, 40))
+    return dim * (float(latent.entropy()) + expectation)
+
+
+@pytest.mark.parametrize("distribution, factor", [("uniform01", 1.0), ("normal", 3.0)])
+def test_elementwise_exp_matches_its_closed_form(run_cli, model_dir, distribution, factor):
+    """E[sum_j a z_j] is d/2 for uniform [0, 1] latents and d log a is not 0 for a = 3: the 1/2 and
+    the sign of the log-determinant both move these (with a = 1 and z ~ N(0, I) both terms are
+    0 in expectation and a missing 1/2 would pass unseen)."""
+    dim, scale = 4, 1e-4
     path = model_dir / "exp.pt"
-    save_torchscript(ElementwiseExp(), path, latent=make_latent_spec(dim))
-    result = run_cli("estimate", path, "-n", "20000", "--dtype", "float64", "--scale", "1e-4", "--json", "--quiet")
+    module = ElementwiseExp() if factor == 1.0 else ScaledExp(factor)
+    save_torchscript(module, path, latent=make_latent_spec(dim, distribution))
+    result = run_cli("estimate", path, "-n", "20000", "--dtype", "float64", "--scale", str(scale), "--json", "--quiet")
     assert result.exit_code == 0, result.stderr
     item = result.json()["estimates"][0]
-    assert abs(item["entropy"] - dim * GAUSSIAN_ENTROPY_PER_DIM) <= 4 * item["stderr"]
+    exact = elementwise_exp_entropy(factor, scale, distribution, dim)
+    assert abs(item["entropy"] - exact) <= 4 * item["stderr"], (item, exact)
+    # the bar is far narrower than what a lost 1/2 or sign moves (d/2 = 2, d log a = 4.4 nats)
+    assert item["stderr"] < 0.05
 
 
 def test_scaling_output_adds_d_log_a(run_cli, model_dir):

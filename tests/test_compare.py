@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 import torch
 
+from genentropy_cli.cli.reporting import format_error
 from genentropy_cli.core.latents import make_latent_spec
 from genentropy_cli.core.references import ElementwiseExp, LinearDecoder, matrix_with_singular_values
 from genentropy_cli.core.significance import (
@@ -231,7 +232,12 @@ def test_cli_compare_warns_on_different_latents(run_cli, linear_files, tmp_path)
     result = run_cli("compare", linear_files[0], uniform, "-n", "300")
     assert result.exit_code == 0, result.stderr
     assert "warning:" in result.stderr and "latent specs differ" in result.stderr
-    assert "(" in result.stdout  # the index-paired SE is shown in brackets, not used
+    # the index-paired SE is shown in brackets (not used), the unpaired one is the tested one
+    pair = run_cli("compare", linear_files[0], uniform, "-n", "300", "--json", "--quiet").json()["pairs"][0]
+    assert not pair["shared_latents"] and pair["stderr"] == pair["unpaired_stderr"]
+    row = next(line.split() for line in result.stdout.splitlines() if line.split()[:3] == ["wide", "-", "uniform"])
+    # Pair, Diff., Paired SE, Unpaired SE: the paired one in brackets, the unpaired one bare
+    assert row[4:6] == [f"({format_error(pair['paired_stderr'])})", format_error(pair["unpaired_stderr"])], row
 
 
 def test_cli_compare_bad_input(run_cli, linear_files, tmp_path):

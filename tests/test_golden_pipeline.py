@@ -14,7 +14,7 @@ import math
 
 import pytest
 from golden_pipeline import FLOAT32_RUNS, GOLDEN, RUNS, TORCHRUN_RUNS, numbers, platform_fingerprint, run
-from test_distributed import GLOO_UNAVAILABLE
+from longrun_support import ADDRESS_IN_USE, GLOO_UNAVAILABLE, LAUNCH_ATTEMPTS
 
 RECORDED = json.loads(GOLDEN.read_text())
 SAME_PLATFORM = RECORDED["platform"] == platform_fingerprint()
@@ -43,10 +43,14 @@ def test_numbers_are_those_recorded(name):
 
 @pytest.mark.parametrize("name", list(TORCHRUN_RUNS))
 def test_torchrun_numbers_are_those_recorded(name):
-    try:
-        document = run(name)
-    except RuntimeError as error:
-        if GLOO_UNAVAILABLE.search(str(error)):
-            pytest.skip(f"the gloo backend cannot start here: {GLOO_UNAVAILABLE.search(str(error)).group(0)}")
-        raise
+    for attempt in range(LAUNCH_ATTEMPTS):  # a busy port is retried: each launch binds a fresh one
+        try:
+            document = run(name)
+            break
+        except RuntimeError as error:
+            if ADDRESS_IN_USE.search(str(error)) and attempt + 1 < LAUNCH_ATTEMPTS:
+                continue
+            if GLOO_UNAVAILABLE.search(str(error)) and not ADDRESS_IN_USE.search(str(error)):
+                pytest.skip(f"the gloo backend cannot start here: {GLOO_UNAVAILABLE.search(str(error)).group(0)}")
+            raise
     assert_same_numbers(name, numbers(document), RECORDED["runs"][name])

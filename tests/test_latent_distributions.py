@@ -56,6 +56,22 @@ def test_log_density_is_normalised_and_entropy_matches_scipy(name):
         assert distribution.log_density(outside)[0] == -math.inf
 
 
+SCIPY = {"normal": stats.norm(), "uniform": stats.uniform(-1, 2), "uniform01": stats.uniform(0, 1),
+         "truncated-normal:0.7": stats.truncnorm(-0.7, 0.7), "truncated-normal:2": stats.truncnorm(-2, 2)}
+"""Each distribution's one-coordinate law in scipy: the d-dimensional density is their product."""
+
+
+@pytest.mark.parametrize("dim", [2, 5])
+@pytest.mark.parametrize("name", list(REFERENCE))
+def test_log_density_in_several_dimensions_is_the_sum_of_scipys(name, dim):
+    """A normalising constant applied once instead of once per coordinate is invisible at d = 1."""
+    distribution = parse_distribution(name)
+    points = distribution.sample(torch.Generator().manual_seed(dim), 64, dim)
+    expected = SCIPY[name].logpdf(points.numpy()).sum(axis=1)
+    np.testing.assert_allclose(distribution.log_density(points).numpy(), expected, rtol=1e-12, atol=1e-12)
+    assert distribution.entropy(dim) == pytest.approx(dim * float(SCIPY[name].entropy()), rel=1e-12)
+
+
 @pytest.mark.parametrize("name", list(REFERENCE))
 def test_linear_decoder_matches_closed_form_under_each_distribution(run_cli, tmp_path, name):
     """The distribution comes from the spec here (the CLI flag path is tested in test_formats)."""

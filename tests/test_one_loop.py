@@ -8,8 +8,7 @@ import json
 import numpy as np
 import pytest
 import torch
-from longrun_support import linear_decoder, parse_json, run_interrupted, run_subprocess, small_mlp
-from test_distributed import GLOO_UNAVAILABLE
+from longrun_support import linear_decoder, parse_json, run_interrupted, run_torchrun, skip_without_gloo, small_mlp
 
 import genentropy_cli.run.compute as compute_module
 from genentropy_cli import compare_models, find_extreme_samples
@@ -60,11 +59,9 @@ def test_compare_survives_an_injected_out_of_memory_error(monkeypatch):
     assert retried.pairs[0].paired_stderr == pytest.approx(reference.pairs[0].paired_stderr, rel=1e-12)
 
 
-def run_torchrun(*arguments: str):
-    launched = run_subprocess("-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-                              "-m", "genentropy_cli", *arguments, timeout=300)
-    if launched.returncode != 0 and GLOO_UNAVAILABLE.search(launched.stderr):
-        pytest.skip(f"the gloo backend cannot start here: {GLOO_UNAVAILABLE.search(launched.stderr).group(0)}")
+def torchrun_document(*arguments: str) -> dict:
+    launched = run_torchrun("-m", "genentropy_cli", *arguments)
+    skip_without_gloo(launched)
     assert launched.returncode == 0, launched.stderr[-3000:]
     return parse_json(launched.stdout)  # rank 0 alone printed: exactly one JSON document
 
@@ -80,7 +77,7 @@ def test_compare_sweep_and_samples_under_torchrun_equal_one_process(run_cli, two
         "samples": ["samples", two_models[0], "--lowest", "3", "--highest", "3", *common],
     }
     for name, arguments in runs.items():
-        two = run_torchrun(*arguments)
+        two = torchrun_document(*arguments)
         single = run_cli(*arguments)
         assert single.exit_code == 0, single.stderr
         one = single.json()

@@ -13,6 +13,7 @@ from test_cli import assert_one_line_error
 from genentropy_cli import estimate_entropy
 from genentropy_cli.core.latents import make_latent_spec
 from genentropy_cli.core.references import HALF_SPHERE_ENTROPY
+from genentropy_cli.errors import InputError
 from genentropy_cli.models.loading import save_torchscript
 from genentropy_cli.models.specs import build_from_spec, write_spec_file
 from genentropy_cli.models.transforms import OutputTransform, parse_output_range, parse_output_select
@@ -91,7 +92,7 @@ def test_transform_parsing_and_api():
     assert parse_output_range([0, 255]) == (0.0, 255.0)
     assert parse_output_range("none") is None
     for bad in ("1,-1", "a,b", "1", "0,inf"):
-        with pytest.raises(Exception, match="output-range"):
+        with pytest.raises(InputError, match="output-range"):  # exit 2 and one line at the CLI
             parse_output_range(bad)
     assert parse_output_select("2") == 2 and parse_output_select("image") == "image"
     transform = OutputTransform(range=(-1.0, 1.0))
