@@ -222,6 +222,8 @@ def first_failure(output: str, returncode: int) -> str:
         match = re.match(r"(FAILED|ERROR) (\S+)", line)
         if match:
             return match.group(2)
+    if returncode < 0:  # e.g. SIGTERM unhandled: an in-process interrupt test ends pytest itself
+        return f"pytest itself killed by {signal.Signals(-returncode).name}"
     return {0: "-", 124: "timeout"}.get(returncode, f"pytest exit status {returncode}")
 
 

@@ -38,6 +38,7 @@ def test_first_failure_is_read_from_the_pytest_summary():
     output = "....F\n=== short test summary info ===\nFAILED tests/test_x.py::test_y[1] - AssertionError\n"
     assert check.first_failure(output, 1) == "tests/test_x.py::test_y[1]"
     assert check.first_failure("", 124) == "timeout" and check.first_failure("1 passed", 0) == "-"
+    assert check.first_failure("", -15) == "pytest itself killed by SIGTERM"
     files = check.test_files(ROOT)
     assert files[: len(check.FAST_FIRST)] == list(check.FAST_FIRST)
     assert sorted(files) == sorted(str(path.relative_to(ROOT)) for path in (ROOT / "tests").glob("test_*.py"))
@@ -48,4 +49,5 @@ def test_the_suite_kills_every_mutant():
     """About 50 mutants of the numerics and the run loop, two at a time (tens of minutes on 2 cores)."""
     completed = subprocess.run([sys.executable, str(SCRIPT), "--jobs", "2"], capture_output=True, text=True,
                                cwd=ROOT, timeout=6 * 3600)
+    print(completed.stdout)  # the kill table (pytest -s shows it)
     assert completed.returncode == 0, completed.stdout[-6000:] + completed.stderr[-2000:]

@@ -134,6 +134,28 @@ def test_ops_that_mix_rows_or_lack_a_rule_are_refused_not_miscomputed(name):
         stacked_jacobian(UNSUPPORTED[name], latents, 2)
 
 
+SHIFT = torch.linspace(-1, 1, 6, dtype=torch.float64)
+WITH_CONSTANTS = {
+    "constant - x": lambda z: SHIFT - torch.sin(z @ W),
+    "x - constant": lambda z: torch.sin(z @ W) - SHIFT,
+    "constant - 2.5 x": lambda z: torch.sub(SHIFT, torch.sin(z @ W), alpha=2.5),
+    "constant + 2.5 x": lambda z: torch.add(SHIFT, torch.sin(z @ W), alpha=2.5),
+    "x / constant": lambda z: torch.sin(z @ W) / (SHIFT + 3),
+    "constant * x": lambda z: (SHIFT + 3) * torch.sin(z @ W),
+}
+
+
+@pytest.mark.parametrize("name", list(WITH_CONSTANTS))
+def test_sums_and_products_with_constants_match_autograd(name):
+    """The linear-combination and scaling rules: a constant shifts the primal rows only, and
+    scales (with its sign) every row; the outputs are the decoder's."""
+    function = WITH_CONSTANTS[name]
+    latents = torch.randn(5, 4, dtype=torch.float64, generator=torch.Generator().manual_seed(5))
+    columns, outputs = stacked_jacobian(function, latents, 3, with_outputs=True)
+    torch.testing.assert_close(columns, reference_jacobians(function, latents), rtol=1e-12, atol=1e-14)
+    torch.testing.assert_close(outputs, function(latents), rtol=1e-14, atol=1e-14)
+
+
 def test_in_place_product_of_a_tensor_with_itself():
     """h.mul_(h): the stacked rule reads both tangents before writing (torch.func gets this one wrong)."""
     latents = torch.randn(5, 4, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
