@@ -25,6 +25,7 @@ from genentropy_cli.core.jacobian import (
 from genentropy_cli.core.latents import LatentSpec, LatentStream
 from genentropy_cli.core.logdet import Workspace
 from genentropy_cli.core.methods import FALLBACK_ORDER, JACOBIAN_METHODS
+from genentropy_cli.core.rowcheck import check_rows_independent
 from genentropy_cli.core.stacked import UnsupportedOperation, stacked_jacobian_profiled
 from genentropy_cli.defaults import STACKED_PROBE_COLUMNS
 from genentropy_cli.errors import InputError, first_line
@@ -90,13 +91,9 @@ class PreparedDecoder:
                 return JACOBIAN_METHODS[self.jacobian_method](self.flat(), inputs, tangent_chunk, with_outputs=True)
 
 
-def prepare_decoder(
-    decoder: Any,
-    latent: LatentSpec,
-    device: torch.device,
-    dtype: torch.dtype,
-) -> PreparedDecoder:
-    """Copy, configure and probe ``decoder`` on two latents; bad fits are InputErrors."""
+def _private_copy(decoder: Any, device: torch.device, dtype: torch.dtype) -> tuple[Any, bool]:
+    """The decoder's own copy in eval mode, parameters without gradients, on ``device`` in
+    ``dtype`` (TorchScript reloaded fresh), and whether it contains TorchScript."""
     torchscript = is_torchscript(decoder)
     if torchscript:
         module = fresh_torchscript_copy(decoder)
@@ -112,7 +109,46 @@ def prepare_decoder(
         for parameter in module.parameters():
             parameter.requires_grad_(False)
         module = module.to(device=device, dtype=dtype)
+    return module, torchscript
 
+
+def _runs_in(decoder: Any, latent: LatentSpec, device: torch.device, dtype: torch.dtype) -> bool:
+    """Whether a copy of the decoder in ``dtype`` runs on two zero latents."""
+    try:
+        module, torchscript = _private_copy(decoder, device, dtype)
+        with torch.no_grad(), (torchscript_safe() if torchscript else nullcontext()):
+            module(torch.zeros(2, *latent.shape, dtype=dtype, device=device))
+    except Exception:
+        return False
+    return True
+
+
+def _probe_failure(decoder: Any, latent: LatentSpec, device: torch.device, dtype: torch.dtype,
+                   error: Exception) -> InputError:
+    """Why the decoder failed on two latents: its dtype, where a copy in another dtype runs (a
+    decoder that fails in every dtype is given a latent it does not take)."""
+    shape = "x".join(str(size) for size in latent.shape)
+    name = str(dtype).removeprefix("torch.")
+    for other in (torch.float32, torch.float64):
+        if other != dtype and _runs_in(decoder, latent, device, other):
+            other_name = str(other).removeprefix("torch.")
+            return InputError(f"the decoder fails in {name} ({first_line(error)}) but runs in {other_name}: "
+                              f"pass --dtype {other_name}")
+    return InputError(
+        f"latent size {shape} does not fit the decoder ({first_line(error)}); "
+        "set --latent-dim or --latent-shape to what the decoder takes"
+    )
+
+
+def prepare_decoder(
+    decoder: Any,
+    latent: LatentSpec,
+    device: torch.device,
+    dtype: torch.dtype,
+) -> PreparedDecoder:
+    """Copy, configure and probe ``decoder`` on two latents; bad fits, and decoders that are
+    random or mix the rows of a batch (``rowcheck``), are InputErrors."""
+    module, torchscript = _private_copy(decoder, device, dtype)
     probe = torch.zeros(2, *latent.shape, dtype=dtype, device=device)
     try:
         with torch.no_grad(), (torchscript_safe() if torchscript else nullcontext()):
@@ -120,11 +156,7 @@ def prepare_decoder(
     except InputError:
         raise
     except Exception as error:  # the decoder's own message says what it expected
-        shape = "x".join(str(size) for size in latent.shape)
-        raise InputError(
-            f"latent size {shape} does not fit the decoder ({first_line(error)}); "
-            "set --latent-dim or --latent-shape to what the decoder takes"
-        ) from None
+        raise _probe_failure(decoder, latent, device, dtype, error) from None
     if not isinstance(output, torch.Tensor):
         raise InputError(
             f"the decoder returned a {type(output).__name__}, not a tensor; "
@@ -145,6 +177,8 @@ def prepare_decoder(
             "the estimator needs D >= d (check the latent size)"
         )
     prepared = PreparedDecoder(module, latent, device, dtype, output_dim, output_shape, torchscript)
+    with prepared.context():
+        check_rows_independent(module, _probe_latents(prepared).reshape(2, *latent.shape), stacked_tolerance(dtype))
     prepared.jacobian_method = _choose_jacobian_method(prepared)
     return prepared
 
