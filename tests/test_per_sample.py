@@ -89,7 +89,8 @@ def test_nonfinite_rows_are_written_and_counted(tmp_path):
     path = tmp_path / "rows.jsonl"
     result = estimate_entropy(NanBeyond(), 2, n_samples=400, dtype="float64", skip_nonfinite=True, per_sample=path)
     rows = [json.loads(line) for line in path.read_text().splitlines()]
-    bad = [row["index"] for row in rows if not np.isfinite(row["h"][0])]
+    bad = [row["index"] for row in rows if row["h"][0] is None]  # strict JSON: a non-finite term is null
+    assert all(row["h"][0] is None or np.isfinite(row["h"][0]) for row in rows)
     assert len(rows) == 400 and bad and result.num_nonfinite == len(bad)
     assert result.nonfinite_indices == bad[:100] and result.estimates[0].num_samples == 400 - len(bad)
 
