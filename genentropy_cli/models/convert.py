@@ -26,9 +26,8 @@ from genentropy_cli.models.exported import ExportedDecoder
 from genentropy_cli.models.loading import LoadedModel, load_safetensors_model
 from genentropy_cli.models.resolve import ModelOptions, ResolvedModel, resolve_model
 from genentropy_cli.models.specs import (
-    build_from_spec,
+    build_for_weights,
     has_architecture,
-    load_state_into,
     save_safetensors,
     validate_spec,
 )
@@ -110,7 +109,7 @@ def convert_to_safetensors(options: ModelOptions, target: str | Path, overwrite:
     resolved = resolve_model(options)
     spec = converted_spec(resolved)
     weights = state_dict_of(resolved.loaded.decoder)
-    module = load_state_into(build_from_spec(spec, options.code_path), weights, resolved.path)
+    module = build_for_weights(spec, weights, resolved.path, options.code_path)
     save_safetensors(module, file, spec)
 
     reloaded = load_safetensors_model(file, None, options.code_path)

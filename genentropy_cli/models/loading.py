@@ -26,21 +26,22 @@ from typing import Any, Sequence
 
 import torch
 
-from genentropy_cli.core.latents import LatentSpec, make_latent_spec, parse_distribution
+from genentropy_cli.core.latents import LatentSpec, make_latent_spec, parse_distribution, shape_of
 from genentropy_cli.errors import InputError, first_line
 from genentropy_cli.models.exported import PT2_SUFFIX, load_exported
 from genentropy_cli.models.metadata import METADATA_FILE, metadata_record, parse_metadata
 from genentropy_cli.models.pickles import PICKLE_WARNING, load_torch_save
 from genentropy_cli.models.specs import (
-    build_from_spec,
+    build_for_weights,
     find_sidecar,
     has_architecture,
-    load_state_into,
     read_safetensors,
     read_spec_file,
     select_state_dict,
     spec_metadata,
 )
+from genentropy_cli.models.usercode import code_directories
+from genentropy_cli.run.files import input_file
 
 TORCHSCRIPT_SUFFIXES = (".pt", ".pth", ".ts")
 
@@ -84,15 +85,6 @@ class LoadedModel:
         for key, value in entries.items():
             self.metadata[key] = value
             self.origins[key] = origin
-
-
-def _check_file(path: str | Path) -> Path:
-    file = Path(path)
-    if not file.exists():
-        raise InputError(f"model file not found: {file}")
-    if file.is_dir():
-        raise InputError(f"{file} is a directory; give the path of a model file")
-    return file
 
 
 def _looks_like_safetensors(file: Path) -> bool:
@@ -139,7 +131,9 @@ def load_model(path: str | Path, *, spec: str | Path | None = None, code_path: S
     ``code_path``: directories to import ``import:`` architectures (and trusted pickles) from.
     ``trust_pickle``: load a whole pickled ``nn.Module`` (runs code from the file).
     """
-    file = _check_file(path)
+    file = input_file(path, "model file")
+    assert file is not None
+    code_directories(code_path)  # a --code-path that is not a directory is named even where no import needs it
     spec_file = Path(spec) if spec is not None else find_sidecar(file)
     file_spec = read_spec_file(spec_file) if spec_file is not None else None
     kind = detect_format(file)
@@ -160,10 +154,6 @@ def load_model(path: str | Path, *, spec: str | Path | None = None, code_path: S
     return loaded
 
 
-def _build(spec: dict, tensors: dict[str, torch.Tensor], source: str, code_path: Sequence[str | Path]):
-    return load_state_into(build_from_spec(spec, code_path), tensors, source)
-
-
 def _missing_spec(file: Path, what: str) -> InputError:
     return InputError(
         f"{file} holds {what} but no spec saying which architecture they belong to; put {file.with_suffix('.yaml').name} "
@@ -179,7 +169,7 @@ def load_safetensors_model(file: Path, file_spec: dict | None = None,
     if not has_architecture(spec):
         raise _missing_spec(file, "weights")
     assert spec is not None
-    loaded = LoadedModel(_build(spec, tensors, str(file), code_path), str(file), "safetensors", spec=spec)
+    loaded = LoadedModel(build_for_weights(spec, tensors, str(file), code_path), str(file), "safetensors", spec=spec)
     if embedded is not None:
         loaded.layer(spec_metadata(embedded), "metadata")
     if spec is embedded:
@@ -199,7 +189,7 @@ def load_torch_save_model(file: Path, file_spec: dict | None = None, code_path: 
         raise _missing_spec(file, "a state dict")
     assert file_spec is not None
     tensors = select_state_dict(content, file_spec, str(file))
-    decoder = _build(file_spec, tensors, str(file), code_path)
+    decoder = build_for_weights(file_spec, tensors, str(file), code_path)
     loaded = LoadedModel(decoder, str(file), "state-dict", spec=file_spec)
     if trusted:
         loaded.warnings.append(PICKLE_WARNING.format(file=file))
@@ -249,7 +239,7 @@ def resolve_latent_spec(
     elif latent_dim is not None:
         shape, origin["shape"] = (int(latent_dim),), "flag"
     elif loaded.metadata.get("latent_shape"):
-        shape = tuple(int(size) for size in loaded.metadata["latent_shape"])
+        shape = shape_of(loaded.metadata["latent_shape"], f"the latent shape that {loaded.path} records")
         origin["shape"] = loaded.origins.get("latent_shape", "metadata")
     else:
         raise InputError(
