@@ -10,6 +10,7 @@ from genentropy_cli.cli.options import (
     OutputFlags,
     RunFlags,
     ScaleOption,
+    check_paths,
     estimate_options,
     open_model,
 )
@@ -27,6 +28,7 @@ def estimate(model: ModelArgument, *, source: ModelFlags, scale: ScaleOption = N
     """
     sink = Sink.of(report)
     options = estimate_options(run, scale)
+    check_paths([model], source, report, options)
     loaded = open_model(source, model, sink.warn)
     with sink.progress("estimating", options.scales) as progress:
         result = estimate_entropy(loaded.decoder, loaded.latent, options=options, progress=progress, log=sink.warn)

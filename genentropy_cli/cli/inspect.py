@@ -8,10 +8,17 @@ import typer
 
 from genentropy_cli.cli import reporting
 from genentropy_cli.cli.guard import command
-from genentropy_cli.cli.options import RUN_DEFAULTS, DeviceFlags, ModelArgument, ModelFlags, OutputFlags, open_model
+from genentropy_cli.cli.options import (
+    RUN_DEFAULTS,
+    DeviceFlags,
+    ModelArgument,
+    ModelFlags,
+    OutputFlags,
+    check_paths,
+    open_model,
+)
 from genentropy_cli.cli.output import Sink
 from genentropy_cli.defaults import INSPECT_PROBE_LATENTS
-from genentropy_cli.errors import InputError
 from genentropy_cli.jobs.inspect import inspect_model
 from genentropy_cli.run.options import validate_scales
 
@@ -23,9 +30,8 @@ RankScaleOption = Annotated[float, typer.Option("--scale", "-s", help="Scale s a
 def inspect(model: ModelArgument, *, source: ModelFlags, probe_latents: ProbeLatentsOption = INSPECT_PROBE_LATENTS,
             scale: RankScaleOption = RUN_DEFAULTS["scales"][0], machine: DeviceFlags, report: OutputFlags) -> None:
     """Describe a model: format, parameters, latent spec and its source, output, speed, Jacobian probe."""
-    if probe_latents <= 0:
-        raise InputError(f"--probe-latents must be positive, got {probe_latents}")
     sink = Sink.of(report)
+    check_paths([model], source, report)
     resolved = open_model(source, model, sink.warn)
     document = inspect_model(resolved, device=machine.device, dtype=machine.dtype, probe_latents=probe_latents,
                              scale=validate_scales([scale])[0], seed=machine.seed)

@@ -7,7 +7,15 @@ from typing import Annotated, Optional
 import typer
 
 from genentropy_cli.cli.guard import command
-from genentropy_cli.cli.options import ModelArgument, ModelFlags, OutputFlags, RunFlags, estimate_options, open_model
+from genentropy_cli.cli.options import (
+    ModelArgument,
+    ModelFlags,
+    OutputFlags,
+    RunFlags,
+    check_paths,
+    estimate_options,
+    open_model,
+)
 from genentropy_cli.cli.output import Sink
 from genentropy_cli.defaults import DEFAULT_AGREEMENT_SE, DEFAULT_SWEEP_SCALES
 from genentropy_cli.jobs.sweep import parse_reference, parse_scales, sweep_scale
@@ -35,6 +43,7 @@ def sweep_scale_command(model: ModelArgument, *, source: ModelFlags, reference: 
 
     sink = Sink.of(report)
     options = estimate_options(run, parse_scales(scales) if scales is not None else DEFAULT_SWEEP_SCALES)
+    check_paths([model], source, report, options, {"--plot": plot})
     if plot:
         plotting.check_plot_target(plot)  # before the estimate, not after it
     loaded = open_model(source, model, sink.warn)
@@ -43,6 +52,9 @@ def sweep_scale_command(model: ModelArgument, *, source: ModelFlags, reference: 
         sweep = sweep_scale(loaded.decoder, loaded.latent, options.scales, reference=known, tolerance_se=tolerance_se,
                             options=options, progress=progress, log=sink.warn)
     if plot and sink.speaks:
-        plotting.plot_sweep(sweep, plot, title=loaded.path)
+        try:
+            plotting.plot_sweep(sweep, plot, title=loaded.path)
+        except OSError as error:  # the sweep is done: its result is still shown, and the exit status says 1
+            sink.lost(f"could not write the plot {plot} ({error.strerror or error}); the result follows")
     sink.emit_run(sweep.to_dict(model=loaded.describe()), sweep.result,
                   lambda: sweep_report.render_sweep(sweep, loaded.path))
