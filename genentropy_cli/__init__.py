@@ -3,6 +3,10 @@
 The public Python API; every job takes its run settings as ``options=EstimateOptions(...)`` or
 as keyword arguments (docs/python-api.md)."""
 
+from genentropy_cli.errors import quiet_interrupt_while_loading
+
+_loaded = quiet_interrupt_while_loading()  # Ctrl-C while torch loads: "interrupted", not a traceback
+
 from genentropy_cli.core.labels import LabelSpec
 from genentropy_cli.core.latents import (
     LatentSpec,
@@ -23,6 +27,8 @@ from genentropy_cli.jobs.track import TrackResult, track_checkpoints
 from genentropy_cli.run.options import EstimateOptions
 from genentropy_cli.run.results import EntropyResult, ScaleEstimate
 from genentropy_cli.version import __version__
+
+_loaded()
 
 __all__ = [
     "__version__",

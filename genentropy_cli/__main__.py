@@ -1,3 +1,30 @@
-from genentropy_cli.cli.app import main
+"""``python -m genentropy_cli`` (and the ``genentropy`` script): the command line.
 
-main()
+``python -m`` puts the working directory first on ``sys.path``; it is taken off before any
+command runs, so no module lying in the working directory is ever imported (a spec's
+``import:`` comes from ``--code-path`` directories only: docs/safety.md). A Ctrl-C while the
+command line loads (torch takes seconds) ends it with "interrupted" and status 130, no traceback.
+"""
+
+import os
+import sys
+
+
+def _drop_working_directory() -> None:
+    if not sys.flags.safe_path and sys.path and sys.path[0] in ("", os.getcwd()):
+        del sys.path[0]
+
+
+def main() -> None:
+    """Console-script entry point."""
+    _drop_working_directory()
+    try:
+        from genentropy_cli.cli.app import main as run_app
+    except KeyboardInterrupt:
+        sys.stderr.write("interrupted\n")
+        raise SystemExit(130) from None
+    run_app()
+
+
+if __name__ == "__main__":
+    main()

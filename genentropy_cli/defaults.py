@@ -118,6 +118,12 @@ INTERRUPTED_EXIT_CODE: int = 130
 INSPECT_PROBE_LATENTS: int = 4
 """Latents whose Jacobians ``inspect`` probes (singular values, rank at s)."""
 
+INSPECT_MAX_PROBE_LATENTS: int = 4096
+"""Most latents ``inspect --probe-latents`` takes (``estimate`` is the command for many samples)."""
+
+INSPECT_PROBE_BATCH: int = 16
+"""``inspect`` computes its probe latents' Jacobians this many at a time."""
+
 INSPECT_TIMING_BATCH: int = 64
 INSPECT_TIMING_REPEATS: int = 3
 """``inspect`` times the best of this many forward passes of this many latents."""
@@ -136,6 +142,10 @@ SAMPLES_DEFAULT_K: int = 8
 
 SAMPLES_DEFAULT_NUM_SAMPLES: int = 5_000
 """Latents ``samples`` scans for its extremes (the K in N rarest, not an estimate)."""
+
+SAMPLES_MAX_K: int = 10_000
+"""Most lowest (or highest) samples ``samples`` keeps: their outputs are held and decoded, and
+an image grid of more is unreadable (``estimate --per-sample`` gives every sample's term)."""
 
 # ----------------------------------------------------------------- conditional decoders (issue 15)
 

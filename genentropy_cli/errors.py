@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import sys
+from typing import Callable
+
 
 class GenentropyError(Exception):
     """Base class; ``exit_code`` is the CLI's exit status for it."""
@@ -45,3 +48,24 @@ def first_line(error: BaseException) -> str:
     text = str(error).strip().splitlines()
     return text[0] if text else type(error).__name__
 
+
+
+def quiet_interrupt_while_loading() -> Callable[[], None]:
+    """Until the returned function is called, a Ctrl-C that ends the program prints
+    "interrupted" instead of a traceback (importing torch takes seconds; the exit status stays
+    130). The package calls it around its imports, so it never outlives them."""
+    previous = sys.excepthook
+
+    def hook(kind, value, traceback) -> None:
+        if issubclass(kind, KeyboardInterrupt):
+            sys.stderr.write("interrupted\n")
+        else:
+            previous(kind, value, traceback)
+
+    sys.excepthook = hook
+
+    def restore() -> None:
+        if sys.excepthook is hook:
+            sys.excepthook = previous
+
+    return restore

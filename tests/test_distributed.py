@@ -146,6 +146,6 @@ def test_ledger_total_does_not_depend_on_arrival_order_or_batching():
 
 
 def test_blocks_are_dealt_round_robin():
-    assert deal_round_robin(list(range(7)), 0, 3) == [0, 3, 6]
-    assert deal_round_robin(list(range(7)), 2, 3) == [2, 5]
-    assert deal_round_robin(list(range(2)), 3, 4) == []
+    assert list(deal_round_robin(range(7), 0, 3)) == [0, 3, 6]
+    assert list(deal_round_robin(range(7), 2, 3)) == [2, 5]
+    assert list(deal_round_robin(range(2), 3, 4)) == []

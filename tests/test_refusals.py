@@ -59,8 +59,11 @@ def test_spec_with_unknown_keys_or_without_architecture(run_cli, tmp_path):
     (tmp_path / "m.yaml").write_text("architecture: [mlp\n")
     assert_one_line_error(run_cli("estimate", path), "not valid YAML")
     write_spec_file({"import": "no_such_module_xyz:Generator"}, tmp_path / "m.yaml")
-    assert_one_line_error(run_cli("estimate", path), "cannot import no_such_module_xyz", "--code-path")
-    write_spec_file({"import": "os:path"}, tmp_path / "m.yaml")  # never called: not an nn.Module class
+    assert_one_line_error(run_cli("estimate", path), "no_such_module_xyz", "--code-path")
+    write_spec_file({"import": "os:path"}, tmp_path / "m.yaml")  # imported only from --code-path: never from sys.path
+    assert_one_line_error(run_cli("estimate", path), "would run the Python module os", "--code-path DIR")
+    assert_one_line_error(run_cli("estimate", path, "--code-path", tmp_path), "no module os in --code-path")
+    write_spec_file({"import": "genentropy_cli.models.architectures:ARCHITECTURES"}, tmp_path / "m.yaml")
     assert_one_line_error(run_cli("estimate", path), "not a torch.nn.Module subclass")
 
 

@@ -7,19 +7,88 @@ the options they share are declared once in ``options``. No numerics here.
 from __future__ import annotations
 
 import sys
-from typing import Annotated
+import typing
+from typing import Annotated, Any
 
 import typer
+from rich.markup import escape
+
+try:  # Typer >= 0.20 bundles its own click
+    import typer._click as _click
+except ImportError:  # pragma: no cover
+    import click as _click
 
 from genentropy_cli.cli.compare import compare
 from genentropy_cli.cli.convert import convert
 from genentropy_cli.cli.estimate import estimate
 from genentropy_cli.cli.inspect import inspect
 from genentropy_cli.cli.options import DebugOption
+from genentropy_cli.cli.output import stderr_console
 from genentropy_cli.cli.samples import samples
 from genentropy_cli.cli.sweep import sweep_scale_command
 from genentropy_cli.cli.track import track
+from genentropy_cli.defaults import INTERRUPTED_EXIT_CODE
 from genentropy_cli.version import __version__
+
+_TYPE_WORDS = {int: "INTEGER", float: "FLOAT", str: "TEXT"}
+
+
+def _type_word(param: Any) -> str:
+    """The value's type in help, in click's words (INTEGER, FLOAT, TEXT); nothing for a flag.
+    Typer >= 0.20 shows Python annotations instead (``<bool>``, ``<list[float]>``)."""
+    if getattr(param, "is_flag", False) or getattr(param, "count", False):
+        return ""
+    annotation = getattr(getattr(param, "type_descriptor", None), "annotation", None)
+    while typing.get_args(annotation):  # Optional[X], List[X]
+        annotation = [item for item in typing.get_args(annotation) if item is not type(None)][0]
+    word = _TYPE_WORDS.get(annotation) or str(getattr(getattr(param, "type", None), "name", "text")).upper()
+    return word + ("..." if param.nargs != 1 else "")
+
+
+def _plain_help_types(params: list) -> list:
+    for param in params:
+        if hasattr(param, "display_type_rich"):  # Typer >= 0.20; older Typer shows click's words already
+            param.display_type_rich = lambda ctx=None, word=_type_word(param): word  # this parameter only
+    return params
+
+
+class PlainGroup(typer.core.TyperGroup):
+    """The app: help shows value types as words (see ``_type_word``); a usage error (an unknown
+    option, a value click cannot read) is one line on stderr, as every other refusal."""
+
+    def get_params(self, ctx):
+        return _plain_help_types(super().get_params(ctx))
+
+    def main(self, *args: Any, standalone_mode: bool = True, **kwargs: Any) -> Any:
+        if not standalone_mode:
+            return super().main(*args, standalone_mode=False, **kwargs)
+        try:
+            code = super().main(*args, standalone_mode=False, **kwargs)
+        except _click.exceptions.ClickException as error:
+            if isinstance(error, getattr(_click.exceptions, "NoArgsIsHelpError", ())):
+                error.show()  # no arguments: the help
+            else:
+                stderr_console.print(f"[red]error:[/red] {escape(usage_error_line(error))}", soft_wrap=True)
+            sys.exit(error.exit_code)
+        except typer.Abort:  # end of input at a prompt (genentropy asks nothing)
+            stderr_console.print("[red]interrupted[/red]")
+            sys.exit(INTERRUPTED_EXIT_CODE)
+        sys.exit(code if isinstance(code, int) else 0)
+
+
+def usage_error_line(error: Any) -> str:
+    """click's message on one line, and where to look: ``... ; see `genentropy estimate --help` ``."""
+    message = " ".join(error.format_message().split()).rstrip(".")
+    context = getattr(error, "ctx", None)
+    return f"{message}; see `{context.command_path} --help`" if context is not None else message
+
+
+class PlainCommand(typer.core.TyperCommand):
+    """A command: help shows value types as words (see ``_type_word``)."""
+
+    def get_params(self, ctx):
+        return _plain_help_types(super().get_params(ctx))
+
 
 app = typer.Typer(
     name="genentropy",
@@ -27,6 +96,7 @@ app = typer.Typer(
     no_args_is_help=True,
     pretty_exceptions_enable=False,
     add_completion=True,
+    cls=PlainGroup,
 )
 
 
@@ -46,13 +116,13 @@ def main_callback(
     """Estimate how diverse a generative model is: the differential entropy of its decoder."""
 
 
-app.command("estimate")(estimate)
-app.command("sweep-scale")(sweep_scale_command)
-app.command("compare")(compare)
-app.command("track")(track)
-app.command("samples")(samples)
-app.command("inspect")(inspect)
-app.command("convert")(convert)
+app.command("estimate", cls=PlainCommand)(estimate)
+app.command("sweep-scale", cls=PlainCommand)(sweep_scale_command)
+app.command("compare", cls=PlainCommand)(compare)
+app.command("track", cls=PlainCommand)(track)
+app.command("samples", cls=PlainCommand)(samples)
+app.command("inspect", cls=PlainCommand)(inspect)
+app.command("convert", cls=PlainCommand)(convert)
 
 
 def main() -> None:

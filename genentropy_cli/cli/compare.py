@@ -13,6 +13,7 @@ from genentropy_cli.cli.options import (
     OutputFlags,
     RunFlags,
     ScaleOption,
+    check_paths,
     estimate_options,
     open_model,
 )
@@ -38,6 +39,7 @@ def compare(models: ModelsArgument, *, source: ModelFlags, scale: ScaleOption = 
         raise InputError("compare needs at least two model files")
     sink = Sink.of(report)
     options = estimate_options(run, scale)
+    check_paths(models, source, report, options)
     loaded = [open_model(source, path, sink.warn) for path in models]
     labels = [item.label for item in loaded]
     with sink.progress("comparing", options.scales) as progress:

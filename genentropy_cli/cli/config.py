@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import importlib
 import json
+import typing
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -86,8 +87,49 @@ def read_config_file(path: str | Path, command_name: str | None = None) -> dict:
         recorded = content["configuration"]
         if command_name and recorded.get("command") not in (None, command_name):
             raise InputError(f"{file} records a run of `{recorded.get('command')}`, not `{command_name}`")
-        return dict(recorded.get("options") or {})
+        options = recorded.get("options") or {}
+        if not isinstance(options, Mapping):
+            raise InputError(f"{file}: configuration.options must be a mapping of option names to values, "
+                             f"got a {type(options).__name__}")
+        return dict(options)
     return dict(content)
+
+
+_KINDS = {bool: "boolean", int: "integer", float: "float", str: "text"}
+
+
+def _value_kind(param: Parameter) -> str:
+    """boolean, integer, float or text: click's type name, or the annotation that Typer's own
+    click (Typer >= 0.20) keeps instead of a click type."""
+    if getattr(param, "is_flag", False):
+        return "boolean"
+    name = getattr(getattr(param, "type", None), "name", None)
+    if name:
+        return str(name)
+    annotation = getattr(getattr(param, "type_descriptor", None), "annotation", None)
+    while typing.get_args(annotation):  # Optional[X], List[X]: the value's own type
+        members = [item for item in typing.get_args(annotation) if item is not type(None)]
+        annotation = members[0]
+    return _KINDS.get(annotation, "")
+
+
+def _check_kind(param: Parameter, key: Any, value: Any, source: str) -> None:
+    """Refuse a value of the wrong kind before click converts it: click reads ``true`` as the
+    integer 1 and 3.7 as 3, and a list as its text; a config file gets no such guesses."""
+    kind = _value_kind(param)
+    several = getattr(param, "multiple", False) or getattr(param, "nargs", 1) != 1
+    items = value if several else [value]
+    if not isinstance(items, (list, tuple)) or any(isinstance(item, (list, tuple, Mapping)) for item in items):
+        raise InputError(f"{source}: {key}: expected {'a list of plain values' if several else 'one value'}, "
+                         f"got {value!r}")
+    for item in items:
+        if kind == "boolean" and not isinstance(item, bool):
+            raise InputError(f"{source}: {key}: expected true or false, got {item!r}")
+        if kind != "boolean" and isinstance(item, bool):
+            wanted = {"integer": "an integer", "float": "a number", "text": "a text value"}.get(kind, "a value")
+            raise InputError(f"{source}: {key}: expected {wanted}, not {item!r}")
+        if kind == "integer" and isinstance(item, float):
+            raise InputError(f"{source}: {key}: expected an integer, got {item!r}")
 
 
 def config_defaults(ctx: Context, values: Mapping, source: str) -> dict:
@@ -107,6 +149,7 @@ def config_defaults(ctx: Context, values: Mapping, source: str) -> dict:
             continue
         if getattr(param, "multiple", False) and not isinstance(value, (list, tuple)):
             value = [value]
+        _check_kind(param, key, value, source)
         try:
             param.process_value(ctx, value)  # converts and checks it as if given on the command line
         except typer.BadParameter as error:

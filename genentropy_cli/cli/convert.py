@@ -8,7 +8,7 @@ import typer
 
 from genentropy_cli.cli import reporting
 from genentropy_cli.cli.guard import command
-from genentropy_cli.cli.options import ModelArgument, ModelFlags, OutputFlags
+from genentropy_cli.cli.options import ModelArgument, ModelFlags, OutputFlags, check_paths
 from genentropy_cli.cli.output import Sink
 from genentropy_cli.envelope import envelope
 from genentropy_cli.models.convert import convert_to_safetensors
@@ -23,6 +23,7 @@ def convert(model: ModelArgument, target: TargetArgument, *, source: ModelFlags,
             report: OutputFlags) -> None:
     """Convert a model (any loadable source) into one self-describing safetensors file, checked by reloading."""
     sink = Sink.of(report)
+    check_paths([model], source, report, extra={"TARGET": target})
     document = envelope("convert", convert_to_safetensors(source.model_options(model), target, overwrite=force))
     for message in document["warnings"]:
         sink.warn(message)

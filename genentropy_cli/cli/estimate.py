@@ -10,6 +10,7 @@ from genentropy_cli.cli.options import (
     OutputFlags,
     RunFlags,
     ScaleOption,
+    check_paths,
     estimate_options,
     open_model,
 )
@@ -30,6 +31,7 @@ def estimate(model: ModelArgument, *, source: ModelFlags, scale: ScaleOption = N
     """
     sink = Sink.of(report)
     options = estimate_options(run, scale)
+    check_paths([model], source, report, options)
     loaded = open_model(source, model, sink.warn)
     with sink.progress("estimating", options.scales, conditional=loaded.label is not None) as progress:
         result = estimate_entropy(loaded.decoder, loaded.latent, options=options, labels=loaded.label,

@@ -37,6 +37,11 @@ def debugging() -> bool:
     return bool(ctx is not None and ctx.meta.get(DEBUG_KEY))
 
 
+def one_line(message: str) -> str:
+    """A message as one line: a line break from user data (a file name) written as ``\\n``."""
+    return message.strip().replace("\r", "\\r").replace("\n", "\\n")
+
+
 def run_guarded(action: Callable[[], Any]) -> None:
     """Run a command body: our errors become one line on stderr and their exit status."""
     try:
@@ -44,7 +49,7 @@ def run_guarded(action: Callable[[], Any]) -> None:
     except GenentropyError as error:
         if debugging():
             raise
-        stderr_console.print(f"[red]error:[/red] {escape(str(error))}", soft_wrap=True, markup=True)
+        stderr_console.print(f"[red]error:[/red] {escape(one_line(str(error)))}", soft_wrap=True, markup=True)
         raise typer.Exit(error.exit_code) from None
     except KeyboardInterrupt:
         stderr_console.print("[red]interrupted[/red]")
@@ -55,7 +60,7 @@ def run_guarded(action: Callable[[], Any]) -> None:
         if debugging():
             raise
         stderr_console.print(
-            f"[red]error:[/red] unexpected failure: {type(error).__name__}: {escape(first_line(error))} "
+            f"[red]error:[/red] unexpected failure: {type(error).__name__}: {escape(one_line(first_line(error)))} "
             "(rerun with --debug for the traceback)",
             soft_wrap=True,
         )

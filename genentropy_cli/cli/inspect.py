@@ -8,7 +8,15 @@ import typer
 
 from genentropy_cli.cli import reporting
 from genentropy_cli.cli.guard import command
-from genentropy_cli.cli.options import RUN_DEFAULTS, DeviceFlags, ModelArgument, ModelFlags, OutputFlags, open_model
+from genentropy_cli.cli.options import (
+    RUN_DEFAULTS,
+    DeviceFlags,
+    ModelArgument,
+    ModelFlags,
+    OutputFlags,
+    check_paths,
+    open_model,
+)
 from genentropy_cli.cli.output import Sink
 from genentropy_cli.defaults import INSPECT_PROBE_LATENTS
 from genentropy_cli.errors import InputError
@@ -25,9 +33,8 @@ def inspect(model: ModelArgument, *, source: ModelFlags, probe_latents: ProbeLat
             scale: RankScaleOption = RUN_DEFAULTS["scales"][0], machine: DeviceFlags, report: OutputFlags) -> None:
     """Describe a model: format, parameters, latent spec and its source, output, speed, Jacobian probe;
     for a checkpoint also the sub-models it holds, with the --select flag and spec lines for each."""
-    if probe_latents <= 0:
-        raise InputError(f"--probe-latents must be positive, got {probe_latents}")
     sink = Sink.of(report)
+    check_paths([model], source, report)
     contents = checkpoint_contents(source.model_options(model))
     try:
         resolved = open_model(source, model, sink.warn)

@@ -14,7 +14,8 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
-from typing import Annotated, Callable, List, Optional, Sequence
+from pathlib import Path
+from typing import Annotated, Callable, List, Mapping, Optional, Sequence
 
 import typer
 
@@ -23,8 +24,11 @@ from genentropy_cli.cli.guard import run_guarded, set_debug
 from genentropy_cli.core.latents import LATENT_DISTRIBUTIONS
 from genentropy_cli.defaults import DEFAULT_SCALES, SAMPLES_DEFAULT_NUM_SAMPLES
 from genentropy_cli.models.resolve import ModelOptions, ResolvedModel, resolve_model
+from genentropy_cli.models.specs import find_sidecar
+from genentropy_cli.run.files import check_output_targets
 from genentropy_cli.run.options import EstimateOptions, option_defaults
 from genentropy_cli.run.per_sample import FORMATS as PER_SAMPLE_FORMATS
+from genentropy_cli.run.per_sample import output_files
 
 RUN_DEFAULTS = option_defaults()
 MODEL_PANEL, RUN_PANEL, OUTPUT_PANEL = "Model options", "Run options", "Output options"
@@ -122,6 +126,21 @@ class ModelFlags:
                             output_range=self.output_range, output_select=self.output_select,
                             num_classes=self.num_classes, label_format=self.label_format, label_arg=self.label_arg,
                             class_weights=self.class_weights, classes=self.classes)
+
+
+def check_paths(models: Sequence[str], source: ModelFlags, report: "OutputFlags", run: EstimateOptions | None = None,
+                extra: Mapping[str, str | None] | None = None) -> None:
+    """Before any work: every output path (``--output``, the run's ``--checkpoint`` and
+    ``--per-sample``, ``extra`` ones such as ``{"--grid": path}``) is writable, and none is another
+    output or an input (a model file, its sidecar spec, ``--spec``, ``--config``); see ``run.files``."""
+    targets: dict[str, str | None] = {"--output": report.output}
+    if run is not None:
+        targets |= {"--checkpoint": run.checkpoint, **output_files(run.per_sample)}
+    targets |= dict(extra or {})
+    inputs: dict[str, str | Path | None] = {"--spec file": source.spec, "--config file": source.config_file}
+    for model in filter(None, models):
+        inputs |= {f"model file {model}": model, f"spec beside {model}": find_sidecar(model)}
+    check_output_targets(targets, inputs)
 
 
 def open_model(flags: ModelFlags, path: str, warn: Callable[[str], None]) -> ResolvedModel:

@@ -10,6 +10,9 @@ Under torchrun only rank 0 writes (its ranks share one run; see ``launch_rank``)
 from __future__ import annotations
 
 import os
+import sys
+import tempfile
+import time
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
@@ -19,6 +22,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskProgressColumn, TextColumn, TimeRemainingColumn
 
 from genentropy_cli.cli.config import with_configuration
+from genentropy_cli.cli.fitting import fit_to_width
 from genentropy_cli.cli.reporting import nonfinite_note, partial_note
 from genentropy_cli.defaults import INTERRUPTED_EXIT_CODE
 from genentropy_cli.envelope import to_json
@@ -43,8 +47,8 @@ def print_results(*renderables: object) -> None:
         stdout_console.width = int(columns)
     else:
         stdout_console.width = None if stdout_console.is_terminal else PIPED_WIDTH
-    for renderable in renderables:
-        stdout_console.print(renderable)
+    for renderable in renderables:  # a table too wide for the width is stacked, never cut (fitting.py)
+        stdout_console.print(fit_to_width(renderable, stdout_console, stdout_console.width))
 
 
 def json_text(document: dict) -> str:
@@ -57,12 +61,41 @@ def print_json(document: dict) -> None:
     print(json_text(document))
 
 
+def write_text_atomically(text: str, path: str | Path) -> None:
+    """Write ``text`` to a temporary file beside ``path``, then rename it over ``path``: a crash
+    or a full disk never leaves half a file (nor the temporary one)."""
+    target = Path(path)
+    temporary = target.with_name(f".{target.name}.tmp{os.getpid()}")
+    try:
+        temporary.write_text(text)
+        os.replace(temporary, target)
+    except BaseException:
+        temporary.unlink(missing_ok=True)
+        raise
+
+
 def write_json(document: dict, path: str | Path) -> None:
     """Write the JSON atomically, so a crash never leaves half a file."""
-    target = Path(path)
-    temporary = target.with_name(f".{target.name}.tmp")
-    temporary.write_text(json_text(document) + "\n")
-    os.replace(temporary, target)
+    write_text_atomically(json_text(document) + "\n", path)
+
+
+def fallback_path(command: str, folder: str | Path) -> Path:
+    """Where a result goes when the file asked for cannot be written: a new, named file."""
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    return Path(folder) / f"genentropy-{command}-{stamp}-{os.getpid()}.json"
+
+
+def save_fallback(text: str, command: str) -> Path | None:
+    """Write a result to ``fallback_path`` in the working folder, else the temporary folder;
+    the path written, or None where neither could be."""
+    for folder in dict.fromkeys([os.getcwd(), tempfile.gettempdir()]):
+        target = fallback_path(command, folder)
+        try:
+            write_text_atomically(text, target)
+        except OSError:
+            continue
+        return target
+    return None
 
 
 def warn(message: str) -> None:
@@ -106,12 +139,23 @@ def progress_bar(description: str, scales: Sequence[float], enabled: bool = True
         yield update
 
 
+def _detach_stdout() -> None:
+    """After stdout failed, point it at /dev/null: Python's own flush at exit must not fail again."""
+    try:
+        descriptor = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(descriptor, sys.stdout.fileno())
+        os.close(descriptor)
+    except (OSError, ValueError, AttributeError):  # no file descriptor (a test's captured stdout)
+        pass
+
+
 class Sink:
     """Where one command's output goes, as its ``--json``, ``--output`` and ``--quiet`` say."""
 
     def __init__(self, json_output: bool = False, output: str | None = None, quiet: bool = False):
         self.json_output, self.output, self.quiet = json_output, output, quiet
         self.speaks = launch_rank() == 0
+        self.lost_outputs: list[str] = []
 
     @classmethod
     def of(cls, flags: Any) -> "Sink":
@@ -129,20 +173,57 @@ class Sink:
             info(message)
 
     def progress(self, description: str, scales: Sequence[float] = (), conditional: bool = False):
-        """A progress bar on stderr (none with --quiet): a context giving the progress callback."""
-        return progress_bar(description, scales, enabled=self.speaks and not self.quiet, conditional=conditional)
+        """A progress bar on stderr (none with --quiet, nor where stderr is a file or a pipe, whose
+        reader wants the notes, not a bar's last frame): a context giving the progress callback."""
+        return progress_bar(description, scales, enabled=self.speaks and not self.quiet and stderr_console.is_terminal,
+                            conditional=conditional)
+
+    def lost(self, message: str) -> None:
+        """An output asked for that could not be written (a warning; the command then exits 1)."""
+        self.warn(message)
+        self.lost_outputs.append(message)
 
     def emit(self, document: dict, render: Render) -> None:
-        """The result: the JSON file (--output), then the JSON document or the table(s) on stdout."""
+        """The result: the JSON file (--output), then the JSON document or the table(s) on stdout.
+
+        Finished work is never lost: where --output cannot be written (a full disk, ``ulimit -f``)
+        the result still goes to stdout and to a named fallback file, said on stderr; where no
+        file and not stdout could take it either, the exit status is 1."""
         if not self.speaks:
             return
-        if self.output:
-            write_json(document, self.output)
-        if self.json_output:
-            print_json(document)
-            return
-        rendered = render()
-        print_results(*(rendered if isinstance(rendered, (list, tuple)) else [rendered]))
+        text = json_text(document)
+        saved = self.output is None or self._write_output(text, document.get("command", "result"))
+        try:
+            if self.json_output:
+                print(text)
+            else:
+                rendered = render()
+                print_results(*(rendered if isinstance(rendered, (list, tuple)) else [rendered]))
+            sys.stdout.flush()
+        except OSError as error:  # stdout is a full file or a closed pipe
+            _detach_stdout()
+            if self.output is None or not saved:
+                saved = self._save_elsewhere(text, document.get("command", "result"), "stdout", error)
+        if not saved or self.lost_outputs:
+            raise typer.Exit(1)
+
+    def _write_output(self, text: str, command: str) -> bool:
+        try:
+            write_text_atomically(text + "\n", self.output)
+        except OSError as error:
+            return self._save_elsewhere(text, command, str(self.output), error)
+        return True
+
+    def _save_elsewhere(self, text: str, command: str, where: str, error: OSError) -> bool:
+        fallback = save_fallback(text + "\n", command)
+        reason = error.strerror or type(error).__name__
+        if fallback is None:
+            tail = "it is on stdout only" if where != "stdout" else "it is lost"
+            self.warn(f"could not write the result to {where} ({reason}), nor to a fallback file: {tail}")
+            return False
+        self.warn(f"could not write the result to {where} ({reason}); it is in {fallback}"
+                  + (" and on stdout" if where != "stdout" else ""))
+        return True
 
     def emit_run(self, document: dict, result: Any, render: Render) -> None:
         """An ``EntropyResult`` (estimate, sweep-scale): its notes (dropped samples, a partial or
@@ -157,6 +238,9 @@ class Sink:
 
     @staticmethod
     def exit_if_partial(result: Any) -> None:
-        """Exit status 130 after an interrupted run's (partial) result was shown."""
+        """Exit status 130 after an interrupted run's (partial) result was shown; 1 where the run's
+        per-sample file could not all be written (the run said so when it happened)."""
         if getattr(result, "partial", False):
             raise typer.Exit(INTERRUPTED_EXIT_CODE)
+        if (getattr(result, "diagnostics", None) or {}).get("per_sample_error"):
+            raise typer.Exit(1)

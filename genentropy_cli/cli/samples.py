@@ -14,6 +14,7 @@ from genentropy_cli.cli.options import (
     ModelFlags,
     OutputFlags,
     SamplesRunFlags,
+    check_paths,
     estimate_options,
     open_model,
 )
@@ -58,6 +59,7 @@ def samples(model: ModelArgument, *, source: ModelFlags, lowest: LowestOption = 
         raise InputError("say where the results go: --grid grid.png for the image grid, "
                          "or --json / --output FILE for the indices and terms")
     options = estimate_options(run, (scale,))
+    check_paths([model], source, report, options, {"--grid": grid})
     loaded = open_model(source, model, sink.warn)
     with sink.progress("scanning") as progress:
         result = find_extreme_samples(loaded.decoder, loaded.latent, lowest, highest, options=options,
@@ -70,7 +72,11 @@ def samples(model: ModelArgument, *, source: ModelFlags, lowest: LowestOption = 
     conditional = isinstance(result, ConditionalExtremes)
     if grid is not None and sink.speaks:
         title = f"{loaded.path}: lowest and highest entropy terms" + (" per class" if conditional else "")
-        document["grid"] = (save_class_extremes_grid if conditional else save_extremes_grid)(result, grid, title)
-        sink.info(f"wrote {document['grid']}")
+        try:
+            document["grid"] = (save_class_extremes_grid if conditional else save_extremes_grid)(result, grid, title)
+            sink.info(f"wrote {document['grid']}")
+        except OSError as error:  # the scan is done: its result is still shown, and the exit status says 1
+            document["grid"] = None
+            sink.lost(f"could not write the image grid {grid} ({error.strerror or error}); the result follows")
     sink.emit(document, lambda: (class_samples_table if conditional else samples_table)(result, loaded.path))
     sink.exit_if_partial(result)

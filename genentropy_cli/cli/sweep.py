@@ -13,6 +13,7 @@ from genentropy_cli.cli.options import (
     OutputFlags,
     PlotOption,
     RunFlags,
+    check_paths,
     estimate_options,
     open_model,
 )
@@ -42,6 +43,7 @@ def sweep_scale_command(model: ModelArgument, *, source: ModelFlags, reference: 
 
     sink = Sink.of(report)
     options = estimate_options(run, parse_scales(scales) if scales is not None else DEFAULT_SWEEP_SCALES)
+    check_paths([model], source, report, options, {"--plot": plot})
     if plot:
         plotting.check_plot_target(plot)  # before the estimate, not after it
     loaded = open_model(source, model, sink.warn)
@@ -51,7 +53,10 @@ def sweep_scale_command(model: ModelArgument, *, source: ModelFlags, reference: 
                             options=options, labels=loaded.label, progress=progress, log=sink.warn)
     title = f"H(X|Y) of {loaded.path}" if sweep.conditional else loaded.path
     if plot and sink.speaks:
-        plotting.plot_sweep(sweep, plot, title=title)
+        try:
+            plotting.plot_sweep(sweep, plot, title=title)
+        except OSError as error:  # the sweep is done: its result is still shown, and the exit status says 1
+            sink.lost(f"could not write the plot {plot} ({error.strerror or error}); the result follows")
     for message in getattr(sweep.result, "warnings", []):
         sink.warn(message)
     sink.emit_run(sweep.to_dict(model=loaded.describe()), sweep.result, lambda: [

@@ -25,6 +25,7 @@ from genentropy_cli.core.jacobian import (
 from genentropy_cli.core.latents import LatentSpec, LatentStream
 from genentropy_cli.core.logdet import Workspace
 from genentropy_cli.core.methods import FALLBACK_ORDER, JACOBIAN_METHODS
+from genentropy_cli.core.rowcheck import check_rows_independent
 from genentropy_cli.core.stacked import UnsupportedOperation, stacked_jacobian_profiled
 from genentropy_cli.defaults import STACKED_PROBE_COLUMNS
 from genentropy_cli.errors import InputError, first_line
@@ -113,6 +114,37 @@ def private_copy(decoder: Any, device: torch.device, dtype: torch.dtype) -> tupl
     return module, torchscript
 
 
+
+def _runs_in(decoder: Any, latent: LatentSpec, device: torch.device, dtype: torch.dtype) -> bool:
+    """Whether a copy of the decoder in ``dtype`` runs on two zero latents."""
+    try:
+        module, torchscript = private_copy(decoder, device, dtype)
+        with torch.no_grad(), (torchscript_safe() if torchscript else nullcontext()):
+            module(torch.zeros(2, *latent.shape, dtype=dtype, device=device))
+    except Exception:
+        return False
+    return True
+
+
+def _probe_failure(decoder: Any, latent: LatentSpec, device: torch.device, dtype: torch.dtype,
+                   error: Exception) -> InputError:
+    """Why the decoder failed on two latents: its dtype, where a copy in another dtype runs (a
+    decoder that fails in every dtype is given a latent it does not take)."""
+    shape = "x".join(str(size) for size in latent.shape)
+    name = str(dtype).removeprefix("torch.")
+    for other in (torch.float32, torch.float64):
+        if other != dtype and _runs_in(decoder, latent, device, other):
+            other_name = str(other).removeprefix("torch.")
+            return InputError(f"the decoder fails in {name} ({first_line(error)}) but runs in {other_name}: "
+                              f"pass --dtype {other_name}")
+    hint = ("; if it takes a class label, give --num-classes K (and --label-arg NAME for a keyword)"
+            if "missing" in str(error) and "argument" in str(error) else "")
+    return InputError(
+        f"latent size {shape} does not fit the decoder ({first_line(error)}); "
+        f"set --latent-dim or --latent-shape to what the decoder takes{hint}"
+    )
+
+
 def prepare_decoder(
     decoder: Any,
     latent: LatentSpec,
@@ -121,16 +153,16 @@ def prepare_decoder(
     *,
     copy: bool = True,
 ) -> PreparedDecoder:
-    """Copy, configure and probe ``decoder`` on two latents; bad fits are InputErrors. With
-    ``copy=False`` the decoder is already ``private_copy``'s result (several class-bound views of
-    one copy share its weights) and is only configured in place."""
+    """Copy, configure and probe ``decoder`` on two latents; bad fits, and decoders that are
+    random or mix the rows of a batch (``rowcheck``), are InputErrors. With ``copy=False`` the
+    decoder is already ``private_copy``'s result (several class-bound views of one copy share its
+    weights) and is only configured in place."""
     if copy:
         module, torchscript = private_copy(decoder, device, dtype)
     else:
         module = decoder
         torchscript = is_torchscript(decoder) or (
             isinstance(decoder, torch.nn.Module) and bool(torchscript_parts(decoder)))
-
     probe = torch.zeros(2, *latent.shape, dtype=dtype, device=device)
     try:
         with torch.no_grad(), (torchscript_safe() if torchscript else nullcontext()):
@@ -138,13 +170,7 @@ def prepare_decoder(
     except InputError:
         raise
     except Exception as error:  # the decoder's own message says what it expected
-        shape = "x".join(str(size) for size in latent.shape)
-        hint = ("; if it takes a class label, give --num-classes K (and --label-arg NAME for a keyword)"
-                if "missing" in str(error) and "argument" in str(error) else "")
-        raise InputError(
-            f"latent size {shape} does not fit the decoder ({first_line(error)}); "
-            f"set --latent-dim or --latent-shape to what the decoder takes{hint}"
-        ) from None
+        raise _probe_failure(decoder, latent, device, dtype, error) from None
     if not isinstance(output, torch.Tensor):
         raise InputError(
             f"the decoder returned a {type(output).__name__}, not a tensor; "
@@ -165,6 +191,8 @@ def prepare_decoder(
             "the estimator needs D >= d (check the latent size)"
         )
     prepared = PreparedDecoder(module, latent, device, dtype, output_dim, output_shape, torchscript)
+    with prepared.context():
+        check_rows_independent(module, _probe_latents(prepared).reshape(2, *latent.shape), stacked_tolerance(dtype))
     prepared.jacobian_method = _choose_jacobian_method(prepared)
     return prepared
 

@@ -37,9 +37,15 @@ __all__ = [
     "parse_distribution",
     "parse_latent_shape",
     "register_distribution",
+    "shape_of",
+    "validate_seed",
 ]
 
 _LOG_2PI = math.log(2.0 * math.pi)
+
+MAX_LATENT_DIM = 2**20
+"""Most latent coordinates d a spec may have: each sample needs a d x d float64 Gram matrix
+(8 TiB at this d), so a larger shape is a typo, refused before anything is allocated."""
 
 
 @runtime_checkable
@@ -234,6 +240,9 @@ class LatentSpec:
     def __post_init__(self) -> None:
         if len(self.shape) == 0 or any(int(size) <= 0 for size in self.shape):
             raise InputError(f"latent shape must be positive sizes, got {tuple(self.shape)}")
+        if math.prod(int(size) for size in self.shape) > MAX_LATENT_DIM:
+            raise InputError(f"latent shape {tuple(self.shape)} has more than {MAX_LATENT_DIM} coordinates; "
+                             "the estimator forms a d x d matrix per sample: check the latent size")
 
     @property
     def dim(self) -> int:
@@ -251,23 +260,39 @@ def make_latent_spec(
     """Accept a LatentSpec, a dimension (62) or a shape ((100, 1, 1))."""
     if isinstance(latent, LatentSpec):
         return latent
-    if isinstance(latent, (int, np.integer)):
-        shape: tuple[int, ...] = (int(latent),)
-    else:
-        shape = tuple(int(size) for size in latent)
-    return LatentSpec(shape, parse_distribution(distribution))
+    return LatentSpec(shape_of(latent), parse_distribution(distribution))
+
+
+def shape_of(value: object, what: str = "the latent shape") -> tuple[int, ...]:
+    """A size (62) or a list of sizes ([100, 1, 1]) as a shape tuple: integers only (a bool, a
+    fraction such as 3.7 or a string is refused, never rounded)."""
+    sizes = [value] if isinstance(value, (int, np.integer)) else value
+    if isinstance(sizes, (str, bytes)) or not isinstance(sizes, Sequence) \
+            or not all(isinstance(size, (int, np.integer)) and not isinstance(size, bool) for size in sizes):
+        raise InputError(f"{what} must be a positive integer or a list of them, e.g. [100, 1, 1]; got {value!r}")
+    return tuple(int(size) for size in sizes)
 
 
 def parse_latent_shape(text: str) -> tuple[int, ...]:
-    """Parse ``100,1,1`` (or ``100x1x1``) into a shape tuple."""
-    parts = [part for part in text.replace("x", ",").split(",") if part.strip()]
-    try:
-        shape = tuple(int(part) for part in parts)
-    except ValueError:
-        shape = ()
-    if not shape or any(size <= 0 for size in shape):
+    """Parse ``100,1,1`` (or ``100x1x1``) into a shape tuple: positive decimal integers, one
+    between each pair of separators (``3,,2``, ``2_0`` and ``3.0`` are refused, not guessed)."""
+    parts = [part.strip() for part in str(text).replace("x", ",").split(",")]
+    if not all(part.isascii() and part.isdigit() and len(part) <= 12 for part in parts) \
+            or any(int(part) <= 0 for part in parts):
         raise InputError(f"--latent-shape takes positive integers separated by commas, e.g. 100,1,1 (got {text!r})")
-    return shape
+    return tuple(int(part) for part in parts)
+
+
+MAX_SEED = 2**64 - 1
+"""Seeds are 0 .. 2**64 - 1 (what ``numpy.random.SeedSequence`` takes as entropy, one word)."""
+
+
+def validate_seed(seed: object) -> int:
+    """The seed as an int; a negative, fractional or oversized seed is an InputError (there is
+    no meaning to give -1 that would not silently alias another seed)."""
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or not 0 <= int(seed) <= MAX_SEED:
+        raise InputError(f"--seed takes an integer from 0 to 2**64-1, e.g. --seed 1; got {seed!r}")
+    return int(seed)
 
 
 def block_seed(seed: int, block_index: int) -> int:
@@ -281,7 +306,7 @@ class LatentStream:
 
     def __init__(self, spec: LatentSpec, seed: int, block_size: int = LATENT_BLOCK_SIZE):
         self.spec = spec
-        self.seed = int(seed)
+        self.seed = validate_seed(seed)
         self.block_size = int(block_size)
         self._cached_index: int | None = None
         self._cached_block: torch.Tensor | None = None

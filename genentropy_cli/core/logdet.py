@@ -130,12 +130,20 @@ def gram_eigenvalues(jacobian_columns: torch.Tensor, slab_bytes: int | None = No
     whatever the decoder's dtype:
     float32 log-determinants of near-singular matrices come out NaN or with a wrong sign.
     Round-off can leave eigenvalues of a PSD matrix slightly negative; they are clipped
-    to zero and counted.
+    to zero and counted. A sample whose J^T J is not finite gets NaN eigenvalues (a non-finite
+    term, reported by its index), not a LAPACK failure of its whole batch.
     """
     # LAPACK on the CPU whatever the device: the same routine everywhere (same answer on any
     # device), and on an H100 CUDA's batched float64 eigvalsh was 12x slower for d = 62 and lost
     # the closed form's tiny eigenvalues at s = 1e-6 (benchmarks/RESULTS.md, GPU section)
-    eigenvalues = batched_eigvalsh(gram_matrices(jacobian_columns, slab_bytes, workspace).cpu())
+    gram = gram_matrices(jacobian_columns, slab_bytes, workspace).cpu()
+    finite = torch.isfinite(gram).flatten(1).all(dim=1)
+    broken = None if bool(finite.all()) else ~finite
+    if broken is not None:  # NaN/inf outputs or an overflowing J^T J: LAPACK would fail on the whole batch
+        gram[broken] = torch.eye(gram.shape[-1], dtype=gram.dtype)
+    eigenvalues = batched_eigvalsh(gram)
+    if broken is not None:  # those samples' terms are NaN: the run names them, or skips them if asked
+        eigenvalues[broken] = math.nan
     negative = eigenvalues < 0
     clipped = int(negative.sum().item())
     if clipped:

@@ -23,15 +23,18 @@ from genentropy_cli.core.decoder import prepare_decoder
 from genentropy_cli.core.device import resolve_device, resolve_dtype, strict_float32
 from genentropy_cli.core.labels import bind_class
 from genentropy_cli.core.latents import LatentStream, distribution_label
-from genentropy_cli.core.terms import compute_sample_terms
+from genentropy_cli.core.terms import SampleTerms, compute_sample_terms
 from genentropy_cli.defaults import (
     DEFAULT_SCALES,
     DEFAULT_SEED,
+    INSPECT_MAX_PROBE_LATENTS,
+    INSPECT_PROBE_BATCH,
     INSPECT_PROBE_LATENTS,
     INSPECT_TIMING_BATCH,
     INSPECT_TIMING_REPEATS,
 )
 from genentropy_cli.envelope import envelope
+from genentropy_cli.errors import InputError
 from genentropy_cli.models.loading import FORMATS_RUNNING_CODE
 from genentropy_cli.models.resolve import ResolvedModel
 
@@ -70,6 +73,10 @@ def inspect_model(resolved: ResolvedModel, device: str = "auto", dtype: str = "f
                   seed: int = DEFAULT_SEED, timing_batch: int = INSPECT_TIMING_BATCH,
                   checkpoint: dict | None = None) -> dict:
     """The inspect report as a JSON-ready dict (``checkpoint``: the file's contents, if a checkpoint)."""
+    if isinstance(probe_latents, bool) or not isinstance(probe_latents, int) \
+            or not 0 < probe_latents <= INSPECT_MAX_PROBE_LATENTS:
+        raise InputError(f"--probe-latents must be from 1 to {INSPECT_MAX_PROBE_LATENTS} (inspect looks at a few "
+                         f"Jacobians; estimate is for many), got {probe_latents!r}")
     latent = resolved.latent
     torch_device, torch_dtype = resolve_device(device), resolve_dtype(dtype)
     stream = LatentStream(latent, seed)
@@ -78,7 +85,9 @@ def inspect_model(resolved: ResolvedModel, device: str = "auto", dtype: str = "f
     decoder = resolved.decoder if label is None else bind_class(resolved.decoder, label, probe_class)
     with strict_float32():
         prepared = prepare_decoder(decoder, latent, torch_device, torch_dtype)
-        terms = compute_sample_terms(prepared, stream.range(0, probe_latents), [scale])
+        terms = SampleTerms.concat([  # a few latents at a time: the memory of one call stays small
+            compute_sample_terms(prepared, stream.range(start, min(probe_latents, start + INSPECT_PROBE_BATCH)), [scale])
+            for start in range(0, probe_latents, INSPECT_PROBE_BATCH)])
         per_sample = forward_seconds_per_sample(prepared, stream.range(0, timing_batch))
     singular_values = terms.eigenvalues.clamp_min(0.0).sqrt()  # (k, d), ascending
     ranks = (singular_values > scale).sum(dim=1).tolist()

@@ -19,7 +19,7 @@ import torch
 from genentropy_cli.core.device import strict_float32
 from genentropy_cli.core.labels import LabelSpec
 from genentropy_cli.core.latents import LatentSpec, distribution_label, make_latent_spec
-from genentropy_cli.defaults import SAMPLES_DEFAULT_K, SAMPLES_DEFAULT_NUM_SAMPLES
+from genentropy_cli.defaults import SAMPLES_DEFAULT_K, SAMPLES_DEFAULT_NUM_SAMPLES, SAMPLES_MAX_K
 from genentropy_cli.envelope import envelope
 from genentropy_cli.errors import InputError
 from genentropy_cli.jobs.conditional import as_label_spec, check_conditional_run, conditional_workload
@@ -166,6 +166,9 @@ def find_extreme_samples(
         raise InputError(f"samples ranks the terms at one scale; got {len(run_options.scales)}")
     if lowest < 0 or highest < 0 or lowest + highest == 0:
         raise InputError(f"ask for at least one sample: --lowest and --highest must be >= 0, got {lowest} and {highest}")
+    if max(lowest, highest) > SAMPLES_MAX_K:
+        raise InputError(f"--lowest and --highest are at most {SAMPLES_MAX_K} (their outputs are kept and decoded); "
+                         "for every sample's term use estimate --per-sample FILE")
     if run_options.num_samples < max(lowest, highest):
         raise InputError(f"--num-samples ({run_options.num_samples}) must be at least --lowest/--highest "
                          f"({max(lowest, highest)})")

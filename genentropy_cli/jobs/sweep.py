@@ -15,6 +15,7 @@ from __future__ import annotations
 import ast
 import math
 import operator
+import re
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping, Sequence
 
@@ -37,11 +38,15 @@ def parse_scales(text: str) -> tuple[float, ...]:
         raise InputError("--scales needs a comma-separated list of positive numbers, e.g. 1e-1,1e-2,1e-3,1e-4")
     values = []
     for piece in pieces:
-        try:
-            values.append(float(piece))
-        except ValueError:
-            raise InputError(f"--scales: {piece!r} is not a number; give e.g. 1e-1,1e-2,1e-3,1e-4") from None
+        if not _DECIMAL.fullmatch(piece):  # float() would read 1_0 as 10 and "٣" as 3: a typo is refused
+            raise InputError(f"--scales: {piece!r} is not a number; give e.g. 1e-1,1e-2,1e-3,1e-4")
+        values.append(float(piece))
     return sweep_order(values)
+
+
+_DECIMAL = re.compile(r"[+-]?(([0-9]+\.?[0-9]*|\.[0-9]+)([eE][+-]?[0-9]+)?|inf|infinity|nan)", re.IGNORECASE)
+"""A number as people write one: digits, one point, an exponent (no underscores, no other digits);
+inf and nan are read so that the scale check names them."""
 
 
 def sweep_order(scales: Sequence[float]) -> tuple[float, ...]:

@@ -31,7 +31,7 @@ from typing import Any, Mapping, Sequence
 import torch
 
 from genentropy_cli.core.labels import LabelSpec
-from genentropy_cli.core.latents import LatentSpec, make_latent_spec, parse_distribution
+from genentropy_cli.core.latents import LatentSpec, make_latent_spec, parse_distribution, shape_of
 from genentropy_cli.errors import InputError, first_line
 from genentropy_cli.models.exported import PT2_SUFFIX, load_exported
 from genentropy_cli.models.hub import fetch_hub_model, is_hub_url
@@ -41,14 +41,16 @@ from genentropy_cli.models.pickles import PICKLE_WARNING, load_torch_save, parse
 from genentropy_cli.models.selection import find_candidates, matching_candidates, select_submodel, spec_weights
 from genentropy_cli.models.specs import (
     architecture_latent_metadata,
+    build_for_weights,
     build_from_spec,
     find_sidecar,
     has_architecture,
-    load_state_into,
     read_safetensors,
     read_spec_file,
     spec_metadata,
 )
+from genentropy_cli.models.usercode import code_directories
+from genentropy_cli.run.files import input_file
 
 TORCHSCRIPT_SUFFIXES = (".pt", ".pth", ".ts")
 
@@ -103,15 +105,6 @@ class LoadedModel:
             self.origins[key] = origin
 
 
-def _check_file(path: str | Path) -> Path:
-    file = Path(path)
-    if not file.exists():
-        raise InputError(f"model file not found: {file}")
-    if file.is_dir():
-        raise InputError(f"{file} is a directory; give the path of a model file")
-    return file
-
-
 def _looks_like_safetensors(file: Path) -> bool:
     """safetensors: an 8-byte little-endian header length, then a JSON header."""
     with file.open("rb") as handle:
@@ -164,7 +157,9 @@ def load_model(path: str | Path, *, spec: str | Path | None = None, code_path: S
     """
     renamed = parse_class_map(class_map)
     remote = fetch_hub_model(str(path)) if is_hub_url(path) else None
-    file = _check_file(remote.file if remote is not None else path)
+    file = input_file(remote.file if remote is not None else path, "model file")
+    assert file is not None
+    code_directories(code_path)  # a --code-path that is not a directory is named even where no import needs it
     spec_file = Path(spec) if spec is not None else (remote.spec_file if remote is not None else find_sidecar(file))
     file_spec = read_spec_file(spec_file) if spec_file is not None else None
     if remote is not None:
@@ -227,7 +222,7 @@ def _build(spec: dict, tensors: dict[str, torch.Tensor], source: str, code_path:
     """The spec's architecture with ``tensors`` loaded; when they do not fit and another
     sub-model of the checkpoint ``content`` does, the refusal names the selection that fits."""
     try:
-        return load_state_into(build_from_spec(spec, code_path), tensors, source)
+        return build_for_weights(spec, tensors, source, code_path)
     except InputError as error:
         hint = "" if content is None else _fit_hint(spec, content, code_path, selection)
         if not hint:
@@ -352,7 +347,7 @@ def resolve_latent_spec(
     elif latent_dim is not None:
         shape, origin["shape"] = (int(latent_dim),), "flag"
     elif loaded.metadata.get("latent_shape"):
-        shape = tuple(int(size) for size in loaded.metadata["latent_shape"])
+        shape = shape_of(loaded.metadata["latent_shape"], f"the latent shape that {loaded.path} records")
         origin["shape"] = loaded.origins.get("latent_shape", "metadata")
     else:
         raise InputError(

@@ -17,7 +17,7 @@ from typing import Any, Mapping, Sequence
 import torch
 
 from genentropy_cli.errors import InputError, first_line
-from genentropy_cli.models.specs import import_paths
+from genentropy_cli.models.usercode import import_paths
 
 PICKLE_WARNING = ("loading a pickled module runs code named in {file}; do this only for files you trust, and "
                   "convert it once: genentropy convert {file} model.safetensors --trust-pickle")
@@ -99,8 +99,21 @@ def unimportable_advice(file: Path, error: UnimportableClass) -> str:
             f"--class-map {error.module}.{error.name}=module:Class")
 
 
+def _from_main_script(file: Path, name: str) -> InputError:
+    """A class pickled from ``__main__`` (the script that saved the model) is found by no import:
+    neither --trust-pickle nor --code-path can bring it back."""
+    return InputError(
+        f"{file} holds a pickled {name}: a class defined in the script that saved it (__main__), which no "
+        f"import can find, so no option here can load it; the class must be importable: move it into a module "
+        f"(e.g. mymodels.py), and either save the model again from there or save its state_dict with a spec "
+        f"naming import: mymodels:{name.rpartition('.')[2]}, then pass --code-path DIR (the folder of mymodels.py)"
+    )
+
+
 def _refusal(file: Path, error: BaseException) -> InputError:
     names = re.findall(r"GLOBAL ([\w.]+)", str(error))
+    if names and names[0].startswith("__main__."):
+        return _from_main_script(file, names[0])
     what = f"a pickled {names[0]}" if names else "a pickled Python object"
     flags = "--trust-pickle"
     if names and names[0].startswith("__main__."):  # saved from a script or notebook: map the class
@@ -132,6 +145,9 @@ def load_torch_save(file: Path, trust_pickle: bool = False, code_path: Sequence[
         except UnimportableClass as error:
             raise InputError(unimportable_advice(file, error)) from None
         except (ImportError, AttributeError) as error:
+            found = re.search(r"Can't get attribute '([\w.]+)' on <module '[\w.]*__main__'", str(error))
+            if found:
+                raise _from_main_script(file, f"__main__.{found.group(1)}") from None
             raise InputError(
                 f"{file} names code that cannot be imported ({first_line(error)}); add its directory with --code-path DIR"
             ) from None

@@ -19,23 +19,23 @@ named Python module, so use it only with code you trust.
 
 from __future__ import annotations
 
-import importlib
 import inspect
 import json
-import sys
-from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator, Mapping, Sequence
+from typing import Any, Mapping, Sequence
 
 import torch
 import yaml
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
+from genentropy_cli.core.latents import shape_of
 from genentropy_cli.errors import InputError, first_line
 from genentropy_cli.models.architectures import ARCHITECTURES
 from genentropy_cli.models.metadata import LABEL_KEYS, label_metadata
 from genentropy_cli.models.selection import SELECTION_KEYS
+from genentropy_cli.models.usercode import check_import_target, import_class
+from genentropy_cli.run.files import input_file
 
 SPEC_METADATA_KEY = "genentropy_spec"
 SPEC_KEYS: tuple[str, ...] = ("architecture", "import", "kwargs", "latent", "label", "output", "weights",
@@ -63,8 +63,10 @@ def validate_spec(spec: Any, source: str = "the spec", strict: bool = True) -> d
         _reject_unknown(spec, SPEC_KEYS, source)
     if "architecture" in spec and "import" in spec:
         raise InputError(f"{source} names both architecture and import; keep one")
-    if "import" in spec and (not isinstance(spec["import"], str) or ":" not in spec["import"]):
-        raise InputError(f"{source}: import takes 'package.module:ClassName', got {spec['import']!r}")
+    if "architecture" in spec and not isinstance(spec["architecture"], str):
+        raise InputError(f"{source}: architecture takes one name such as mlp, got {spec['architecture']!r}")
+    if "import" in spec:
+        check_import_target(spec["import"], source)
     for section, keys in (("kwargs", None), ("latent", LATENT_KEYS), ("label", LABEL_KEYS), ("output", OUTPUT_KEYS),
                           ("weights", WEIGHTS_KEYS)):
         value = spec.get(section)
@@ -87,15 +89,66 @@ def has_architecture(spec: Mapping | None) -> bool:
     return bool(spec) and ("architecture" in spec or "import" in spec)
 
 
-def read_yaml_file(path: str | Path, what: str) -> Any:
-    """The content of a YAML (or JSON) file; a missing or malformed file is a one-line error."""
-    file = Path(path)
-    if not file.is_file():
-        raise InputError(f"{what} not found: {file}")
+MAX_YAML_BYTES = 1024**2
+"""Spec and config files are a few lines; a larger one is not one (and is refused unread)."""
+
+MAX_YAML_VALUES = 100_000
+"""Most values a YAML document may stand for once its aliases are expanded: ``*alias`` copies
+nested ten deep ("billion laughs") would otherwise build gigabytes from a few hundred bytes."""
+
+
+def _expanded_size(node: yaml.Node, sizes: dict[int, int]) -> int:
+    """Values ``node`` stands for with every alias expanded (memoised per node: aliases share it)."""
+    if id(node) in sizes:
+        return sizes[id(node)]
+    sizes[id(node)] = MAX_YAML_VALUES + 1  # a node met again while it is being sized: a cycle
+    children: list = []
+    if isinstance(node, yaml.SequenceNode):
+        children = node.value
+    elif isinstance(node, yaml.MappingNode):
+        children = [item for pair in node.value for item in pair]
+    total = 1
+    for child in children:
+        total += _expanded_size(child, sizes)
+        if total > MAX_YAML_VALUES:
+            break
+    sizes[id(node)] = total
+    return total
+
+
+def parse_yaml(text: str, source: str) -> Any:
+    """The content of a YAML (or JSON) text, safely: plain data only (no ``!!python`` tags),
+    and at most ``MAX_YAML_VALUES`` values once aliases are expanded."""
     try:
-        return yaml.safe_load(file.read_text())
-    except (yaml.YAMLError, UnicodeDecodeError) as error:
+        loader = yaml.SafeLoader(text)
+    except yaml.YAMLError as error:  # characters YAML does not allow
+        raise InputError(f"{source} is not valid YAML ({first_line(error)})") from None
+    try:
+        node = loader.get_single_node()
+        if node is None:
+            return None
+        if _expanded_size(node, {}) > MAX_YAML_VALUES:
+            raise InputError(f"{source} stands for more than {MAX_YAML_VALUES:,} values once its YAML aliases "
+                             "(*name) are expanded; write the values out instead of repeating aliases")
+        return loader.construct_document(node)
+    except (yaml.YAMLError, ValueError, TypeError, OverflowError, RecursionError) as error:  # ValueError: 2001-13-45
+        raise InputError(f"{source} is not valid YAML ({first_line(error)})") from None
+    finally:
+        loader.dispose()
+
+
+def read_yaml_file(path: str | Path, what: str) -> Any:
+    """The content of a YAML (or JSON) file; a missing, unreadable, oversized or malformed file
+    is a one-line error."""
+    file = input_file(path, what)
+    assert file is not None
+    if file.stat().st_size > MAX_YAML_BYTES:
+        raise InputError(f"{what} {file} is larger than {MAX_YAML_BYTES // 1024} KiB; a {what} is a few lines of YAML")
+    try:
+        text = file.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as error:
         raise InputError(f"{file} is not valid YAML ({first_line(error)})") from None
+    return parse_yaml(text, str(file))
 
 
 def read_spec_file(path: str | Path) -> dict:
@@ -123,68 +176,54 @@ def find_sidecar(model_path: str | Path) -> Path | None:
 # --------------------------------------------------------------------------- building
 
 
-@contextmanager
-def import_paths(directories: Sequence[str | Path] = ()) -> Iterator[None]:
-    """Put ``--code-path`` directories first on ``sys.path`` while user code is imported."""
-    added = []
-    for directory in directories:
-        folder = Path(directory)
-        if not folder.is_dir():
-            raise InputError(f"--code-path {folder} is not a directory")
-        text = str(folder.resolve())
-        if text not in sys.path:
-            sys.path.insert(0, text)
-            added.append(text)
-    try:
-        yield
-    finally:
-        for text in added:
-            if text in sys.path:
-                sys.path.remove(text)
-
-
-def import_class(target: str, code_path: Sequence[str | Path] = ()) -> type[torch.nn.Module]:
-    """The ``nn.Module`` subclass that ``package.module:ClassName`` names."""
-    module_name, _, attribute = target.partition(":")
-    with import_paths(code_path):
-        try:
-            module = importlib.import_module(module_name)
-        except ImportError as error:
-            raise InputError(
-                f"cannot import {module_name} for spec import {target!r} ({error}); "
-                "add the directory that holds it with --code-path DIR"
-            ) from None
-    found: Any = module
-    for part in attribute.split("."):
-        if not hasattr(found, part):
-            raise InputError(f"module {module_name} has no {attribute!r} (spec import {target!r})")
-        found = getattr(found, part)
-    if not (isinstance(found, type) and issubclass(found, torch.nn.Module)):
-        raise InputError(f"spec import {target!r} is not a torch.nn.Module subclass")
-    return found
-
-
 def architecture_label(spec: Mapping) -> str:
     return str(spec["architecture"]) if "architecture" in spec else f"import {spec.get('import')}"
 
 
-def build_from_spec(spec: dict, code_path: Sequence[str | Path] = ()) -> torch.nn.Module:
-    """Instantiate the architecture a spec names (built-in or by import), with its kwargs."""
+def architecture_factory(spec: dict, code_path: Sequence[str | Path] = ()) -> Any:
+    """The class a spec names: a built-in architecture, or its ``import:`` (``usercode``)."""
     if "import" in spec:
-        factory: Any = import_class(str(spec["import"]), code_path)
-    else:
-        name = spec.get("architecture")
-        if name not in ARCHITECTURES:
-            raise InputError(
-                f"the spec names an unknown architecture {name!r}; built-ins are "
-                f"{', '.join(sorted(ARCHITECTURES))}, or name your class with import: package.module:Class"
-            )
-        factory = ARCHITECTURES[name]
+        return import_class(str(spec["import"]), code_path)
+    name = spec.get("architecture")
+    if name not in ARCHITECTURES:
+        raise InputError(
+            f"the spec names an unknown architecture {name!r}; built-ins are "
+            f"{', '.join(sorted(ARCHITECTURES))}, or name your class with import: package.module:Class"
+        )
+    return ARCHITECTURES[name]
+
+
+def _instantiate(factory: Any, spec: dict) -> torch.nn.Module:
     kwargs = dict(spec.get("kwargs") or {})
     try:
         return factory(**kwargs)
-    except TypeError as error:
-        raise InputError(f"the spec's kwargs do not fit architecture {architecture_label(spec)!r}: {error}") from None
+    except InputError:
+        raise
+    except Exception as error:  # TypeError for a wrong keyword; ValueError, RuntimeError for a wrong value
+        raise InputError(f"the spec's kwargs do not fit architecture {architecture_label(spec)!r}: "
+                         f"{first_line(error)}") from None
+
+
+def build_from_spec(spec: dict, code_path: Sequence[str | Path] = ()) -> torch.nn.Module:
+    """Instantiate the architecture a spec names (built-in or by import), with its kwargs."""
+    return _instantiate(architecture_factory(spec, code_path), spec)
+
+
+def build_for_weights(spec: dict, tensors: dict[str, torch.Tensor], source: str,
+                      code_path: Sequence[str | Path] = ()) -> torch.nn.Module:
+    """The spec's architecture with ``tensors`` loaded, its tensor names and shapes first checked
+    on the meta device (no memory): kwargs that would allocate gigabytes (hidden: [40000, 40000])
+    for weights that do not fit are refused before anything is allocated."""
+    factory = architecture_factory(spec, code_path)
+    try:
+        with torch.device("meta"):
+            skeleton = factory(**dict(spec.get("kwargs") or {}))
+    except Exception:  # code that cannot run on the meta device, or wrong kwargs: checked below, for real
+        skeleton = None
+    if isinstance(skeleton, torch.nn.Module):
+        _check_weights_fit(skeleton.state_dict(), tensors, source)
+        del skeleton
+    return load_state_into(_instantiate(factory, spec), tensors, source)
 
 
 def latent_metadata(spec: dict) -> dict:
@@ -192,11 +231,7 @@ def latent_metadata(spec: dict) -> dict:
     latent = spec.get("latent") or {}
     metadata: dict[str, Any] = {}
     if "shape" in latent:
-        shape = latent["shape"]
-        try:
-            metadata["latent_shape"] = [int(shape)] if isinstance(shape, int) else [int(size) for size in shape]
-        except (TypeError, ValueError):
-            raise InputError(f"the spec's latent shape must be a size or a list of sizes, got {shape!r}") from None
+        metadata["latent_shape"] = list(shape_of(latent["shape"], "the spec's latent shape"))
     if "distribution" in latent:
         metadata["latent_distribution"] = str(latent["distribution"])
     return metadata
@@ -272,14 +307,13 @@ def read_safetensors(path: str | Path) -> tuple[dict[str, torch.Tensor], dict | 
         return tensors, None
     try:
         spec = json.loads(text)
-    except json.JSONDecodeError:
+    except (json.JSONDecodeError, RecursionError):
         raise InputError(f"{path} carries an unreadable embedded spec ({SPEC_METADATA_KEY})") from None
     return tensors, validate_spec(spec, f"the spec embedded in {path}", strict=False)
 
 
-def load_state_into(module: torch.nn.Module, tensors: dict[str, torch.Tensor], source: str) -> torch.nn.Module:
-    """Load weights strictly, naming the tensors that do not match the architecture."""
-    expected = module.state_dict()
+def _check_weights_fit(expected: Mapping[str, torch.Tensor], tensors: Mapping[str, torch.Tensor], source: str) -> None:
+    """Refuse weights whose names or shapes differ from the architecture's, naming them."""
     missing = sorted(set(expected) - set(tensors))
     unexpected = sorted(set(tensors) - set(expected))
     wrong_shape = sorted(name for name in set(expected) & set(tensors) if expected[name].shape != tensors[name].shape)
@@ -293,6 +327,12 @@ def load_state_into(module: torch.nn.Module, tensors: dict[str, torch.Tensor], s
             parts.append("wrong shape " + ", ".join(
                 f"{name} {tuple(tensors[name].shape)} vs {tuple(expected[name].shape)}" for name in wrong_shape[:5]))
         raise InputError(f"the weights in {source} do not match the architecture: {'; '.join(parts)}")
+
+
+def load_state_into(module: torch.nn.Module, tensors: dict[str, torch.Tensor], source: str) -> torch.nn.Module:
+    """Load weights strictly, naming the tensors that do not match the architecture."""
+    expected = module.state_dict()
+    _check_weights_fit(expected, tensors, source)
     stored = {tensor.dtype for tensor in tensors.values() if tensor.is_floating_point()}
     if len(stored) == 1 and next(iter(stored)) in (torch.float32, torch.float64):
         # keep the file's precision (float64 weights stay float64): round trips are exact;

@@ -31,8 +31,9 @@ def parse_output_range(value: Any) -> tuple[float, float] | None:
         low, high = (float(part) for part in parts)
     except (TypeError, ValueError):
         raise InputError(f"--output-range takes LO,HI, e.g. -1,1 for tanh outputs (got {value!r})") from None
-    if not (math.isfinite(low) and math.isfinite(high) and low < high):
-        raise InputError(f"--output-range needs finite LO < HI, got {low:g},{high:g}")
+    if not (math.isfinite(low) and math.isfinite(high) and low < high and math.isfinite(1.0 / (high - low))):
+        raise InputError(f"--output-range needs finite LO < HI (and a width HI - LO with a finite inverse), "
+                         f"got {low:g},{high:g}")
     return low, high
 
 

@@ -20,10 +20,24 @@ from typing import Any
 import numpy as np
 import torch
 
-from genentropy_cli.errors import InputError
+from genentropy_cli.errors import InputError, first_line
+from genentropy_cli.run.files import input_file
 
 FORMAT = "genentropy-checkpoint"
-VERSION = 1
+VERSION = 2
+"""2: the document carries ``checksum``, the sha256 of every array (``arrays_checksum``)."""
+ADVICE = "delete it to start over, or choose another --checkpoint file"
+
+
+def arrays_checksum(arrays: dict[str, np.ndarray]) -> str:
+    """sha256 of the arrays' names, dtypes, shapes and bytes, in name order: a checkpoint whose
+    numbers were changed or damaged after it was written no longer matches it."""
+    digest = hashlib.sha256()
+    for name in sorted(arrays):
+        array = np.ascontiguousarray(arrays[name])
+        digest.update(f"{name}:{array.dtype.str}:{array.shape}".encode())
+        digest.update(array.tobytes())
+    return digest.hexdigest()
 
 
 def decoder_fingerprint(decoder: Any) -> str:
@@ -45,7 +59,8 @@ def save_checkpoint(path: str | Path, settings: dict, meta: dict, arrays: dict[s
     """Write atomically: temporary file, flush, fsync, rename, fsync the directory."""
     target = Path(path)
     temporary = target.with_name(f".{target.name}.tmp{os.getpid()}")
-    document = {"format": FORMAT, "version": VERSION, "settings": settings, "state": meta}
+    document = {"format": FORMAT, "version": VERSION, "settings": settings, "state": meta,
+                "checksum": arrays_checksum(arrays)}
     try:
         with open(temporary, "wb") as handle:
             np.savez(handle, meta=np.array(json.dumps(document)), **arrays)
@@ -73,21 +88,26 @@ def _fsync_directory(directory: Path) -> None:
 
 def load_checkpoint(path: str | Path) -> tuple[dict, dict, dict[str, np.ndarray]] | None:
     """(settings, state meta, arrays) of a checkpoint file, or None where there is none yet."""
-    source = Path(path)
-    if not source.exists():
+    source = input_file(path, "--checkpoint", missing_ok=True)
+    if source is None:
         return None
-    advice = "delete it to start over, or choose another --checkpoint file"
     try:
         with np.load(source, allow_pickle=False) as archive:
             document = json.loads(str(archive["meta"]))
             arrays = {name: archive[name] for name in archive.files if name != "meta"}
-    except (OSError, ValueError, KeyError, zipfile.BadZipFile, json.JSONDecodeError) as error:
-        raise InputError(f"{source} is not a readable genentropy checkpoint ({error}); {advice}") from None
-    if document.get("format") != FORMAT:
-        raise InputError(f"{source} is not a genentropy checkpoint; {advice}")
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile, json.JSONDecodeError) as error:
+        reason = first_line(error) if source.stat().st_size else "an empty file"
+        raise InputError(f"{source} is not a readable genentropy checkpoint ({reason}); {ADVICE}") from None
+    if not isinstance(document, dict) or document.get("format") != FORMAT:
+        raise InputError(f"{source} is not a genentropy checkpoint; {ADVICE}")
     if document.get("version") != VERSION:
         raise InputError(f"{source} is a version {document.get('version')} checkpoint, this genentropy "
-                         f"reads version {VERSION}; {advice}")
+                         f"reads version {VERSION}; {ADVICE}")
+    if document.get("checksum") != arrays_checksum(arrays):
+        raise InputError(f"{source} does not match its checksum: its numbers were changed or damaged after it "
+                         f"was written; {ADVICE}")
+    if not all(isinstance(document.get(key), dict) for key in ("settings", "state")):
+        raise InputError(f"{source} lacks its settings or state; {ADVICE}")
     return document["settings"], document["state"], arrays
 
 

@@ -10,9 +10,10 @@ number of processes. Rank 0 alone prints, writes the checkpoint and the per-samp
 
 from __future__ import annotations
 
+import itertools
 import os
 from dataclasses import dataclass
-from typing import Any, Callable, Sequence, TypeVar
+from typing import Any, Callable, Iterable, Iterator, TypeVar
 
 import torch
 
@@ -121,6 +122,7 @@ def join_process_group(device: torch.device, enabled: bool | None = None) -> Pro
                         owns_group=True)
 
 
-def deal_round_robin(items: Sequence[Item], rank: int, world_size: int) -> list[Item]:
-    """Rank r's share: items r, r + W, r + 2W, ..."""
-    return list(items[rank::world_size])
+def deal_round_robin(items: Iterable[Item], rank: int, world_size: int) -> Iterator[Item]:
+    """Rank r's share: items r, r + W, r + 2W, ..., taken lazily (the items may be a generator
+    of a billion latent blocks)."""
+    return itertools.islice(items, rank, None, world_size)

@@ -19,7 +19,7 @@ count, completion order or interruptions. The whole state round-trips through ``
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Iterator, Sequence
 
 import numpy as np
 
@@ -91,16 +91,20 @@ class RunLedger:
     def stop_reason_is_target(self) -> bool:
         return self.stop_at is not None
 
-    def remaining_spans(self) -> list[tuple[int, int, int]]:
-        """(block, start, stop) of every sample still to compute, in block order."""
+    def remaining_spans(self) -> Iterator[tuple[int, int, int]]:
+        """(block, start, stop) of every sample still to compute, in block order, made as they
+        are taken: a run of 10^12 samples (10^9 blocks) starts at once, holding no list of them."""
         if self.finished:
-            return []
-        spans = []
+            return
         for block in range(self.merged_blocks, self.num_blocks):
             start, stop = self.recorded(block), self.block_length(block)
             if start < stop:
-                spans.append((block, start, stop))
-        return spans
+                yield block, start, stop
+
+    def recorded_total(self) -> int:
+        """Samples recorded so far: the merged blocks' and the stored rows of later blocks."""
+        merged = min(self.merged_blocks * self.block_size, self.num_samples)
+        return merged + sum(len(rows) for block, rows in self.blocks.items() if block >= self.merged_blocks)
 
     # ------------------------------------------------------------------ the frontier
 
@@ -199,4 +203,25 @@ class RunLedger:
             int(block): self.rows_template.with_columns({name: arrays[f"block{block}_{name}"] for name in names})
             for block in meta["blocks"]
         }
+        self._check_restored()
+
+    def _check_restored(self) -> None:
+        """A ValueError where the restored state cannot come from a run: non-finite moments, a
+        non-finite stored term that the run would have refused (no ``skip_nonfinite``), rows
+        beyond their block, counts past the samples. Such a state would give a wrong estimate."""
+        prefix, columns = self.prefix, self.rows_template.terms.shape[1]
+        if not 0 <= self.merged_blocks <= self.num_blocks or not 0 <= prefix.count <= self.samples_used:
+            raise ValueError("its sample counts do not fit the run")
+        if prefix.mean.shape != (columns,) or prefix.m2.shape != (columns,) \
+                or not (np.isfinite(prefix.mean).all() and np.isfinite(prefix.m2).all()):
+            raise ValueError("its merged moments are not finite")
+        if (prefix.m2 < 0).any():
+            raise ValueError("its merged moments hold a negative sum of squares")
+        for block, rows in self.blocks.items():
+            if not self.merged_blocks <= block < self.num_blocks or len(rows) > self.block_length(block) \
+                    or rows.terms.shape[1:] != (columns,):
+                raise ValueError(f"its rows of block {block} do not fit the run")
+            if not self.skip_nonfinite and not rows.finite.all():
+                raise ValueError(f"its block {block} holds non-finite terms, which this run (no --skip-nonfinite) "
+                                 "would have refused")
 

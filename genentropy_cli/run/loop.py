@@ -25,7 +25,7 @@ import torch
 from genentropy_cli.core.device import resolve_device, strict_float32
 from genentropy_cli.core.latents import LatentStream
 from genentropy_cli.core.stats import RunningMoments
-from genentropy_cli.errors import EstimationError, GenentropyError
+from genentropy_cli.errors import EstimationError, GenentropyError, InputError, first_line
 from genentropy_cli.run.allocator import reusing_freed_memory
 from genentropy_cli.run.batches import SpanBatcher
 from genentropy_cli.run.checkpoint import check_same_settings, load_checkpoint, save_checkpoint
@@ -39,12 +39,13 @@ from genentropy_cli.run.distributed import (
     rank_device,
     shareable_error,
 )
+from genentropy_cli.run.files import check_output_targets
 from genentropy_cli.run.hooks import LogCallback, RunHooks
 from genentropy_cli.run.interrupts import InterruptFlag, graceful_interrupts
 from genentropy_cli.run.ledger import RunLedger
 from genentropy_cli.run.memory import FirstBatchCalibration, device_name, peak_memory, reset_peak_memory
 from genentropy_cli.run.options import EstimateOptions
-from genentropy_cli.run.per_sample import PerSampleWriter
+from genentropy_cli.run.per_sample import PerSampleWriter, output_files
 from genentropy_cli.run.precision import PrecisionProbe, dtype_name, probe_warning
 from genentropy_cli.run.rows import PairedSummary, SampleSummary
 from genentropy_cli.run.stopping import STOP_INTERRUPTED, STOP_NUM_SAMPLES, STOP_TARGET_STDERR
@@ -101,6 +102,8 @@ class BatchLoop:
         self.elapsed_before = 0.0
         self.resumed_from = 0
         self.interrupted = False
+        self.checkpoint_failed = False
+        self.per_sample_error: str | None = None
         self.calibration: FirstBatchCalibration | None = None
         self._defining_settings: dict | None = None
         self.setup_seconds = time.perf_counter() - setup_started  # decoder copies, probes, batch planning
@@ -130,13 +133,17 @@ class BatchLoop:
             return None
         saved_settings, meta, arrays = loaded
         check_same_settings(path, saved_settings, self.defining_settings())
-        self.ledger.restore(meta["ledger"], arrays)
-        probes = meta["probes"] if "probes" in meta else [meta["probe"]]
-        for member, state in zip(self.workload.members, probes):
-            member.probe = PrecisionProbe.from_state(state) if state else None
-        self.computed_before = int(meta["samples_computed"])
-        self.elapsed_before = float(meta["elapsed_seconds"])
-        self.resumed_from = sum(self.ledger.recorded(block) for block in range(self.ledger.num_blocks))
+        try:
+            self.ledger.restore(meta["ledger"], arrays)
+            probes = meta["probes"] if "probes" in meta else [meta["probe"]]
+            for member, state in zip(self.workload.members, probes):
+                member.probe = PrecisionProbe.from_state(state) if state else None
+            self.computed_before = int(meta["samples_computed"])
+            self.elapsed_before = float(meta["elapsed_seconds"])
+        except (KeyError, ValueError, TypeError, IndexError) as error:
+            raise InputError(f"checkpoint {path} holds a state no run can have left ({first_line(error)}); "
+                             "delete it to start over, or choose another --checkpoint file") from None
+        self.resumed_from = self.ledger.recorded_total()
         if self.ledger.stop_at is not None:
             self.resumed_from = self.ledger.stop_at
         return meta["per_sample_offset"]
@@ -149,12 +156,18 @@ class BatchLoop:
         meta = {
             "ledger": ledger_meta,
             **({"probes": probes} if self.workload.paired else {"probe": probes[0]}),
-            "per_sample_offset": self.writer.sync() if self.writer else None,
+            "per_sample_offset": self.writing_rows(self.writer.sync) if self.writer else None,
             "samples_computed": self.computed_before + self.computed,
             "elapsed_seconds": self.elapsed_before + elapsed,
             "finished": self.ledger.finished,
         }
-        save_checkpoint(self.options.checkpoint, self.defining_settings(), meta, arrays)
+        try:
+            save_checkpoint(self.options.checkpoint, self.defining_settings(), meta, arrays)
+        except OSError as error:  # a full disk must not cost the run: it goes on, and says so once
+            if not self.checkpoint_failed:
+                self.log(f"could not write the checkpoint {self.options.checkpoint} ({error.strerror or error}); "
+                         "the run goes on, but cannot be resumed from it")
+            self.checkpoint_failed = True
 
     # ------------------------------------------------------------------ the loop
 
@@ -205,7 +218,20 @@ class BatchLoop:
                 if self.options.save_latents:
                     stream = self.writer_stream
                     latents = stream.range(emitted.first_index, emitted.first_index + len(emitted.rows)).numpy()
-                self.writer.write(emitted.first_index, emitted.rows, latents)
+                self.writing_rows(self.writer.write, emitted.first_index, emitted.rows, latents)
+
+    def writing_rows(self, action: Callable[..., Any], *arguments: Any) -> Any:
+        """A per-sample file operation; where it fails (a full disk, ``ulimit -f``) the run goes
+        on without the file, says so, and records it (``per_sample_error``: the CLI then exits 1)."""
+        try:
+            return action(*arguments)
+        except OSError as error:
+            self.per_sample_error = f"could not write {self.options.per_sample} ({error.strerror or error})"
+            self.log(f"{self.per_sample_error}: the per-sample file is incomplete; the estimate goes on")
+            writer, self.writer = self.writer, None
+            if writer is not None:
+                writer.close(discard=True)
+            return None
 
     def loop(self, started: float) -> None:
         self.calibration = FirstBatchCalibration(self.options.max_memory, self.workload.device,
@@ -248,7 +274,7 @@ class BatchLoop:
             elapsed = time.perf_counter() - started
             self.save(elapsed)
             if self.writer is not None:
-                self.writer.finish(keep_rows_file=self.interrupted)
+                self.writing_rows(self.writer.finish, self.interrupted)
         except KeyboardInterrupt:  # a second Ctrl-C, or no handlers installed: keep what is done
             self.save(time.perf_counter() - started)
             raise
@@ -319,13 +345,16 @@ class BatchLoop:
             "resumed_from_samples": self.resumed_from,
             "elapsed_seconds_total": self.elapsed_before + elapsed,
             "setup_seconds": self.setup_seconds,
+            **({"per_sample_error": self.per_sample_error} if self.per_sample_error else {}),
         }
 
 
 def run_loop(make_workload: Callable[[torch.device], Workload], options: EstimateOptions,
              hooks: RunHooks) -> LoopOutcome:
     """Join the process group (under torchrun), build the workload on this rank's device and
-    run it, with TF32 off, freed memory kept for reuse and signals handled."""
+    run it, with TF32 off, freed memory kept for reuse and signals handled. The checkpoint and
+    per-sample paths are checked first: no work is done that could not be saved."""
+    check_output_targets({"--checkpoint": options.checkpoint, **output_files(options.per_sample)})
     wanted = options.device
     if options.distributed is not False and launched_by_torchrun():
         wanted = rank_device(str(options.device), int(os.environ.get("LOCAL_RANK", "0")))

@@ -14,8 +14,10 @@ import math
 from dataclasses import dataclass, field
 from typing import Any, Mapping, Sequence
 
+import numpy as np
 import torch
 
+from genentropy_cli.core.latents import validate_seed
 from genentropy_cli.defaults import (
     CHECKPOINT_INTERVAL_SECONDS,
     DEFAULT_DEVICE,
@@ -41,14 +43,28 @@ def _setting(default: Any, *, defines_checkpoint: bool = False, in_settings: boo
     return field(default=default, metadata={DEFINES_CHECKPOINT: defines_checkpoint, IN_SETTINGS: in_settings})
 
 
+MIN_SCALE, MAX_SCALE = 1e-150, 1e150
+"""Scales whose square s^2 (added to J^T J's eigenvalues, in float64) is a normal float64."""
+
+MAX_NUM_SAMPLES = 2**53
+"""Most samples a run may ask for: sample indices and counts stay exact in float64 and JSON."""
+
+MAX_BATCH_SIZE = 2**24
+"""Most samples per batch: far beyond what any device holds, so a larger value is a typo."""
+
+
 def validate_scales(scales: Sequence[float]) -> tuple[float, ...]:
-    """The scales s as floats; each must be positive and finite, and there must be one."""
-    values = tuple(float(s) for s in scales)
+    """The scales s as floats; each must be positive with s^2 a normal float64 (1e-150 to
+    1e150), and there must be one."""
+    values = tuple(_number(s, "a scale") for s in scales)
     if not values:
         raise InputError("give at least one scale, e.g. --scale 1e-4")
     for value in values:
         if not (value > 0 and math.isfinite(value)):
             raise InputError(f"scale must be a positive number, got {value:g}")
+        if not MIN_SCALE <= value <= MAX_SCALE:
+            raise InputError(f"scale {value:g} is outside {MIN_SCALE:g} to {MAX_SCALE:g}, where s^2 is a normal "
+                             "float64 number; the paper's scales are 1e-1 to 1e-4")
     return values
 
 
@@ -98,18 +114,20 @@ class EstimateOptions:
         """Normalise and validate every field: an invalid setting never reaches a run."""
         normalised = {
             "scales": validate_scales(self.scales if not isinstance(self.scales, (int, float)) else [self.scales]),
-            "num_samples": _positive_int(self.num_samples, "the number of samples"),
-            "seed": int(self.seed),
+            "num_samples": _positive_int(self.num_samples, "the number of samples", MAX_NUM_SAMPLES),
+            "seed": validate_seed(self.seed),
             "dtype": dtype_name(self.dtype),
             "device": str(self.device),
-            "batch_size": None if self.batch_size is None else _positive_int(self.batch_size, "the batch size"),
-            "tangent_chunk": None if self.tangent_chunk is None else _positive_int(self.tangent_chunk, "the tangent chunk"),
+            "batch_size": None if self.batch_size is None else _positive_int(self.batch_size, "the batch size",
+                                                                              MAX_BATCH_SIZE),
+            "tangent_chunk": None if self.tangent_chunk is None else _positive_int(self.tangent_chunk, "the tangent chunk",
+                                                                                   MAX_BATCH_SIZE),
             "max_memory": None if self.max_memory is None else parse_memory_size(self.max_memory),
             "skip_nonfinite": bool(self.skip_nonfinite),
-            "min_samples": int(self.min_samples),
-            "probe_samples": int(self.probe_samples),
+            "min_samples": _integer(self.min_samples, "--min-samples"),
+            "probe_samples": _integer(self.probe_samples, "--probe-samples"),
             "checkpoint": None if self.checkpoint is None else str(self.checkpoint),
-            "checkpoint_every": float(self.checkpoint_every),
+            "checkpoint_every": _number(self.checkpoint_every, "--checkpoint-every"),
             "per_sample": None if self.per_sample is None else str(self.per_sample),
             "save_latents": bool(self.save_latents),
             "handle_signals": bool(self.handle_signals),
@@ -117,7 +135,7 @@ class EstimateOptions:
         for name, value in normalised.items():
             object.__setattr__(self, name, value)
         target = self.target_stderr
-        if target is not None and not (float(target) > 0 and math.isfinite(float(target))):
+        if target is not None and not (_number(target, "--target-stderr") > 0 and math.isfinite(float(target))):
             raise InputError(f"--target-stderr must be a positive number, got {float(target):g}")
         object.__setattr__(self, "target_stderr", None if target is None else float(target))
         if self.min_samples < 2:
@@ -170,11 +188,27 @@ def options_from(options: EstimateOptions | None = None, **settings: Any) -> Est
     return base.replace(**changes) if changes else base
 
 
-def _positive_int(value: Any, what: str) -> int:
-    number = int(value)
+def _integer(value: Any, what: str) -> int:
+    """An int (a bool, a fraction or text is refused: ``True`` is not 1 sample, 3.7 not 3)."""
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+        raise InputError(f"{what} must be an integer, got {value!r}")
+    return int(value)
+
+
+def _positive_int(value: Any, what: str, most: int) -> int:
+    number = _integer(value, what)
     if number <= 0:
         raise InputError(f"{what} must be positive, got {value}")
+    if number > most:
+        raise InputError(f"{what} must be at most {most}, got {value}")
     return number
+
+
+def _number(value: Any, what: str) -> float:
+    """A float from an int or float (a bool or text is refused)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
+        raise InputError(f"{what} must be a number, got {value!r}")
+    return float(value)
 
 
 def _plain(value: Any) -> Any:

@@ -8,7 +8,8 @@ Columns: ``index`` (sample i; its latent is LatentStream(spec, seed) row i), ``n
 * ``.npy``: a structured array (fields as above; ``h``/``collapsed``/``latent`` are sub-arrays),
   ``np.load(FILE)`` reads it without pickles;
 * ``.csv``: a header ``index,neg_log_density,h[s=0.1],...,collapsed[s=0.1],...,z0,...``;
-* ``.jsonl``: one JSON object per line with those keys (lists for the per-scale columns).
+* ``.jsonl``: one JSON object per line with those keys (lists for the per-scale columns); strict
+  JSON, a non-finite number (NaN, inf) written as ``null``.
 
 Rows are appended as they reach the ledger's frontier; a checkpoint records how many bytes
 belong to the rows it covers, and a resumed run cuts the file back to that before appending.
@@ -24,6 +25,7 @@ from typing import Sequence
 
 import numpy as np
 
+from genentropy_cli.envelope import strict
 from genentropy_cli.errors import InputError
 from genentropy_cli.run.rows import PairedRows, RecordField, SampleRows
 
@@ -35,6 +37,22 @@ def per_sample_format(path: str | Path) -> str:
     if suffix not in FORMATS:
         raise InputError(f"--per-sample takes a file ending in {', '.join(FORMATS)}, got {str(path)!r}")
     return suffix
+
+
+def output_files(path: str | Path | None) -> dict[str, Path | None]:
+    """The files ``--per-sample FILE`` writes, by label: FILE, and for ``.npy`` the ``FILE.rows``
+    side file its rows go to first (for the checks made before a run)."""
+    if path is None:
+        return {"--per-sample": None}
+    files: dict[str, Path | None] = {"--per-sample": Path(path)}
+    if per_sample_format(path) == ".npy":
+        files["--per-sample's rows file"] = rows_file(path)
+    return files
+
+
+def rows_file(path: str | Path) -> Path:
+    """``FILE.rows``: where a ``.npy`` per-sample file's rows are appended until the run ends."""
+    return Path(path).with_name(Path(path).name + ".rows")
 
 
 def record_dtype(fields: Sequence[RecordField], num_scales: int, latent_dim: int | None) -> np.dtype:
@@ -57,7 +75,7 @@ class PerSampleWriter:
         self.fields = list(fields)
         self.latent_dim = latent_dim if save_latents else None
         self.dtype = record_dtype(self.fields, len(self.scales), self.latent_dim)
-        self.stream_path = self.path.with_name(self.path.name + ".rows") if self.format == ".npy" else self.path
+        self.stream_path = rows_file(self.path) if self.format == ".npy" else self.path
         self.handle = None
 
     def open(self, resume_offset: int | None = None) -> None:
@@ -120,7 +138,7 @@ class PerSampleWriter:
             row[name] = [plain(value, dtype) for value in record[name]] if per_scale else plain(record[name], dtype)
         if self.latent_dim is not None:
             row["latent"] = [float(value) for value in record["latent"]]
-        return json.dumps(row, allow_nan=True) + "\n"
+        return json.dumps(strict(row), allow_nan=False) + "\n"  # strict JSON: a non-finite number is null
 
     def sync(self) -> int:
         """Flush to disk; the byte offset a checkpoint records."""
@@ -138,13 +156,22 @@ class PerSampleWriter:
             return
         records = np.fromfile(self.stream_path, dtype=self.dtype)
         temporary = self.path.with_name(f".{self.path.name}.tmp{os.getpid()}")
-        with open(temporary, "wb") as handle:
-            np.save(handle, records)
-        os.replace(temporary, self.path)
+        try:
+            with open(temporary, "wb") as handle:
+                np.save(handle, records)
+            os.replace(temporary, self.path)
+        except BaseException:
+            temporary.unlink(missing_ok=True)
+            raise
         if not keep_rows_file:
             self.stream_path.unlink()
 
-    def close(self) -> None:
+    def close(self, discard: bool = False) -> None:
+        """Close the file; ``discard``: after a failed write, whose buffered rest cannot be written either."""
         if self.handle is not None:
-            self.handle.close()
-            self.handle = None
+            handle, self.handle = self.handle, None
+            try:
+                handle.close()
+            except OSError:
+                if not discard:
+                    raise

@@ -22,7 +22,7 @@ import torch
 from genentropy_cli.core.decoder import PreparedDecoder, prepare_decoder
 from genentropy_cli.core.terms import compute_sample_terms
 from genentropy_cli.defaults import PRECISION_PROBE_THRESHOLD, SUPPORTED_DTYPES
-from genentropy_cli.errors import InputError
+from genentropy_cli.errors import InputError, first_line
 from genentropy_cli.run.memory import FirstBatchCalibration, is_out_of_memory, release_cached_memory
 
 
@@ -148,21 +148,32 @@ def measure_precision(decoder: Any, prepared: PreparedDecoder, latents: torch.Te
 
     try:
         low = terms(prepared, batch_size, tangent_chunk)
-        for reference in references:
-            precise = prepare_decoder(decoder, prepared.latent, prepared.device, getattr(torch, reference))
-            try:
-                batch, chunk = plan(precise) if plan is not None else (batch_size, tangent_chunk)
-            except InputError as error:  # the memory cap leaves no room for the copy's batch
-                return PrecisionProbe(dtype, int(latents.shape[0]),
-                                      skipped=f"no room for the {reference} copy of the decoder ({error})")
-            high = terms(precise, batch, chunk)
-            del precise
-            probe.comparisons.append(ProbeComparison.from_differences(reference, low - high))
     except RuntimeError as error:
         if not is_out_of_memory(error):
             raise
         release_cached_memory(prepared.device)
-        return PrecisionProbe(dtype, int(latents.shape[0]), skipped="out of memory for the float64 copy of the decoder")
+        return PrecisionProbe(dtype, int(latents.shape[0]), skipped="out of memory for the probe samples")
+    for reference in references:
+        try:
+            precise = prepare_decoder(decoder, prepared.latent, prepared.device, getattr(torch, reference))
+        except InputError as error:  # e.g. a float32-only export: the check cannot run, the estimate can
+            return PrecisionProbe(dtype, int(latents.shape[0]),
+                                  skipped=f"the decoder does not run in {reference} ({error})")
+        try:
+            batch, chunk = plan(precise) if plan is not None else (batch_size, tangent_chunk)
+        except InputError as error:  # the memory cap leaves no room for the copy's batch
+            return PrecisionProbe(dtype, int(latents.shape[0]),
+                                  skipped=f"no room for the {reference} copy of the decoder ({error})")
+        try:
+            high = terms(precise, batch, chunk)
+        except RuntimeError as error:
+            del precise
+            release_cached_memory(prepared.device)
+            reason = (f"out of memory for the {reference} copy of the decoder" if is_out_of_memory(error)
+                      else f"the decoder fails in {reference} ({first_line(error)})")
+            return PrecisionProbe(dtype, int(latents.shape[0]), skipped=reason)
+        del precise
+        probe.comparisons.append(ProbeComparison.from_differences(reference, low - high))
     return probe
 
 
