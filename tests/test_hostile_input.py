@@ -774,7 +774,7 @@ def test_a_latent_size_mismatch_is_still_named(run_cli, hostile):
     refused(run_cli("estimate", hostile["model"], "--latent-dim", "5", "-n", "10"), "latent size 5 does not fit")
 
 
-def test_a_pickled_class_from_main_says_it_must_be_importable(run_cli, tmp_path, monkeypatch):
+def test_a_pickled_class_from_main_says_how_to_map_it(run_cli, tmp_path, monkeypatch):
     main = sys.modules["__main__"]
 
     class HostileScriptNet(torch.nn.Module):
@@ -789,4 +789,4 @@ def test_a_pickled_class_from_main_says_it_must_be_importable(run_cli, tmp_path,
     monkeypatch.delattr(main, "HostileScriptNet")
     for flags in ([], ["--trust-pickle"]):
         result = run_cli("estimate", path, *flags)
-        refused(result, "__main__.HostileScriptNet", "must be importable", "move it into a module")
+        refused(result, "__main__.HostileScriptNet", "--code-path DIR", "--class-map __main__.HostileScriptNet=mymodels:HostileScriptNet")

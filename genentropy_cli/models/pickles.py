@@ -100,20 +100,18 @@ def unimportable_advice(file: Path, error: UnimportableClass) -> str:
 
 
 def _from_main_script(file: Path, name: str) -> InputError:
-    """A class pickled from ``__main__`` (the script that saved the model) is found by no import:
-    neither --trust-pickle nor --code-path can bring it back."""
+    """A class pickled from ``__main__`` (the script or notebook that saved the model) is found by
+    no import: it loads once the class is importable from --code-path and mapped onto."""
+    short = name.rpartition(".")[2]
     return InputError(
-        f"{file} holds a pickled {name}: a class defined in the script that saved it (__main__), which no "
-        f"import can find, so no option here can load it; the class must be importable: move it into a module "
-        f"(e.g. mymodels.py), and either save the model again from there or save its state_dict with a spec "
-        f"naming import: mymodels:{name.rpartition('.')[2]}, then pass --code-path DIR (the folder of mymodels.py)"
+        f"{file} holds a pickled {name}: a class defined in the script or notebook that saved it (__main__), "
+        f"which no import can find; copy the class into DIR/mymodels.py and pass --trust-pickle --code-path DIR "
+        f"--class-map __main__.{short}=mymodels:{short}"
     )
 
 
 def _refusal(file: Path, error: BaseException) -> InputError:
     names = re.findall(r"GLOBAL ([\w.]+)", str(error))
-    if names and names[0].startswith("__main__."):
-        return _from_main_script(file, names[0])
     what = f"a pickled {names[0]}" if names else "a pickled Python object"
     flags = "--trust-pickle"
     if names and names[0].startswith("__main__."):  # saved from a script or notebook: map the class
