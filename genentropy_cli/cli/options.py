@@ -57,7 +57,7 @@ def _output(*names: str, help: str, **settings) -> typer.models.OptionInfo:
 
 ModelArgument = Annotated[str, typer.Argument(
     help="Decoder file: TorchScript (.pt/.pth/.ts), torch.export (.pt2), safetensors + spec, state dict or "
-         "checkpoint + spec, ONNX (.onnx), or hf://owner/repo[/file][@revision].",
+         "checkpoint + spec, ONNX (.onnx), or hf://owner/repo/FILE@REVISION (FILE and @REVISION optional).",
     show_default=False)]
 ModelsArgument = Annotated[List[str], typer.Argument(
     help="Two or more decoder files (the model options apply to each).", show_default=False)]
