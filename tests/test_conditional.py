@@ -320,7 +320,10 @@ def test_torchrun_with_two_processes_equals_one(run_cli, tmp_path):
     assert (two["settings"]["world_size"], one["settings"]["world_size"]) == (2, 1)
     for key in ("conditional_entropy", "mixture_entropy"):
         for ours, theirs in zip(two[key], one[key]):
-            assert ours == pytest.approx(theirs, rel=1e-12)
+            numbers = [name for name, value in theirs.items() if isinstance(value, float)]
+            assert [ours[name] for name in numbers] == pytest.approx([theirs[name] for name in numbers], rel=1e-12)
+            if "ci95" in theirs:
+                assert ours["ci95"] == pytest.approx(theirs["ci95"], rel=1e-12)
     for ours, theirs in zip(two["classes"], one["classes"]):
         assert [e["entropy"] for e in ours["estimates"]] == pytest.approx([e["entropy"] for e in theirs["estimates"]],
                                                                           rel=1e-12)
