@@ -132,6 +132,17 @@ def _check_kind(param: Parameter, key: Any, value: Any, source: str) -> None:
             raise InputError(f"{source}: {key}: expected an integer, got {item!r}")
 
 
+def _joined_text(param: Parameter, value: Any) -> Any:
+    """A YAML list of plain values for a one-value text option that takes a comma list on the
+    command line (``classes: [2, 0]`` for ``--classes 2,0``, ``output-range: [-1, 1]``)."""
+    several = getattr(param, "multiple", False) or getattr(param, "nargs", 1) != 1
+    if several or _value_kind(param) != "text" or not isinstance(value, (list, tuple)):
+        return value
+    if any(isinstance(item, (list, tuple, Mapping, bool)) or item is None for item in value):
+        return value  # refused by _check_kind with its message
+    return ",".join(str(item) for item in value)
+
+
 def config_defaults(ctx: Context, values: Mapping, source: str) -> dict:
     """Check ``values`` against the command's options and return them as a click default map."""
     command = ctx.command
@@ -149,6 +160,7 @@ def config_defaults(ctx: Context, values: Mapping, source: str) -> dict:
             continue
         if getattr(param, "multiple", False) and not isinstance(value, (list, tuple)):
             value = [value]
+        value = _joined_text(param, value)
         _check_kind(param, key, value, source)
         try:
             param.process_value(ctx, value)  # converts and checks it as if given on the command line

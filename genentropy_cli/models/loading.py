@@ -207,7 +207,11 @@ def _load_file(file: Path, kind: str, file_spec: dict | None, code_path: Sequenc
 def _fit_hint(spec: dict, content: Any, code_path: Sequence[str | Path], selection: Mapping | None) -> str:
     """'; the tensors at X fit it: pass --select X ...' when a sub-model of the checkpoint
     ``content`` has exactly the names and shapes of the spec's architecture, else ''."""
-    expected = build_from_spec(spec, code_path).state_dict()
+    try:
+        with torch.device("meta"):  # names and shapes only: nothing allocated, however large the kwargs
+            expected = build_from_spec(spec, code_path).state_dict()
+    except Exception:  # code that cannot run on the meta device: no hint rather than a real allocation
+        return ""
     fits = matching_candidates(content, expected, str((selection or {}).get("strip_prefix") or ""))
     if not fits:
         return ""
