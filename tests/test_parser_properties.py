@@ -283,6 +283,8 @@ def _acceptable(kind: str, value) -> bool:
         return kind == "flag"
     if kind == "flag":
         return False
+    if kind == "text" and isinstance(value, list):  # a comma list written as a YAML list: [100, 1, 1]
+        return all(not isinstance(item, (list, dict, bool)) and item is not None for item in value)
     if isinstance(value, (list, dict)):
         return False
     if kind == "integer":
