@@ -20,10 +20,23 @@ def main() -> None:
     _drop_working_directory()
     try:
         from genentropy_cli.cli.app import main as run_app
-    except KeyboardInterrupt:
+    except BaseException as error:  # a Ctrl-C inside an import may come wrapped in another error
+        if not _caused_by_interrupt(error):
+            raise
         sys.stderr.write("interrupted\n")
         raise SystemExit(130) from None
     run_app()
+
+
+def _caused_by_interrupt(error: BaseException | None) -> bool:
+    """Whether a KeyboardInterrupt is ``error`` or stands in its chain of causes and contexts."""
+    seen = set()
+    while error is not None and id(error) not in seen:
+        if isinstance(error, KeyboardInterrupt):
+            return True
+        seen.add(id(error))
+        error = error.__cause__ or error.__context__
+    return False
 
 
 if __name__ == "__main__":

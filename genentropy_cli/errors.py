@@ -57,7 +57,9 @@ def quiet_interrupt_while_loading() -> Callable[[], None]:
     previous = sys.excepthook
 
     def hook(kind, value, traceback) -> None:
-        if issubclass(kind, KeyboardInterrupt):
+        interrupted = issubclass(kind, KeyboardInterrupt) or isinstance(
+            getattr(value, "__cause__", None) or getattr(value, "__context__", None), KeyboardInterrupt)
+        if interrupted:
             sys.stderr.write("interrupted\n")
         else:
             previous(kind, value, traceback)
