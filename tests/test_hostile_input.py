@@ -287,9 +287,12 @@ def test_a_trillion_samples_stop_on_ctrl_c(hostile):
                                 "1000000000000", "--json"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                                env=dict(os.environ, PYTHONPATH=str(ROOT)),
                                preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_AS, (MEMORY_LIMIT, MEMORY_LIMIT)))
-    time.sleep(5)
-    process.send_signal(signal.SIGINT)
-    stdout, stderr = process.communicate(timeout=60)
+    try:
+        time.sleep(5)
+        process.send_signal(signal.SIGINT)
+        stdout, stderr = process.communicate(timeout=60)
+    finally:
+        process.kill()  # a run that ignored Ctrl-C must not outlive the test
     assert process.returncode == 130, stderr[-2000:]
     assert strict_json(stdout)["partial"] is True and "Traceback" not in stderr
 
@@ -342,6 +345,13 @@ def test_outputs_in_a_missing_folder_are_refused_before_work(run_cli, hostile, t
 def test_outputs_in_a_read_only_folder_are_refused_before_work(run_cli, hostile, tmp_path, command, flag, name):
     folder = unwritable_folder(tmp_path)
     refused(run_cli(command, hostile["model"], "-n", "50", flag, folder / name), "cannot write in", flag)
+
+
+def test_an_output_name_too_long_or_under_a_file_is_refused(run_cli, hostile, tmp_path):
+    refused(run_cli("estimate", hostile["model"], "-n", "10", "-o", tmp_path / ("a" * 300 + ".json")),
+            "cannot use this path", "File name too long")
+    refused(run_cli("estimate", hostile["model"], "-n", "10", "-o", hostile["model"] / "out.json"),
+            "cannot use this path")
 
 
 def test_an_output_that_is_a_directory_is_refused(run_cli, hostile, tmp_path):
@@ -419,6 +429,18 @@ def test_a_full_disk_still_shows_the_result(hostile, tmp_path):
     assert strict_json(result.stdout)["estimates"][0]["num_samples"] == 200
     assert "could not write the result" in one_line(result.stderr)
     assert list(tmp_path.iterdir()) == []  # no half-written file, no temporary one
+
+
+@pytest.mark.skipif(not Path("/dev/full").exists(), reason="needs /dev/full")
+def test_a_full_stdout_sends_the_result_to_a_fallback_file(hostile, tmp_path):
+    """stdout redirected to a full disk (/dev/full): the result goes to a named file, exit status 0."""
+    with open("/dev/full", "w") as full:
+        result = subprocess.run([sys.executable, "-m", "genentropy_cli", "estimate", str(hostile["model"]), "-n", "100",
+                                 "--json"], stdout=full, stderr=subprocess.PIPE, text=True, cwd=tmp_path,
+                                env=dict(os.environ, PYTHONPATH=str(ROOT)), timeout=120)
+    assert result.returncode == 0, result.stderr
+    (fallback,) = tmp_path.glob("genentropy-estimate-*.json")
+    assert str(fallback) in one_line(result.stderr) and strict_json(fallback.read_text())["command"] == "estimate"
 
 
 def test_a_full_disk_under_per_sample_rows_keeps_the_estimate(hostile, tmp_path):
@@ -728,9 +750,12 @@ def test_ctrl_c_during_start_up_prints_no_traceback(hostile):
     process = subprocess.Popen([sys.executable, "-m", "genentropy_cli", "estimate", str(hostile["model"])],
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                                env=dict(os.environ, PYTHONPATH=str(ROOT)))
-    time.sleep(0.6)  # python is importing torch
-    process.send_signal(signal.SIGINT)
-    stdout, stderr = process.communicate(timeout=60)
+    try:
+        time.sleep(0.6)  # python is importing torch
+        process.send_signal(signal.SIGINT)
+        stdout, stderr = process.communicate(timeout=60)
+    finally:
+        process.kill()
     # 130 from a handler, or death by SIGINT (how Python ends on an uncaught Ctrl-C): a shell shows 130 for both
     assert process.returncode in (130, -signal.SIGINT), stderr
     assert "Traceback" not in stderr and stdout == "" and stderr.strip() in ("", "interrupted")

@@ -186,9 +186,10 @@ class Sink:
     def emit(self, document: dict, render: Render) -> None:
         """The result: the JSON file (--output), then the JSON document or the table(s) on stdout.
 
-        Finished work is never lost: where --output cannot be written (a full disk, ``ulimit -f``)
-        the result still goes to stdout and to a named fallback file, said on stderr; where no
-        file and not stdout could take it either, the exit status is 1."""
+        Finished work is never lost: where --output (or a redirected stdout) cannot be written (a
+        full disk, ``ulimit -f``) the result goes to a named fallback file, said on stderr, and
+        still to stdout; the exit status is 1 where no file could take it. A closed pipe
+        (``| head``) is its reader's choice: nothing more is written."""
         if not self.speaks:
             return
         text = json_text(document)
@@ -202,7 +203,7 @@ class Sink:
             sys.stdout.flush()
         except OSError as error:  # stdout is a full file or a closed pipe
             _detach_stdout()
-            if self.output is None or not saved:
+            if not isinstance(error, BrokenPipeError) and (self.output is None or not saved):
                 saved = self._save_elsewhere(text, document.get("command", "result"), "stdout", error)
         if not saved or self.lost_outputs:
             raise typer.Exit(1)

@@ -60,14 +60,14 @@ def same_file(first: str | Path, second: str | Path) -> bool:
 
 
 def _check_writable(flag: str, target: Path) -> None:
-    if target.is_symlink():  # an atomic write replaces the link itself (as root, /dev/stdout with a file)
-        raise InputError(f"{flag} {target} is a symbolic link; give the path of the file itself")
     try:
-        mode = target.stat().st_mode
+        mode = target.lstat().st_mode
     except FileNotFoundError:
         mode = None
-    except OSError as error:
+    except OSError as error:  # a name too long, a file where a folder should be, ...
         raise InputError(f"{flag} {target}: cannot use this path ({_reason(error)})") from None
+    if mode is not None and stat.S_ISLNK(mode):  # an atomic write replaces the link itself (/dev/stdout)
+        raise InputError(f"{flag} {target} is a symbolic link; give the path of the file itself")
     if mode is not None and stat.S_ISDIR(mode):
         raise InputError(f"{flag} {target} is a directory; give a file name inside it")
     if mode is not None and not stat.S_ISREG(mode):
