@@ -136,12 +136,12 @@ def test_ops_that_mix_rows_or_lack_a_rule_are_refused_not_miscomputed(name):
 
 SHIFT = torch.linspace(-1, 1, 6, dtype=torch.float64)
 WITH_CONSTANTS = {
-    "constant - x": lambda z: SHIFT - torch.sin(z @ W),
-    "x - constant": lambda z: torch.sin(z @ W) - SHIFT,
-    "constant - 2.5 x": lambda z: torch.sub(SHIFT, torch.sin(z @ W), alpha=2.5),
-    "constant + 2.5 x": lambda z: torch.add(SHIFT, torch.sin(z @ W), alpha=2.5),
-    "x / constant": lambda z: torch.sin(z @ W) / (SHIFT + 3),
-    "constant * x": lambda z: (SHIFT + 3) * torch.sin(z @ W),
+    "constant_minus_x": lambda z: SHIFT - torch.sin(z @ W),
+    "x_minus_constant": lambda z: torch.sin(z @ W) - SHIFT,
+    "constant_minus_2.5x": lambda z: torch.sub(SHIFT, torch.sin(z @ W), alpha=2.5),
+    "constant_plus_2.5x": lambda z: torch.add(SHIFT, torch.sin(z @ W), alpha=2.5),
+    "x_over_constant": lambda z: torch.sin(z @ W) / (SHIFT + 3),
+    "constant_times_x": lambda z: (SHIFT + 3) * torch.sin(z @ W),
 }
 
 
