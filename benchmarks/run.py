@@ -11,12 +11,16 @@ Sections (all by default; ``--quick``: MLP and infoGAN, fewer rounds, smaller ru
   vmap(jacrev), the full-batch jacfwd with diagonal extraction, and the per-sample
   ``torch.autograd.functional.jacobian`` loop (few samples for the slow ones; on large outputs
   the reverse-mode peers are timed on a slice of output rows and scaled, see ``peers``). Every
-  Jacobian is followed by the same float64 Gram eigenvalues. The alternatives are timed in
+  Jacobian is followed by the same float64 Gram eigenvalues. In the same rounds: every float64
+  Gram step arrangement alone on one engine batch's columns and a 2048 x 2048 float32 matmul,
+  for the engine against (best floor + Gram lower bound) and GFLOP/s against the matmul peak
+  (``gram_bound.py``), summarised after the architectures' tables. The alternatives are timed in
   interleaved rounds, so drifts in machine load hit all alike; a figure is the fastest round
   (the least disturbed), the median round is printed beside it; ratios are to the best floor.
 * ``rows``: the engine's time against its rows per decoder call (what ``CPU_CALL_BYTES`` is from).
-* ``gram``: the float64 Gram step in pieces (copy + J^T J, J^T J alone, eigenvalues alone) against
-  the floor at the engine's rows per call: why the MLP misses 1.2 x the floor.
+* ``gram``: the float64 Gram step in pieces against the floor at the engine's rows per call: every
+  arrangement of the whole step (the fastest is the Gram lower bound, ``gram_bound.py``), J^T J
+  alone and the eigenvalues alone by torch and by numpy.
 * ``memory``: the peak memory of one engine batch at the planned sizes next to the planner's
   model, and the whole CLI on the DCGAN generator under ``--max-memory`` (CPU: peak RSS of the
   process, VmHWM; CUDA: max_memory_allocated).
@@ -39,19 +43,21 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
+import numpy as np
 import torch
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 import peers  # noqa: E402  (benchmarks/peers.py)
+from gram_bound import PEAK_FLOPS, PEAK_SIZE, flops_per_row, gram_arrangements, matmul_peak  # noqa: E402
 from sweep_vs_single import timed  # noqa: E402  (benchmarks/sweep_vs_single.py)
 
 from genentropy_cli import estimate_entropy
 from genentropy_cli.core.decoder import prepare_decoder
 from genentropy_cli.core.device import resolve_device, strict_float32
 from genentropy_cli.core.latents import LatentStream, make_latent_spec
-from genentropy_cli.core.logdet import batched_eigvalsh, gram_eigenvalues, gram_layout, gram_matrices, gram_product
+from genentropy_cli.core.logdet import batched_eigvalsh, gram_arrangement, gram_eigenvalues, gram_matrices
 from genentropy_cli.core.methods import JACOBIAN_METHODS
 from genentropy_cli.core.terms import compute_sample_terms
 from genentropy_cli.models.architectures import DCGANGenerator, InfoGANGenerator, MLPDecoder
@@ -73,6 +79,7 @@ PEER_SAMPLES = {  # (loop samples, loop output rows, jacrev samples, jacrev outp
     "dcgan-64": (1, 48, 1, 384, 2),
 }
 SCALE = [1e-4]
+PEAK_NAME = f"matmul {PEAK_SIZE} x {PEAK_SIZE}"
 
 
 @dataclass
@@ -186,9 +193,14 @@ def speed_alternatives(name: str, device: torch.device, quick: bool) -> tuple[li
             flat, on_device(loop_samples), loop_rows)), loop_samples, rows_note(loop_samples, loop_rows, output_dim),
             factor=output_dim / (loop_rows or output_dim)),
     ]
+    with strict_float32():  # one engine batch's columns, for the Gram step alone (the bound)
+        columns = JACOBIAN_METHODS[prepared.jacobian_method](flat, on_device(batch), chunk)
+    alternatives += [Alternative(label, action, batch, note) for label, action, note in gram_arrangements(columns)]
+    alternatives.append(Alternative(PEAK_NAME, matmul_peak(device), 1, "float32, ms per call"))
     context = {"architecture": name, "latent_dim": dim, "output_dim": output_dim, "batch": batch, "chunk": chunk,
                "rows_per_call": engine_rows, "method": prepared.jacobian_method,
-               "activation_bytes_per_row": prepared.activation_bytes_per_row}
+               "activation_bytes_per_row": prepared.activation_bytes_per_row,
+               "flops_per_row": flops_per_row(ARCHITECTURES[name][0](), shape, device)}
     return alternatives, context
 
 
@@ -207,8 +219,11 @@ def speed_section(names: list[str], device: torch.device, rounds: int, quick: bo
         best_floor = min(floors, key=lambda item: item.per_sample()[0])
         best_floor_cpu = min(item.per_sample("cpu")[0] for item in floors)
         engine = next(item for item in alternatives if item.name == "engine float32")
+        context["bound"] = gram_bound_figures(alternatives, best_floor, engine, context)
         rows = []
         for item in alternatives:
+            if item.name == PEAK_NAME:
+                continue
             best, median = item.per_sample()
             rows.append({"method": item.name, "note": item.note, "ms_per_sample": best * 1e3,
                          "median_ms_per_sample": median * 1e3, "samples_per_second": 1 / best,
@@ -218,7 +233,48 @@ def speed_section(names: list[str], device: torch.device, rounds: int, quick: bo
         context.update(rows=rows, best_floor=best_floor.name, rounds=rounds)
         print_speed_table(context)
         tables.append(context)
+    print_bound_summary(tables)
     return tables
+
+
+def gram_bound_figures(alternatives: list[Alternative], best_floor: Alternative, engine: Alternative,
+                       context: dict) -> dict:
+    """Floor + Gram bound (benchmarks/gram_bound.py), the engine against it, and GFLOP/s against
+    the same run's matmul peak: best rounds, and medians."""
+    grams = [item for item in alternatives if item.name.startswith("Gram: ")]
+    bound = min(grams, key=lambda item: item.per_sample()[0])
+    peak = next(item for item in alternatives if item.name == PEAK_NAME)
+    figures: dict = {"gram_bound": bound.name}
+    for index, kind in enumerate(("best", "median")):
+        floor_seconds, bound_seconds = best_floor.per_sample()[index], bound.per_sample()[index]
+        engine_seconds, peak_seconds = engine.per_sample()[index], peak.per_sample()[index]
+        flops = context["flops_per_row"] * (context["latent_dim"] + 1)
+        figures[kind] = {
+            "floor_ms": floor_seconds * 1e3, "gram_bound_ms": bound_seconds * 1e3,
+            "engine_ms": engine_seconds * 1e3, "x_floor_plus_gram": engine_seconds / (floor_seconds + bound_seconds),
+            "x_floor": engine_seconds / floor_seconds, "gflop_per_sample": flops / 1e9,
+            "engine_gflops": flops / engine_seconds / 1e9, "floor_gflops": flops / floor_seconds / 1e9,
+            "peak_gflops": PEAK_FLOPS / peak_seconds / 1e9}
+    return figures
+
+
+def print_bound_summary(tables: list[dict]) -> None:
+    print("\n### engine against (best floor + float64 Gram lower bound), and GFLOP/s against the run's matmul peak\n")
+    print("| architecture | engine ms/sample | best floor | Gram bound (fastest arrangement) | engine / (floor + Gram) "
+          "| engine / floor | GFLOP/sample | engine GFLOP/s | floor GFLOP/s | matmul peak GFLOP/s | engine % of peak |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
+    for table in tables:
+        best, median = table["bound"]["best"], table["bound"]["median"]
+        print(f"| {table['architecture']} | {best['engine_ms']:.4g} ({median['engine_ms']:.4g}) | "
+              f"{best['floor_ms']:.4g} ({median['floor_ms']:.4g}) | {best['gram_bound_ms']:.4g} "
+              f"({median['gram_bound_ms']:.4g}), {table['bound']['gram_bound'].removeprefix('Gram: ')} | "
+              f"**{best['x_floor_plus_gram']:.3f}** ({median['x_floor_plus_gram']:.3f}) | {best['x_floor']:.3f} "
+              f"({median['x_floor']:.3f}) | {best['gflop_per_sample']:.4g} | {best['engine_gflops']:.1f} "
+              f"({median['engine_gflops']:.1f}) | {best['floor_gflops']:.1f} | {best['peak_gflops']:.1f} "
+              f"({median['peak_gflops']:.1f}) | {100 * best['engine_gflops'] / best['peak_gflops']:.0f}% |")
+    print("\n(best round; median round in brackets; ms per sample. Gram bound: the fastest float64 Gram step "
+          "arrangement on one engine batch's precomputed columns, benchmarks/gram_bound.py; target: engine <= 1.15 x "
+          "(floor + Gram bound))", flush=True)
 
 
 def print_speed_table(table: dict) -> None:
@@ -274,7 +330,8 @@ def rows_section(names: list[str], device: torch.device, rounds: int) -> list[di
 
 def gram_section(names: list[str], device: torch.device, rounds: int) -> list[dict]:
     """The float64 Gram step in pieces on the engine's batch, against the floor at the engine's
-    rows per call: how much of acceptance item 1's 0.2 x floor headroom its kernels take alone."""
+    rows per call: every arrangement of the whole step (benchmarks/gram_bound.py; the fastest is
+    the Gram lower bound) and the kernels alone."""
     results = []
     for name in names:
         prepared, spec = build(name, device, torch.float32)
@@ -286,16 +343,13 @@ def gram_section(names: list[str], device: torch.device, rounds: int) -> list[di
         floor_inputs = floor_inputs.reshape(rows, *spec.shape)
         with strict_float32():
             columns = JACOBIAN_METHODS[prepared.jacobian_method](flat, latents, chunk)
-            slab, transposed = gram_layout(columns)
-            in_float64 = slab.to(torch.float64, memory_format=torch.contiguous_format)
-            gram = gram_matrices(columns, workspace=prepared.workspace)
+            in_float64 = columns.permute(1, 0, 2).to(torch.float64, memory_format=torch.contiguous_format)  # (B, d, D)
+            gram = gram_matrices(columns, workspace=prepared.workspace).cpu()
+        matrices = in_float64.cpu().numpy()
 
         def floor() -> None:
             with torch.no_grad():
                 prepared.function(floor_inputs)
-
-        def bmm_only() -> None:
-            gram_product(in_float64, transposed)
 
         alternatives = [  # the floor: one call of the engine's rows, scaled to (d + 1) rows per sample
             Alternative("floor", floor, batch, f"(d + 1) forward passes of the batch, {rows} rows per call",
@@ -303,28 +357,35 @@ def gram_section(names: list[str], device: torch.device, rounds: int) -> list[di
             Alternative("Jacobian", lambda: JACOBIAN_METHODS[prepared.jacobian_method](flat, latents, chunk), batch,
                         f"{prepared.jacobian_method}, chunk {chunk}"),
             Alternative("Gram step", lambda: gram_eigenvalues(columns, workspace=prepared.workspace), batch,
-                        "float64 copy + J^T J + eigenvalues (what the engine runs)"),
-            Alternative("float64 copy + J^T J", lambda: gram_matrices(columns, workspace=prepared.workspace), batch,
-                        "gram_matrices"),
-            Alternative("J^T J alone", bmm_only, batch, "batched matmul on a float64 copy made beforehand"),
-            Alternative("eigenvalues alone", lambda: batched_eigvalsh(gram), batch, f"{batch} x ({dim} x {dim})"),
+                        f"what the engine runs ({gram_arrangement(columns)} arrangement)"),
+            *(Alternative(label, action, batch, note) for label, action, note in gram_arrangements(columns)),
+            Alternative("torch: float64 copy + J^T J", lambda: gram_matrices(columns, workspace=prepared.workspace),
+                        batch, "gram_matrices"),
+            Alternative("J^T J alone, torch.bmm", lambda: torch.bmm(in_float64, in_float64.transpose(1, 2)), batch,
+                        "on a float64 (B, d, D) copy made beforehand"),
+            Alternative("J^T J alone, numpy syrk", lambda: np.matmul(matrices, matrices.transpose(0, 2, 1)), batch,
+                        "the same, one thread"),
+            Alternative("eigenvalues alone, numpy", lambda: batched_eigvalsh(gram, "numpy"), batch,
+                        f"{batch} x ({dim} x {dim}), split over the threads"),
+            Alternative("eigenvalues alone, torch", lambda: batched_eigvalsh(gram, "torch"), batch, "the same"),
         ]
         with strict_float32():
             interleave(alternatives, rounds, device, f"{name} gram")
         floor_seconds = alternatives[0].per_sample()[0]
         print(f"\n### the float64 Gram step: {name} (d = {dim}, D = {prepared.output_dim}, batch {batch})\n")
-        print("| piece | setting | ms/sample (best) | x floor |")
-        print("|---|---|---|---|")
+        print("| piece | setting | ms/sample (best) | median | x floor |")
+        print("|---|---|---|---|---|")
         table = []
         for item in alternatives:
-            seconds = item.per_sample()[0]
-            table.append({"piece": item.name, "ms_per_sample": seconds * 1e3, "x_floor": seconds / floor_seconds})
-            print(f"| {item.name} | {item.note} | {seconds * 1e3:.4f} | {seconds / floor_seconds:.3f} |")
-        kernels = sum(item.per_sample()[0] for item in alternatives[4:]) / floor_seconds
-        print(f"\nJ^T J and eigenvalues alone (no float64 copy): {kernels:.3f} x floor; item 1 leaves the Gram "
-              "step 0.2 x floor less what the Jacobian takes above the floor.", flush=True)
+            seconds, median = item.per_sample()
+            table.append({"piece": item.name, "ms_per_sample": seconds * 1e3, "median_ms_per_sample": median * 1e3,
+                          "x_floor": seconds / floor_seconds})
+            print(f"| {item.name} | {item.note} | {seconds * 1e3:.4f} | {median * 1e3:.4f} | "
+                  f"{seconds / floor_seconds:.3f} |")
+        bound = min((item for item in alternatives if item.name.startswith("Gram: ")), key=lambda item: item.per_sample()[0])
+        print(f"\nGram lower bound: {bound.name} ({bound.per_sample()[0] / floor_seconds:.3f} x floor)", flush=True)
         results.append({"architecture": name, "batch": batch, "chunk": chunk, "pieces": table,
-                        "kernels_x_floor": kernels})
+                        "gram_bound": bound.name, "gram_bound_x_floor": bound.per_sample()[0] / floor_seconds})
     return results
 
 

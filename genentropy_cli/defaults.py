@@ -70,13 +70,45 @@ CPU_GRAM_SLAB_BYTES: int = 4 * 1024**2
 (the Gram step of the MLP benchmark is about 1.3x faster than with 64 MiB slabs)."""
 
 TRANSPOSED_GRAM_MAX_DIM: int = 32
-"""Up to this latent size the float64 slab is laid out (b, D, d) and J^T J taken as X^T X, which
-the CPU's batched GEMM does about twice as fast for small d; above it, (b, d, D) is faster."""
+"""Up to this latent size torch's arrangement lays the float64 slab out (b, D, d) and takes J^T J
+as X^T X, which the CPU's batched GEMM did about twice as fast for small d (issue 5, 2 threads);
+above it, (b, d, D) is faster. On a CPU these sizes now take numpy's arrangement (below)."""
 
 EIGVALSH_THREAD_MIN_WORK: int = 32 * 16**3
 """CPU batches of Gram matrices with at least this much work (matrices x d^3: 32 of 16 x 16, or
 two of 100 x 100) have their eigenvalues taken on every intra-op thread (LAPACK's batched
 eigvalsh runs one matrix after another on one core)."""
+
+NUMPY_GRAM_MAX_DIM: int = 64
+"""On a CPU, up to this latent size the Gram step runs numpy's arrangement (logdet.GRAM_ARRANGEMENTS:
+per thread, a float64 copy of its samples, numpy's X X^T, which is one BLAS syrk per matrix, and
+numpy's eigvalsh), above it torch's (``torch.bmm`` on float64 slabs, then ``batched_eigvalsh``).
+Measured with ``python benchmarks/gram_thresholds.py`` (2026-11-30, this project's 2-core AMD EPYC,
+torch 2.13 with MKL, numpy 2.4 with OpenBLAS 0.3.31, D = 784, CPU time of 11 interleaved rounds, best):
+torch's / numpy's whole step 8.6x at d = 4, 1.3x at 8 and 16, 1.03 at 24, 1.4 at 32, 1.1 at 48,
+1.2 at 62 and 64; at d = 72 numpy's took 2.8x torch's (0.36) and at 80 1.3x, with medians 5-20x
+worse: above 64 OpenBLAS threads inside a call, and calls from the pool's threads then fight for
+the cores."""
+
+NUMPY_EIGVALSH_MAX_DIM: int = 64
+"""Up to this latent size eigenvalues are taken by ``np.linalg.eigvalsh``, above it by
+``torch.linalg.eigvalsh`` (both LAPACK's syevd, one call per matrix). Measured (as above): on the
+pool's threads the two cost the same (torch / numpy CPU time 0.88-0.99 for d = 4..64); as one
+call from the main thread (a batch too small to split; ``--one-call``, a fresh process), torch's
+took 1.5-2.3x numpy's CPU time for d = 4..62 (best rounds; medians 1.6-2.9x: MKL's threads inside
+each small call), the same at 64 to 80 (1.01, 1.22, 0.92); numpy's is 2-6x slower from d = 72 on
+the pool and 5x at d = 100 as one call (OpenBLAS's own threads, as above)."""
+
+NUMPY_GRAM_SLAB_BYTES: int = 2 * 1024**2
+"""The float64 copy of numpy's arrangement is made this many bytes at a time per thread (a slab
+that stays in the core's cache between the copy and the syrk). Measured (as above, d = 4..100):
+0.5, 1, 2, 4 and 8 MiB within 5% of each other in CPU time; 2 MiB at or near the best throughout."""
+
+GRAM_THREAD_MIN_WORK: int = 2**22
+"""A CPU batch whose Gram step has at least this much work (samples x d^2 (D + d), about 20
+samples of d = 16, D = 784) is split over the intra-op threads in numpy's arrangement. A pool
+round trip costs 23-31 us here and one such sample ~34 us of CPU time, so each thread then has
+~10 round trips of work; smaller batches run on the calling thread."""
 
 MALLOC_MMAP_THRESHOLD_BYTES: int = 32 * 1024**2
 """glibc's largest mmap threshold: smaller blocks come from the heap and are reused (allocator.py)."""

@@ -156,7 +156,7 @@ def relative_to_largest(eigenvalues: torch.Tensor) -> torch.Tensor:
 def _child_pool_and_eigenvalues(gram: torch.Tensor) -> tuple[bool, torch.Tensor]:
     """In the forked child: the eigenvalues, and whether the pool used is the child's own."""
     eigenvalues = batched_eigvalsh(gram)
-    pool = logdet._EIGVALSH_POOL
+    pool = logdet._POOL
     return pool is not None and pool[0] == os.getpid(), eigenvalues
 
 
@@ -170,9 +170,9 @@ def test_threaded_eigenvalues_work_in_a_forked_child():
     batch = 2 * EIGVALSH_THREAD_MIN_WORK // dim**3
     gram = exact_gram(torch.randn(dim, batch, 12, generator=torch.Generator().manual_seed(4)))
     expected = relative_to_largest(torch.linalg.eigvalsh(gram))
-    logdet._EIGVALSH_POOL = None
+    logdet._POOL = None
     parent = batched_eigvalsh(gram)
-    assert logdet._EIGVALSH_POOL is not None and logdet._EIGVALSH_POOL[0] == os.getpid()  # the pool ran
+    assert logdet._POOL is not None and logdet._POOL[0] == os.getpid()  # the pool ran
     # split or not, LAPACK decomposes each matrix alike; round-off of float64 relative to the
     # largest eigenvalue (1e-12: ~1e4 eps) is all that may differ (MKL may take another path)
     torch.testing.assert_close(relative_to_largest(parent), expected, rtol=0, atol=1e-12)

@@ -10,28 +10,42 @@ import math
 import os
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Callable, Sequence
 
+import numpy as np
 import torch
+from numpy import linalg as numpy_linalg  # numpy 2 imports linalg on first use: here, not mid-run (Ctrl-C, threads)
 
 from genentropy_cli.defaults import (
     CPU_GRAM_SLAB_BYTES,
     EIGVALSH_THREAD_MIN_WORK,
     GRAM_SLAB_BYTES,
+    GRAM_THREAD_MIN_WORK,
+    NUMPY_EIGVALSH_MAX_DIM,
+    NUMPY_GRAM_MAX_DIM,
+    NUMPY_GRAM_SLAB_BYTES,
     TRANSPOSED_GRAM_MAX_DIM,
 )
 
 __all__ = [
+    "GRAM_ARRANGEMENTS",
     "GramSpectrum",
     "Workspace",
     "batched_eigvalsh",
     "collapsed_directions",
+    "eigen_solver",
+    "gram_arrangement",
     "gram_eigenvalues",
     "gram_layout",
     "gram_matrices",
     "gram_product",
     "half_log_det_regularised",
 ]
+
+GRAM_ARRANGEMENTS = ("numpy", "torch")
+"""How the Gram step runs: ``numpy``, on a CPU, each thread takes a share of the samples through
+a float64 copy, numpy's X X^T (BLAS syrk) and numpy's eigvalsh; ``torch``, J^T J by ``torch.bmm``
+on the decoder's device (``gram_matrices``), then ``batched_eigvalsh`` on the CPU."""
 
 
 @dataclass
@@ -43,18 +57,20 @@ class GramSpectrum:
 
 
 class Workspace:
-    """A reusable float64 buffer for the Gram step. A fresh tensor of tens of MB is a fresh
-    memory mapping whose pages the OS must fault in and zero on every batch (for a small
-    decoder that costs as much as its last layer); one buffer kept across batches does not."""
+    """Reusable float64 buffers for the Gram step, one per part of a split batch. A fresh tensor
+    of tens of MB is a fresh memory mapping whose pages the OS must fault in and zero on every
+    batch (for a small decoder that costs as much as its last layer); buffers kept across batches
+    do not."""
 
     def __init__(self) -> None:
-        self._buffer: torch.Tensor | None = None
+        self._buffers: dict[int, torch.Tensor] = {}
 
-    def take(self, shape: tuple[int, ...], device: torch.device) -> torch.Tensor:
+    def take(self, shape: tuple[int, ...], device: torch.device, part: int = 0) -> torch.Tensor:
         size = math.prod(shape)
-        if self._buffer is None or self._buffer.numel() < size or self._buffer.device != device:
-            self._buffer = torch.empty(size, dtype=torch.float64, device=device)
-        return self._buffer[:size].view(shape)
+        buffer = self._buffers.get(part)
+        if buffer is None or buffer.numel() < size or buffer.device != device:
+            buffer = self._buffers[part] = torch.empty(size, dtype=torch.float64, device=device)
+        return buffer[:size].view(shape)
 
 
 def gram_layout(columns: torch.Tensor) -> tuple[torch.Tensor, bool]:
@@ -71,7 +87,8 @@ def gram_product(slab: torch.Tensor, transposed: bool, out: torch.Tensor | None 
 
 def gram_matrices(jacobian_columns: torch.Tensor, slab_bytes: int | None = None,
                   workspace: Workspace | None = None) -> torch.Tensor:
-    """J^T J per sample in float64, (B, d, d), from Jacobian columns shaped (d, B, D).
+    """J^T J per sample in float64, (B, d, d), from Jacobian columns shaped (d, B, D), by ``torch.bmm``
+    on the columns' device (the ``torch`` arrangement).
 
     The float64 copy of the columns is made a slab of samples at a time (at most about
     ``slab_bytes``; default ``CPU_GRAM_SLAB_BYTES`` on a CPU, ``GRAM_SLAB_BYTES`` elsewhere),
@@ -94,61 +111,148 @@ def gram_matrices(jacobian_columns: torch.Tensor, slab_bytes: int | None = None,
     return gram
 
 
-_EIGVALSH_POOL: tuple[int, int, ThreadPoolExecutor] | None = None
+# ----------------------------------------------------------------------------- threads
+
+_POOL: tuple[int, int, ThreadPoolExecutor] | None = None
 """(process id, workers, pool): a forked child has none of its parent's threads, so it makes its own."""
 
 
-def batched_eigvalsh(gram: torch.Tensor) -> torch.Tensor:
-    """``torch.linalg.eigvalsh`` of (B, d, d); on a CPU, a batch with enough work
-    (``EIGVALSH_THREAD_MIN_WORK``) is split over the intra-op threads (each matrix is decomposed
-    by the same LAPACK call either way, so the eigenvalues are identical to one call's)."""
-    global _EIGVALSH_POOL
-    threads = torch.get_num_threads()
-    batch = gram.shape[0]
-    parts = min(threads, batch)
-    if gram.device.type != "cpu" or parts < 2 or batch * gram.shape[-1] ** 3 < EIGVALSH_THREAD_MIN_WORK:
-        return torch.linalg.eigvalsh(gram)
-    if _EIGVALSH_POOL is None or _EIGVALSH_POOL[:2] != (os.getpid(), threads):
-        _EIGVALSH_POOL = (os.getpid(), threads, ThreadPoolExecutor(threads, thread_name_prefix="genentropy-eigvalsh"))
-    pool = _EIGVALSH_POOL[2]
-    eigenvalues = gram.new_empty(gram.shape[:-1])
+def _split_parts(batch: int, work: int, min_work: int) -> int:
+    """Parts to split a CPU batch into: one per intra-op thread when there is enough work."""
+    parts = min(torch.get_num_threads(), batch)
+    return parts if parts >= 2 and work >= min_work else 1
+
+
+def _run_parts(task: Callable[[int, int, int], None], batch: int, parts: int) -> None:
+    """task(first, last, part) on ``parts`` consecutive shares of the batch, on the pool's threads
+    when there are several (the numpy and torch kernels called release the GIL)."""
+    global _POOL
     bounds = [batch * part // parts for part in range(parts + 1)]
-
-    def decompose(first: int, last: int) -> None:
-        torch.linalg.eigvalsh(gram[first:last], out=eigenvalues[first:last])
-
-    for future in [pool.submit(decompose, first, last) for first, last in zip(bounds, bounds[1:])]:
+    if parts == 1:
+        task(0, batch, 0)
+        return
+    threads = torch.get_num_threads()
+    if _POOL is None or _POOL[:2] != (os.getpid(), threads):
+        _POOL = (os.getpid(), threads, ThreadPoolExecutor(threads, thread_name_prefix="genentropy-gram"))
+    for future in [_POOL[2].submit(task, first, last, part)
+                   for part, (first, last) in enumerate(zip(bounds, bounds[1:]))]:
         future.result()
+
+
+# ----------------------------------------------------------------------------- eigenvalues
+
+
+def eigen_solver(dim: int) -> str:
+    """``numpy`` (``np.linalg.eigvalsh``) up to ``NUMPY_EIGVALSH_MAX_DIM``, ``torch`` above: the
+    faster one measured for that size (defaults.py). Both run LAPACK's syevd on each matrix."""
+    return "numpy" if dim <= NUMPY_EIGVALSH_MAX_DIM else "torch"
+
+
+def _eigvalsh_into(gram: torch.Tensor, out: torch.Tensor, solver: str) -> None:
+    """Eigenvalues of a CPU float64 stack (b, d, d) into ``out`` (b, d), one LAPACK call per
+    matrix whatever the stack; a matrix with a NaN or inf entry gets NaN eigenvalues (LAPACK would
+    fail the whole call), reported by the caller."""
+    matrices = gram.numpy()
+    finite = np.isfinite(matrices).all(axis=(1, 2))  # numpy: no torch intra-op threads inside a pool thread
+    broken = None if finite.all() else ~finite
+    if broken is not None:
+        matrices = matrices.copy()
+        matrices[broken] = np.eye(matrices.shape[-1])
+    if solver == "numpy":
+        out.numpy()[...] = numpy_linalg.eigvalsh(matrices)  # the lower triangle, as torch's default
+    else:
+        torch.linalg.eigvalsh(torch.from_numpy(matrices), out=out)
+    if broken is not None:
+        out.numpy()[broken] = math.nan
+
+
+def batched_eigvalsh(gram: torch.Tensor, solver: str | None = None) -> torch.Tensor:
+    """Eigenvalues of CPU float64 (B, d, d), ascending, by ``solver`` (default ``eigen_solver(d)``);
+    a batch with enough work (``EIGVALSH_THREAD_MIN_WORK``) is split over the intra-op threads.
+    Each matrix is decomposed by the same LAPACK call either way; a non-finite matrix gets NaN."""
+    batch, dim = gram.shape[0], gram.shape[-1]
+    solver = solver or eigen_solver(dim)
+    eigenvalues = gram.new_empty(gram.shape[:-1])
+
+    def decompose(first: int, last: int, part: int) -> None:
+        _eigvalsh_into(gram[first:last], eigenvalues[first:last], solver)
+
+    _run_parts(decompose, batch, _split_parts(batch, batch * dim**3, EIGVALSH_THREAD_MIN_WORK))
     return eigenvalues
 
 
+# ----------------------------------------------------------------------------- the Gram step
+
+
+def gram_arrangement(jacobian_columns: torch.Tensor) -> str:
+    """``numpy`` for CPU columns with d <= ``NUMPY_GRAM_MAX_DIM`` (faster there, defaults.py),
+    else ``torch``."""
+    cpu = jacobian_columns.device.type == "cpu"
+    return "numpy" if cpu and jacobian_columns.shape[0] <= NUMPY_GRAM_MAX_DIM else "torch"
+
+
+def _numpy_gram_into(columns: torch.Tensor, gram: torch.Tensor, first: int, last: int, buffer: torch.Tensor) -> None:
+    """J^T J of samples [first, last) into ``gram``: slabs of the columns copied to float64
+    (b, d, D) in ``buffer``, each sample's X X^T by numpy (one BLAS syrk per matrix: the upper
+    triangle, mirrored; exact products, float64 sums)."""
+    step = buffer.shape[0]
+    numpy_columns = columns.numpy() if columns.dtype in (torch.float32, torch.float64) else None
+    target = gram.numpy()
+    for start in range(first, last, step):
+        stop = min(last, start + step)
+        slab = buffer[: stop - start]
+        if numpy_columns is not None:
+            np.copyto(slab.numpy(), numpy_columns[:, start:stop].transpose(1, 0, 2))
+        else:  # half precisions: numpy has no bfloat16
+            slab.copy_(columns[:, start:stop].permute(1, 0, 2))
+        matrices = slab.numpy()
+        np.matmul(matrices, matrices.transpose(0, 2, 1), out=target[start:stop])
+
+
 def gram_eigenvalues(jacobian_columns: torch.Tensor, slab_bytes: int | None = None,
-                     workspace: Workspace | None = None) -> GramSpectrum:
+                     workspace: Workspace | None = None, arrangement: str | None = None) -> GramSpectrum:
     """Eigenvalues of J^T J for each sample from Jacobian columns shaped (d, B, D).
 
-    The Gram matrix is formed (on the decoder's device) and decomposed (on the CPU) in float64
-    whatever the decoder's dtype:
+    The Gram matrix is formed and decomposed in float64 whatever the decoder's dtype:
     float32 log-determinants of near-singular matrices come out NaN or with a wrong sign.
+    ``arrangement`` (default ``gram_arrangement``): see ``GRAM_ARRANGEMENTS``; ``slab_bytes``
+    is the float64 copy's slab (default ``NUMPY_GRAM_SLAB_BYTES`` per thread for ``numpy``).
     Round-off can leave eigenvalues of a PSD matrix slightly negative; they are clipped
     to zero and counted. A sample whose J^T J is not finite gets NaN eigenvalues (a non-finite
     term, reported by its index), not a LAPACK failure of its whole batch.
     """
-    # LAPACK on the CPU whatever the device: the same routine everywhere (same answer on any
-    # device), and on an H100 CUDA's batched float64 eigvalsh was 12x slower for d = 62 and lost
-    # the closed form's tiny eigenvalues at s = 1e-6 (benchmarks/RESULTS.md, GPU section)
-    gram = gram_matrices(jacobian_columns, slab_bytes, workspace).cpu()
-    finite = torch.isfinite(gram).flatten(1).all(dim=1)
-    broken = None if bool(finite.all()) else ~finite
-    if broken is not None:  # NaN/inf outputs or an overflowing J^T J: LAPACK would fail on the whole batch
-        gram[broken] = torch.eye(gram.shape[-1], dtype=gram.dtype)
-    eigenvalues = batched_eigvalsh(gram)
-    if broken is not None:  # those samples' terms are NaN: the run names them, or skips them if asked
-        eigenvalues[broken] = math.nan
+    arrangement = arrangement or gram_arrangement(jacobian_columns)
+    if arrangement == "numpy":
+        eigenvalues = _numpy_spectrum(jacobian_columns.detach().cpu(), slab_bytes, workspace or Workspace())
+    else:
+        # LAPACK on the CPU whatever the device: the same routine everywhere (same answer on any
+        # device), and on an H100 CUDA's batched float64 eigvalsh was 12x slower for d = 62 and lost
+        # the closed form's tiny eigenvalues at s = 1e-6 (benchmarks/RESULTS.md, GPU section)
+        eigenvalues = batched_eigvalsh(gram_matrices(jacobian_columns, slab_bytes, workspace).cpu())
     negative = eigenvalues < 0
     clipped = int(negative.sum().item())
     if clipped:
         eigenvalues = eigenvalues.clamp_min(0.0)
     return GramSpectrum(eigenvalues, clipped)
+
+
+def _numpy_spectrum(columns: torch.Tensor, slab_bytes: int | None, workspace: Workspace) -> torch.Tensor:
+    """The ``numpy`` arrangement: each part of the batch, on its own thread, through its own slab
+    buffer, its Gram matrices and their eigenvalues."""
+    dim, batch, output_dim = columns.shape
+    step = max(1, min(batch, (slab_bytes or NUMPY_GRAM_SLAB_BYTES) // max(1, dim * output_dim * 8)))
+    parts = _split_parts(batch, batch * dim * dim * (output_dim + dim), GRAM_THREAD_MIN_WORK)
+    buffers = [workspace.take((step, dim, output_dim), columns.device, part) for part in range(parts)]
+    gram = torch.empty((batch, dim, dim), dtype=torch.float64)
+    eigenvalues = torch.empty((batch, dim), dtype=torch.float64)
+    solver = eigen_solver(dim)
+
+    def compute(first: int, last: int, part: int) -> None:
+        _numpy_gram_into(columns, gram, first, last, buffers[part])
+        _eigvalsh_into(gram[first:last], eigenvalues[first:last], solver)
+
+    _run_parts(compute, batch, parts)
+    return eigenvalues
 
 
 def half_log_det_regularised(eigenvalues: torch.Tensor, scales: Sequence[float]) -> torch.Tensor:
