@@ -49,17 +49,27 @@ def first_line(error: BaseException) -> str:
     return text[0] if text else type(error).__name__
 
 
+def caused_by_interrupt(error: BaseException | None) -> bool:
+    """Whether a KeyboardInterrupt is ``error`` or stands in its chain of causes and contexts
+    (a Ctrl-C inside an import may come wrapped in another error, e.g. an ImportError)."""
+    seen = set()
+    while error is not None and id(error) not in seen:
+        if isinstance(error, KeyboardInterrupt):
+            return True
+        seen.add(id(error))
+        error = error.__cause__ or error.__context__
+    return False
+
 
 def quiet_interrupt_while_loading() -> Callable[[], None]:
     """Until the returned function is called, a Ctrl-C that ends the program prints
     "interrupted" instead of a traceback (importing torch takes seconds; the exit status stays
-    130). The package calls it around its imports, so it never outlives them."""
+    130). The package calls it around the imports that load torch (``genentropy_cli.__getattr__``),
+    so it never outlives them."""
     previous = sys.excepthook
 
     def hook(kind, value, traceback) -> None:
-        interrupted = issubclass(kind, KeyboardInterrupt) or isinstance(
-            getattr(value, "__cause__", None) or getattr(value, "__context__", None), KeyboardInterrupt)
-        if interrupted:
+        if issubclass(kind, KeyboardInterrupt) or caused_by_interrupt(value):
             sys.stderr.write("interrupted\n")
         else:
             previous(kind, value, traceback)
