@@ -4,7 +4,8 @@
 command runs, so no module lying in the working directory is ever imported (a spec's
 ``import:`` comes from ``--code-path`` directories only: docs/safety.md). The command line loads
 without torch (help and ``--version`` are instant); a command imports what it runs when it runs.
-A Ctrl-C while anything loads ends it with "interrupted" and status 130, no traceback.
+A Ctrl-C while anything loads ends it at once with "interrupted" and status 130, no traceback
+(``errors.end_at_once_when_interrupted_while_importing``).
 """
 
 import os
@@ -19,7 +20,9 @@ def _drop_working_directory() -> None:
 def main() -> None:
     """Console-script entry point."""
     _drop_working_directory()
-    from genentropy_cli.errors import caused_by_interrupt
+    from genentropy_cli.errors import caused_by_interrupt, end_at_once_when_interrupted_while_importing
+
+    end_at_once_when_interrupted_while_importing()
 
     try:
         from genentropy_cli.cli.app import main as run_app
