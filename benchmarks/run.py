@@ -27,6 +27,8 @@ Sections (all by default; ``--quick``: MLP and infoGAN, fewer rounds, smaller ru
 * ``scales``: a 4-scale sweep against 1 scale (``benchmarks/sweep_vs_single.py``).
 * ``cli``: ``genentropy estimate -n N`` on the MNIST generator in a fresh process (start-up,
   imports, loading, output) against the engine alone (``estimate_entropy`` in this process).
+* ``startup``: ``genentropy --help``, ``--version`` and an estimate's time to its first batch
+  against ``python -c "import torch"``, in interleaved rounds (``benchmarks/startup.py``).
 """
 
 from __future__ import annotations
@@ -51,6 +53,7 @@ sys.path.insert(0, str(ROOT))
 
 import peers  # noqa: E402  (benchmarks/peers.py)
 from gram_bound import PEAK_FLOPS, PEAK_SIZE, flops_per_row, gram_arrangements, matmul_peak  # noqa: E402
+from startup import startup_section  # noqa: E402  (benchmarks/startup.py)
 from sweep_vs_single import timed  # noqa: E402  (benchmarks/sweep_vs_single.py)
 
 from genentropy_cli import estimate_entropy
@@ -562,7 +565,7 @@ def cli_section(device: torch.device, quick: bool, workdir: Path) -> dict:
 
 # ----------------------------------------------------------------------------- main
 
-SECTIONS = ("speed", "memory", "scales", "cli", "rows", "gram")
+SECTIONS = ("speed", "memory", "scales", "cli", "startup", "rows", "gram")
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -606,6 +609,8 @@ def main(argv: list[str] | None = None) -> dict:
             results["scales"] = scales_section(device, args.quick)
         if "cli" in sections:
             results["cli"] = cli_section(device, args.quick, workdir)
+        if "startup" in sections:
+            results["startup"] = startup_section(rounds, args.quick)
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=2, default=str))
     return results

@@ -1,73 +1,69 @@
 """genentropy: differential entropy of generative models' decoders (Struminsky et al.).
 
 The public Python API; every job takes its run settings as ``options=EstimateOptions(...)`` or
-as keyword arguments (docs/python-api.md)."""
+as keyword arguments (docs/python-api.md).
 
-from genentropy_cli.errors import quiet_interrupt_while_loading
+Importing the package is instant: each public name is imported from its module on first use
+(PEP 562), so ``genentropy --help`` and ``__version__`` never load torch. A Ctrl-C while a name's
+module loads torch ends the program with "interrupted" instead of a traceback.
+"""
 
-_loaded = quiet_interrupt_while_loading()  # Ctrl-C while torch loads: "interrupted", not a traceback
+from __future__ import annotations
 
-from genentropy_cli.core.labels import LabelSpec
-from genentropy_cli.core.latents import (
-    LatentSpec,
-    StandardNormal,
-    TruncatedNormal,
-    Uniform,
-    make_latent_spec,
-    parse_distribution,
-)
-from genentropy_cli.jobs.compare import ComparisonResult, compare_models
-from genentropy_cli.jobs.conditional import ConditionalResult
-from genentropy_cli.jobs.conditional_compare import ConditionalComparison
-from genentropy_cli.jobs.estimate import estimate_entropy
-from genentropy_cli.jobs.metric import EntropyChange, EntropyMetric, MetricResult, summary_writer, write_scalars
-from genentropy_cli.jobs.samples import ConditionalExtremes, ExtremeSamples, find_extreme_samples
-from genentropy_cli.jobs.sweep import Reference, SweepResult, sweep_scale
-from genentropy_cli.jobs.track import TrackResult, track_checkpoints
-from genentropy_cli.run.options import EstimateOptions
-from genentropy_cli.run.results import EntropyResult, ScaleEstimate
+import importlib
+from typing import Any
+
 from genentropy_cli.version import __version__
 
-_loaded()
+_PUBLIC: dict[str, str] = {
+    "ComparisonResult": "jobs.compare",
+    "ConditionalComparison": "jobs.conditional_compare",
+    "ConditionalExtremes": "jobs.samples",
+    "ConditionalResult": "jobs.conditional",
+    "EntropyCallback": "jobs.training",  # imports Lightning, which takes seconds
+    "EntropyChange": "jobs.metric",
+    "EntropyMetric": "jobs.metric",
+    "EntropyResult": "run.results",
+    "EstimateOptions": "run.options",
+    "ExtremeSamples": "jobs.samples",
+    "LabelSpec": "core.labels",
+    "LatentSpec": "core.latents",
+    "MetricResult": "jobs.metric",
+    "Reference": "jobs.sweep",
+    "ScaleEstimate": "run.results",
+    "StandardNormal": "core.latents",
+    "SweepResult": "jobs.sweep",
+    "TrackResult": "jobs.track",
+    "TruncatedNormal": "core.latents",
+    "Uniform": "core.latents",
+    "compare_models": "jobs.compare",
+    "estimate_entropy": "jobs.estimate",
+    "find_extreme_samples": "jobs.samples",
+    "make_latent_spec": "core.latents",
+    "parse_distribution": "core.latents",
+    "summary_writer": "jobs.metric",
+    "sweep_scale": "jobs.sweep",
+    "track_checkpoints": "jobs.track",
+    "write_scalars": "jobs.metric",
+}
+"""Every public name but ``__version__`` -> the module (under the package) that defines it."""
 
-__all__ = [
-    "__version__",
-    "ComparisonResult",
-    "ConditionalComparison",
-    "ConditionalExtremes",
-    "ConditionalResult",
-    "EntropyCallback",
-    "EntropyChange",
-    "EntropyMetric",
-    "EntropyResult",
-    "EstimateOptions",
-    "ExtremeSamples",
-    "LabelSpec",
-    "LatentSpec",
-    "MetricResult",
-    "Reference",
-    "ScaleEstimate",
-    "StandardNormal",
-    "SweepResult",
-    "TrackResult",
-    "TruncatedNormal",
-    "Uniform",
-    "compare_models",
-    "estimate_entropy",
-    "find_extreme_samples",
-    "make_latent_spec",
-    "parse_distribution",
-    "summary_writer",
-    "sweep_scale",
-    "track_checkpoints",
-    "write_scalars",
-]
+__all__ = ["__version__", *_PUBLIC]
 
 
-def __getattr__(name: str):
-    """``EntropyCallback`` on demand: its module imports Lightning, which takes seconds."""
-    if name == "EntropyCallback":
-        from genentropy_cli.jobs.training import EntropyCallback
+def __getattr__(name: str) -> Any:
+    """A public name, imported from its module on first access and then kept in the package."""
+    module = _PUBLIC.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    from genentropy_cli.errors import quiet_interrupt_while_loading
 
-        return EntropyCallback
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    loaded = quiet_interrupt_while_loading()  # Ctrl-C while torch loads: "interrupted", not a traceback
+    value = getattr(importlib.import_module(f"{__name__}.{module}"), name)
+    loaded()
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))

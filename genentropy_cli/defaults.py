@@ -190,3 +190,42 @@ DEFAULT_LABEL_ARGUMENT: str = "position"
 CONDITIONAL_MAX_PAIRED_CLASSES: int = 20
 """Up to this many classes every pair's difference H(X|a) - H(X|b) is estimated with its paired
 standard error (K(K-1)/2 statistics columns per scale); beyond it, none (choose with --classes)."""
+
+# ----------------------------------------------------------------- read by help texts (issue 18: start-up)
+# The command line renders its help from these without importing torch; the modules that use
+# them (core/latents, run/per_sample, run/options) read them from here too.
+
+LATENT_DISTRIBUTION_HELP: dict[str, str] = {
+    "normal": "N(0, I)",
+    "uniform": "uniform on [-1, 1]",
+    "uniform01": "uniform on [0, 1]",
+    "truncated-normal:PSI": "N(0, 1) per coordinate restricted to [-PSI, PSI] (the truncation trick)",
+}
+"""The built-in latent distributions in listing order: usage (``NAME`` or ``NAME:PARAMETER``) ->
+one-line summary. ``core.latents.LATENT_DISTRIBUTIONS`` registers its kinds with these summaries."""
+
+PER_SAMPLE_FORMATS: tuple[str, ...] = (".npy", ".csv", ".jsonl")
+"""The file suffixes ``--per-sample`` writes (``run.per_sample``)."""
+
+RUN_OPTION_DEFAULTS: dict[str, object] = {
+    "scales": DEFAULT_SCALES,
+    "num_samples": DEFAULT_NUM_SAMPLES,
+    "seed": DEFAULT_SEED,
+    "dtype": DEFAULT_DTYPE,
+    "device": DEFAULT_DEVICE,
+    "batch_size": None,
+    "tangent_chunk": None,
+    "max_memory": None,
+    "skip_nonfinite": False,
+    "target_stderr": None,
+    "min_samples": TARGET_STDERR_MIN_SAMPLES,
+    "probe_samples": PRECISION_PROBE_SAMPLES,
+    "checkpoint": None,
+    "checkpoint_every": CHECKPOINT_INTERVAL_SECONDS,
+    "per_sample": None,
+    "save_latents": False,
+    "distributed": None,
+    "handle_signals": False,
+}
+"""Every field of ``run.options.EstimateOptions`` -> its default (None: planned or off), in field
+order: the dataclass takes its defaults from here, and so do the CLI's flags."""

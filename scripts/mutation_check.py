@@ -172,7 +172,7 @@ MUTANTS: tuple[Mutant, ...] = (
     _m("checkpoint-never-refused", "run/checkpoint.py", "    if differences:\n        raise InputError(",
        "    if False:\n        raise InputError(", "a checkpoint of other settings resumed"),
     _m("checkpoint-dtype-not-defining", "run/options.py",
-       "dtype: str = _setting(DEFAULT_DTYPE, defines_checkpoint=True)", "dtype: str = _setting(DEFAULT_DTYPE)",
+       'dtype: str = _setting("dtype", defines_checkpoint=True)', 'dtype: str = _setting("dtype")',
        "a float32 checkpoint resumed in float64"),
     _m("second-signal-ignored", "run/interrupts.py", "        if flag.requested and flag._signal == signum:",
        "        if False:", "a second Ctrl-C does not abort a hung batch"),

@@ -6,6 +6,8 @@
   ``genentropy_cli/__init__.py`` (the public API) and ``__main__.py`` are the top, exempt;
 * typer, rich, click and matplotlib only inside ``cli/``;
 * ``core/`` imports only torch, numpy, the standard library and base/core modules;
+* the base modules import only the standard library and each other (help and ``--version`` read
+  them without loading torch: ``tests/test_startup.py``);
 * no module over ``MAX_MODULE_LINES`` lines, no function or method over ``MAX_FUNCTION_LINES``
   (from its ``def`` line to its last line);
 * every ``core/`` module lists its public names in ``__all__``.
@@ -179,6 +181,8 @@ def import_violations() -> dict[str, str]:
                 found[key] = f"{where}: {target} outside cli/"
             elif layer(name) == "core" and target not in CORE_THIRD_PARTY and target not in stdlib:
                 found[key] = f"{where}: core imports {target} (only torch, numpy and the standard library)"
+            elif layer(name) == "base" and target not in stdlib:
+                found[key] = f"{where}: base imports {target} (only the standard library: start-up reads it)"
     return found
 
 
@@ -293,6 +297,19 @@ def test_core_modules_declare_their_public_names():
 ])
 def test_find_cycle(graph, expected):
     assert find_cycle(graph) == expected
+
+
+def test_a_base_module_importing_a_third_party_package_is_refused(monkeypatch):
+    source = "import json\nimport numpy\n"
+    fake = Module(f"{PACKAGE}.defaults", PACKAGE_DIR / "defaults.py", ast.parse(source), 2)
+    monkeypatch.setitem(modules(), fake.name, fake)
+    imports.cache_clear()
+    try:
+        assert import_violations() == {
+            f"import {PACKAGE}.defaults -> numpy": "genentropy_cli/defaults.py:2: base imports numpy "
+                                                   "(only the standard library: start-up reads it)"}
+    finally:
+        imports.cache_clear()
 
 
 def test_function_level_and_relative_imports_are_seen():

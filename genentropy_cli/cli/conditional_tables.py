@@ -3,18 +3,20 @@ mixture bounds, class differences, sweeps per class, comparisons class by class,
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 from rich import box
 from rich.table import Table
 
 from genentropy_cli.cli.reporting import entropy_digits, format_error, format_number
 from genentropy_cli.cli.tables import format_z
-from genentropy_cli.jobs.conditional import ConditionalResult
-from genentropy_cli.jobs.conditional_compare import ConditionalComparison
 from genentropy_cli.jobs.pairs import PairDifference
-from genentropy_cli.jobs.samples import ConditionalExtremes
-from genentropy_cli.jobs.sweep import SweepResult
+
+if TYPE_CHECKING:  # annotations only: rendering one result imports no other job
+    from genentropy_cli.jobs.conditional import ConditionalResult
+    from genentropy_cli.jobs.conditional_compare import ConditionalComparison
+    from genentropy_cli.jobs.samples import ConditionalExtremes
+    from genentropy_cli.jobs.sweep import SweepResult
 
 BOUNDS_NOTE = ("H(X|Y) <= H(X) <= H(X|Y) + H(Y) for the mixture x = g(z, y), y ~ p(y); H(X) is the upper end "
                "when the classes' outputs do not overlap (docs/conditional.md)")

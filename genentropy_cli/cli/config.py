@@ -32,7 +32,6 @@ from typing import Any, Mapping
 import typer
 
 from genentropy_cli.errors import InputError
-from genentropy_cli.models.specs import read_yaml_file
 
 CONFIG_FLAG = "--config"
 _META_KEY = "genentropy.config_file"
@@ -77,6 +76,8 @@ def option_keys(command: Any) -> dict[str, Parameter]:
 
 def read_config_file(path: str | Path, command_name: str | None = None) -> dict:
     """The option values a config file holds (a YAML mapping, or a genentropy JSON result)."""
+    from genentropy_cli.models.specs import read_yaml_file  # the models layer imports torch: only when read
+
     file = Path(path)
     content = read_yaml_file(file, "config file")
     if content is None:

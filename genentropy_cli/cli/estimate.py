@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from genentropy_cli.cli import conditional_tables, reporting
 from genentropy_cli.cli.guard import command
 from genentropy_cli.cli.options import (
     ModelArgument,
@@ -15,8 +14,6 @@ from genentropy_cli.cli.options import (
     open_model,
 )
 from genentropy_cli.cli.output import Sink
-from genentropy_cli.jobs.conditional import ConditionalResult
-from genentropy_cli.jobs.estimate import estimate_entropy
 
 
 @command
@@ -29,6 +26,8 @@ def estimate(model: ModelArgument, *, source: ModelFlags, scale: ScaleOption = N
     or a label recorded in the model) gets H(X|y) per class on common latents, H(X|Y), H(Y) and
     the bounds of the mixture entropy H(X).
     """
+    from genentropy_cli.jobs.estimate import estimate_entropy
+
     sink = Sink.of(report)
     options = estimate_options(run, scale)
     check_paths([model], source, report, options)
@@ -36,6 +35,9 @@ def estimate(model: ModelArgument, *, source: ModelFlags, scale: ScaleOption = N
     with sink.progress("estimating", options.scales, conditional=loaded.label is not None) as progress:
         result = estimate_entropy(loaded.decoder, loaded.latent, options=options, labels=loaded.label,
                                   progress=progress, log=sink.warn)
+    from genentropy_cli.cli import conditional_tables, reporting  # after the run: nothing delays its first batch
+    from genentropy_cli.jobs.conditional import ConditionalResult
+
     if isinstance(result, ConditionalResult):
         for message in result.warnings:
             sink.warn(message)

@@ -3,7 +3,7 @@
 
     InputError (bad input)        error: ...   exit 2
     other GenentropyError         error: ...   exit 1
-    Ctrl-C outside a run          interrupted  exit 130
+    Ctrl-C outside a run          interrupted  exit 130 (also one an import wraps in another error)
     anything else                 error: unexpected failure: ... (rerun with --debug)  exit 1
 """
 
@@ -19,7 +19,7 @@ from genentropy_cli.cli.bundles import expand_bundles
 from genentropy_cli.cli.config import current_context
 from genentropy_cli.cli.output import stderr_console
 from genentropy_cli.defaults import INTERRUPTED_EXIT_CODE
-from genentropy_cli.errors import GenentropyError, first_line
+from genentropy_cli.errors import GenentropyError, caused_by_interrupt, first_line
 
 DEBUG_KEY = "genentropy.debug"
 """``ctx.meta`` key (shared by the group's and the command's contexts) set by ``--debug``."""
@@ -57,6 +57,9 @@ def run_guarded(action: Callable[[], Any]) -> None:
     except (typer.Exit, typer.Abort):
         raise
     except Exception as error:  # an unexpected failure: one line unless --debug
+        if caused_by_interrupt(error):  # a Ctrl-C while a command imports torch, wrapped by the import
+            stderr_console.print("[red]interrupted[/red]")
+            raise typer.Exit(INTERRUPTED_EXIT_CODE) from None
         if debugging():
             raise
         stderr_console.print(

@@ -6,7 +6,6 @@ from typing import Annotated
 
 import typer
 
-from genentropy_cli.cli import reporting
 from genentropy_cli.cli.guard import command
 from genentropy_cli.cli.options import (
     RUN_DEFAULTS,
@@ -20,9 +19,6 @@ from genentropy_cli.cli.options import (
 from genentropy_cli.cli.output import Sink
 from genentropy_cli.defaults import INSPECT_PROBE_LATENTS
 from genentropy_cli.errors import InputError
-from genentropy_cli.jobs.inspect import checkpoint_report, inspect_model
-from genentropy_cli.models.contents import checkpoint_contents
-from genentropy_cli.run.options import validate_scales
 
 ProbeLatentsOption = Annotated[int, typer.Option("--probe-latents", help="Latents whose Jacobians are probed.")]
 RankScaleOption = Annotated[float, typer.Option("--scale", "-s", help="Scale s at which the rank is counted.")]
@@ -33,6 +29,11 @@ def inspect(model: ModelArgument, *, source: ModelFlags, probe_latents: ProbeLat
             scale: RankScaleOption = RUN_DEFAULTS["scales"][0], machine: DeviceFlags, report: OutputFlags) -> None:
     """Describe a model: format, parameters, latent spec and its source, output, speed, Jacobian probe;
     for a checkpoint also the sub-models it holds, with the --select flag and spec lines for each."""
+    from genentropy_cli.cli import reporting
+    from genentropy_cli.jobs.inspect import checkpoint_report, inspect_model
+    from genentropy_cli.models.contents import checkpoint_contents
+    from genentropy_cli.run.options import validate_scales
+
     sink = Sink.of(report)
     check_paths([model], source, report)
     contents = checkpoint_contents(source.model_options(model))

@@ -4,10 +4,14 @@
     RunFlags     the batch loop's settings: estimate, sweep-scale, compare, samples
     OutputFlags  --json, --output, --quiet, --debug: every command
 
-Defaults come from ``genentropy_cli.defaults`` through ``option_defaults()``, never repeated
-here. The scale flag is each command's own (``--scale`` repeatable, ``--scales a,b,c``, one
-``--scale``), and so are a command's other options; both helpers that turn flags into the
-API's objects are here: ``estimate_options`` and ``open_model``.
+Defaults come from ``genentropy_cli.defaults`` (``RUN_OPTION_DEFAULTS``, whence
+``EstimateOptions`` takes its own), never repeated here. The scale flag is each command's own
+(``--scale`` repeatable, ``--scales a,b,c``, one ``--scale``), and so are a command's other
+options; both helpers that turn flags into the API's objects are here: ``estimate_options`` and
+``open_model``.
+
+Nothing here imports torch at import time: help is rendered from typer, rich and the base
+modules, and the helpers import the layers they call when called (docs/performance.md#start-up).
 """
 
 from __future__ import annotations
@@ -15,22 +19,26 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Callable, List, Mapping, Optional, Sequence
+from typing import TYPE_CHECKING, Annotated, Callable, List, Mapping, Optional, Sequence
 
 import typer
 
 from genentropy_cli.cli import config
 from genentropy_cli.cli.guard import run_guarded, set_debug
-from genentropy_cli.core.latents import LATENT_DISTRIBUTIONS
-from genentropy_cli.defaults import DEFAULT_SCALES, SAMPLES_DEFAULT_NUM_SAMPLES
-from genentropy_cli.models.resolve import ModelOptions, ResolvedModel, resolve_model
-from genentropy_cli.models.specs import find_sidecar
-from genentropy_cli.run.files import check_output_targets
-from genentropy_cli.run.options import EstimateOptions, option_defaults
-from genentropy_cli.run.per_sample import FORMATS as PER_SAMPLE_FORMATS
-from genentropy_cli.run.per_sample import output_files
+from genentropy_cli.defaults import (
+    DEFAULT_SCALES,
+    LATENT_DISTRIBUTION_HELP,
+    PER_SAMPLE_FORMATS,
+    RUN_OPTION_DEFAULTS,
+    SAMPLES_DEFAULT_NUM_SAMPLES,
+)
 
-RUN_DEFAULTS = option_defaults()
+if TYPE_CHECKING:  # the models and run layers import torch: the helpers below import them when called
+    from genentropy_cli.models.resolve import ModelOptions, ResolvedModel
+    from genentropy_cli.run.options import EstimateOptions
+
+RUN_DEFAULTS = RUN_OPTION_DEFAULTS
+"""Every ``EstimateOptions`` field's default, as the flags below take them."""
 MODEL_PANEL, RUN_PANEL, OUTPUT_PANEL = "Model options", "Run options", "Output options"
 
 
@@ -81,7 +89,7 @@ LatentDimOption = Annotated[Optional[int], _model("--latent-dim", help="Latent d
 LatentShapeOption = Annotated[Optional[str], _model(
     "--latent-shape", help="Latent shape per sample, e.g. 100,1,1 (DCGAN).")]
 LatentDistributionOption = Annotated[Optional[str], _model(
-    "--latent-distribution", help="; ".join(f"{kind.usage} ({kind.summary})" for kind in LATENT_DISTRIBUTIONS.values()) + ".")]
+    "--latent-distribution", help="; ".join(f"{usage} ({summary})" for usage, summary in LATENT_DISTRIBUTION_HELP.items()) + ".")]
 NumClassesOption = Annotated[Optional[int], _model(
     "--num-classes", help="A conditional decoder g(z, y): its number of classes K (each class is estimated).")]
 LabelFormatOption = Annotated[Optional[str], _model(
@@ -119,6 +127,8 @@ class ModelFlags:
     config_file: ConfigOption = None
 
     def model_options(self, path: str) -> ModelOptions:
+        from genentropy_cli.models.resolve import ModelOptions
+
         return ModelOptions(path, spec=self.spec, code_path=tuple(self.code_path or ()),
                             trust_pickle=self.trust_pickle, select=self.select,
                             class_map=tuple(self.class_map or ()), latent_dim=self.latent_dim,
@@ -133,6 +143,10 @@ def check_paths(models: Sequence[str], source: ModelFlags, report: "OutputFlags"
     """Before any work: every output path (``--output``, the run's ``--checkpoint`` and
     ``--per-sample``, ``extra`` ones such as ``{"--grid": path}``) is writable, and none is another
     output or an input (a model file, its sidecar spec, ``--spec``, ``--config``); see ``run.files``."""
+    from genentropy_cli.models.specs import find_sidecar
+    from genentropy_cli.run.files import check_output_targets
+    from genentropy_cli.run.per_sample import output_files
+
     targets: dict[str, str | None] = {"--output": report.output}
     if run is not None:
         targets |= {"--checkpoint": run.checkpoint, **output_files(run.per_sample)}
@@ -146,6 +160,8 @@ def check_paths(models: Sequence[str], source: ModelFlags, report: "OutputFlags"
 def open_model(flags: ModelFlags, path: str, warn: Callable[[str], None]) -> ResolvedModel:
     """Load and resolve the model at ``path`` as the model options say; its loading warnings
     (e.g. a trusted pickle) go to ``warn``."""
+    from genentropy_cli.models.resolve import resolve_model
+
     resolved = resolve_model(flags.model_options(path))
     for message in resolved.loaded.warnings:
         warn(message)
@@ -220,6 +236,8 @@ class SamplesRunFlags(RunFlags):
 def estimate_options(flags: RunFlags, scales: Sequence[float] | None) -> EstimateOptions:
     """The run's ``EstimateOptions`` (validated there): the flags, the command's scales (None:
     the default), and Ctrl-C/SIGTERM ending the run with a partial result."""
+    from genentropy_cli.run.options import EstimateOptions
+
     fields = {item.name: getattr(flags, item.name) for item in dataclasses.fields(flags)}
     chosen = tuple(scales) if scales else RUN_DEFAULTS["scales"]
     return EstimateOptions(scales=chosen, handle_signals=True, **fields)

@@ -15,19 +15,17 @@ import tempfile
 import time
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Callable, Iterator, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Iterator, Sequence
 
 import typer
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskProgressColumn, TextColumn, TimeRemainingColumn
 
 from genentropy_cli.cli.config import with_configuration
-from genentropy_cli.cli.fitting import fit_to_width
-from genentropy_cli.cli.reporting import nonfinite_note, partial_note
 from genentropy_cli.defaults import INTERRUPTED_EXIT_CODE
 from genentropy_cli.envelope import to_json
-from genentropy_cli.run.distributed import launch_rank
-from genentropy_cli.run.hooks import ProgressCallback
+
+if TYPE_CHECKING:  # the run layer imports torch; ``guard`` (so every command's help) imports this module
+    from genentropy_cli.run.hooks import ProgressCallback
 
 stdout_console = Console(highlight=False)
 stderr_console = Console(stderr=True, highlight=False)
@@ -42,6 +40,8 @@ when no --json is asked for)."""
 
 def print_results(*renderables: object) -> None:
     """Tables on stdout: ``COLUMNS`` if set, else the terminal's width, else ``PIPED_WIDTH``."""
+    from genentropy_cli.cli.fitting import fit_to_width
+
     columns = os.environ.get("COLUMNS", "").strip()
     if columns.isdigit() and int(columns) > 0:
         stdout_console.width = int(columns)
@@ -114,6 +114,15 @@ def progress_bar(description: str, scales: Sequence[float], enabled: bool = True
     if not enabled:
         yield None
         return
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TaskProgressColumn,
+        TextColumn,
+        TimeRemainingColumn,
+    )
+
     progress = Progress(
         TextColumn("{task.description}"),
         BarColumn(),
@@ -153,6 +162,8 @@ class Sink:
     """Where one command's output goes, as its ``--json``, ``--output`` and ``--quiet`` say."""
 
     def __init__(self, json_output: bool = False, output: str | None = None, quiet: bool = False):
+        from genentropy_cli.run.distributed import launch_rank
+
         self.json_output, self.output, self.quiet = json_output, output, quiet
         self.speaks = launch_rank() == 0
         self.lost_outputs: list[str] = []
@@ -229,6 +240,8 @@ class Sink:
     def emit_run(self, document: dict, result: Any, render: Render) -> None:
         """An ``EntropyResult`` (estimate, sweep-scale): its notes (dropped samples, a partial or
         resumed run), the result, then exit status 130 if the run was interrupted."""
+        from genentropy_cli.cli.reporting import nonfinite_note, partial_note
+
         for note in (nonfinite_note(result), partial_note(result)):
             if note:
                 self.warn(note)

@@ -21,7 +21,6 @@ from genentropy_cli.cli.options import (
 from genentropy_cli.cli.output import Sink
 from genentropy_cli.defaults import SAMPLES_DEFAULT_K
 from genentropy_cli.errors import InputError
-from genentropy_cli.jobs.samples import ConditionalExtremes, find_extreme_samples
 
 LowestOption = Annotated[int, typer.Option("--lowest", help="How many lowest-term samples (dense regions).")]
 HighestOption = Annotated[int, typer.Option("--highest", help="How many highest-term samples (sparse regions).")]
@@ -52,6 +51,7 @@ def samples(model: ModelArgument, *, source: ModelFlags, lowest: LowestOption = 
     from genentropy_cli.cli.conditional_tables import samples_table as class_samples_table
     from genentropy_cli.cli.grids import save_class_extremes_grid, save_extremes_grid
     from genentropy_cli.cli.tables import samples_table
+    from genentropy_cli.jobs.samples import ConditionalExtremes, find_extreme_samples
 
     sink = Sink.of(report)
     grid = grid_target(grid, out, sink)

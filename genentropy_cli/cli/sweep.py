@@ -19,7 +19,6 @@ from genentropy_cli.cli.options import (
 )
 from genentropy_cli.cli.output import Sink
 from genentropy_cli.defaults import DEFAULT_AGREEMENT_SE, DEFAULT_SWEEP_SCALES
-from genentropy_cli.jobs.sweep import parse_reference, parse_scales, sweep_scale
 
 ScalesOption = Annotated[Optional[str], typer.Option(
     "--scales", rich_help_panel="Run options",
@@ -40,6 +39,7 @@ def sweep_scale_command(model: ModelArgument, *, source: ModelFlags, reference: 
     conditional decoder, H(X|Y) and every class's H(X|y)."""
     from genentropy_cli.cli import plotting, sweep_report
     from genentropy_cli.cli.conditional_tables import class_sweep_table
+    from genentropy_cli.jobs.sweep import parse_reference, parse_scales, sweep_scale
 
     sink = Sink.of(report)
     options = estimate_options(run, parse_scales(scales) if scales is not None else DEFAULT_SWEEP_SCALES)

@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
 from rich import box
 from rich.table import Table
 
 from genentropy_cli.cli.reporting import entropy_digits, format_error, format_number
-from genentropy_cli.jobs.compare import ComparisonResult
-from genentropy_cli.jobs.samples import ExtremeSamples
+
+if TYPE_CHECKING:  # annotations only
+    from genentropy_cli.jobs.compare import ComparisonResult
+    from genentropy_cli.jobs.samples import ExtremeSamples
 
 
 def model_names(paths: Sequence[str]) -> list[str]:

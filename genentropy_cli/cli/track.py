@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import glob
 from pathlib import Path
-from typing import Annotated, Any, List
+from typing import TYPE_CHECKING, Annotated, Any, List
 
 import typer
 from rich import box
@@ -22,10 +22,11 @@ from genentropy_cli.cli.options import (
     open_model,
 )
 from genentropy_cli.cli.output import Sink
-from genentropy_cli.cli.reporting import entropy_digits, format_error, format_number
 from genentropy_cli.defaults import CONFIDENCE_Z_95
 from genentropy_cli.errors import InputError
-from genentropy_cli.jobs.track import TrackResult, checkpoint_step, order_by_step, track_checkpoints
+
+if TYPE_CHECKING:  # the jobs layer imports torch: the command imports it when it runs
+    from genentropy_cli.jobs.track import TrackResult
 
 CheckpointsArgument = Annotated[List[str], typer.Argument(
     help="Checkpoint files or glob patterns (quote them: 'run/gen-*.safetensors'), two or more; "
@@ -64,6 +65,7 @@ def track(checkpoints: CheckpointsArgument, *, source: ModelFlags, scale: ScaleO
           keep_order: KeepOrderOption = False, run: RunFlags, plot: PlotOption = None, report: OutputFlags) -> None:
     """Estimate a training run's checkpoints on common latents: entropy by step, each change tested."""
     from genentropy_cli.cli import plotting
+    from genentropy_cli.jobs.track import checkpoint_step, order_by_step, track_checkpoints
 
     sink = Sink.of(report)
     options = estimate_options(run, scale)
@@ -95,6 +97,8 @@ def track(checkpoints: CheckpointsArgument, *, source: ModelFlags, scale: ScaleO
 def track_table(result: TrackResult, scale_index: int = 0) -> Table:
     """One row per checkpoint in step order: entropy and its standard error, then the change
     from the previous checkpoint with its paired and unpaired standard errors and its test."""
+    from genentropy_cli.cli.reporting import entropy_digits, format_error, format_number
+
     compared = result.comparison
     settings = compared.settings
     table = Table(

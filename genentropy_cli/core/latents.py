@@ -18,7 +18,7 @@ from typing import Callable, Protocol, Sequence, runtime_checkable
 import numpy as np
 import torch
 
-from genentropy_cli.defaults import DEFAULT_LATENT_DISTRIBUTION, LATENT_BLOCK_SIZE
+from genentropy_cli.defaults import DEFAULT_LATENT_DISTRIBUTION, LATENT_BLOCK_SIZE, LATENT_DISTRIBUTION_HELP
 from genentropy_cli.errors import InputError
 
 __all__ = [
@@ -182,14 +182,17 @@ def register_distribution(kind: DistributionKind) -> DistributionKind:
     return kind
 
 
+# The built-in kinds' summaries are in ``defaults.LATENT_DISTRIBUTION_HELP``, which help texts
+# read without importing torch (a test checks this registry and that table agree).
 register_distribution(DistributionKind(
-    "normal", StandardNormal, "N(0, I)", aliases=("gaussian", "standard-normal")))
+    "normal", StandardNormal, LATENT_DISTRIBUTION_HELP["normal"], aliases=("gaussian", "standard-normal")))
 register_distribution(DistributionKind(
-    "uniform", lambda: Uniform(-1.0, 1.0, "uniform"), "uniform on [-1, 1]", aliases=("uniform-1-1", "uniform11")))
+    "uniform", lambda: Uniform(-1.0, 1.0, "uniform"), LATENT_DISTRIBUTION_HELP["uniform"],
+    aliases=("uniform-1-1", "uniform11")))
 register_distribution(DistributionKind(
-    "uniform01", lambda: Uniform(0.0, 1.0, "uniform01"), "uniform on [0, 1]"))
+    "uniform01", lambda: Uniform(0.0, 1.0, "uniform01"), LATENT_DISTRIBUTION_HELP["uniform01"]))
 register_distribution(DistributionKind(
-    "truncated-normal", TruncatedNormal, "N(0, 1) per coordinate restricted to [-PSI, PSI] (the truncation trick)",
+    "truncated-normal", TruncatedNormal, LATENT_DISTRIBUTION_HELP["truncated-normal:PSI"],
     parameter="PSI", example=0.7, parameter_of=lambda distribution: distribution.psi))
 
 

@@ -49,6 +49,7 @@ from genentropy_cli.run.per_sample import PerSampleWriter, output_files
 from genentropy_cli.run.precision import PrecisionProbe, dtype_name, probe_warning
 from genentropy_cli.run.rows import PairedSummary, SampleSummary
 from genentropy_cli.run.stopping import STOP_INTERRUPTED, STOP_NUM_SAMPLES, STOP_TARGET_STDERR
+from genentropy_cli.run.trace import trace_first_batch
 from genentropy_cli.run.workload import Workload
 
 __all__ = ["BatchLoop", "LoopOutcome", "run_loop"]
@@ -239,6 +240,7 @@ class BatchLoop:
         spans = deal_round_robin(self.ledger.remaining_spans(), self.group.rank, self.group.world_size)
         batcher = SpanBatcher(spans)
         last_save = time.monotonic()
+        trace_first_batch()  # GENENTROPY_TRACE_STARTUP: when the first batch starts (benchmarks/startup.py)
         while not self.ledger.finished:
             messages = self.group.exchange(self.next_message(batcher))
             self.apply(messages)

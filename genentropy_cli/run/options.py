@@ -18,17 +18,7 @@ import numpy as np
 import torch
 
 from genentropy_cli.core.latents import validate_seed
-from genentropy_cli.defaults import (
-    CHECKPOINT_INTERVAL_SECONDS,
-    DEFAULT_DEVICE,
-    DEFAULT_DTYPE,
-    DEFAULT_NUM_SAMPLES,
-    DEFAULT_SCALES,
-    DEFAULT_SEED,
-    PRECISION_PROBE_SAMPLES,
-    SUPPORTED_DTYPES,
-    TARGET_STDERR_MIN_SAMPLES,
-)
+from genentropy_cli.defaults import RUN_OPTION_DEFAULTS, SUPPORTED_DTYPES
 from genentropy_cli.errors import InputError
 from genentropy_cli.run.per_sample import per_sample_format
 from genentropy_cli.run.planning import parse_memory_size
@@ -39,8 +29,10 @@ IN_SETTINGS = "in_settings"
 """Field metadata: the field is reported in the JSON ``settings`` block (default True)."""
 
 
-def _setting(default: Any, *, defines_checkpoint: bool = False, in_settings: bool = True) -> Any:
-    return field(default=default, metadata={DEFINES_CHECKPOINT: defines_checkpoint, IN_SETTINGS: in_settings})
+def _setting(name: str, *, defines_checkpoint: bool = False, in_settings: bool = True) -> Any:
+    """A field whose default is ``RUN_OPTION_DEFAULTS[name]`` (the CLI's flags read the same table)."""
+    return field(default=RUN_OPTION_DEFAULTS[name],
+                 metadata={DEFINES_CHECKPOINT: defines_checkpoint, IN_SETTINGS: in_settings})
 
 
 MIN_SCALE, MAX_SCALE = 1e-150, 1e150
@@ -82,32 +74,32 @@ class EstimateOptions:
 
     Callbacks (progress, log, per-batch hooks) are not settings: the jobs take them apart."""
 
-    scales: tuple[float, ...] = _setting(DEFAULT_SCALES, defines_checkpoint=True)
-    num_samples: int = _setting(DEFAULT_NUM_SAMPLES, defines_checkpoint=True)
-    seed: int = _setting(DEFAULT_SEED, defines_checkpoint=True)
-    dtype: str = _setting(DEFAULT_DTYPE, defines_checkpoint=True)
+    scales: tuple[float, ...] = _setting("scales", defines_checkpoint=True)
+    num_samples: int = _setting("num_samples", defines_checkpoint=True)
+    seed: int = _setting("seed", defines_checkpoint=True)
+    dtype: str = _setting("dtype", defines_checkpoint=True)
     """The decoder's compute dtype; Gram matrices, eigenvalues and statistics are float64."""
-    device: str = _setting(DEFAULT_DEVICE)
-    batch_size: int | None = _setting(None)
+    device: str = _setting("device")
+    batch_size: int | None = _setting("batch_size")
     """Samples per batch; None plans it from the device's memory (``planning.plan_batch``)."""
-    tangent_chunk: int | None = _setting(None)
+    tangent_chunk: int | None = _setting("tangent_chunk")
     """Jacobian columns per decoder call; None plans it."""
-    max_memory: int | None = _setting(None)
+    max_memory: int | None = _setting("max_memory")
     """Bytes the process (CPU) or PyTorch (GPU) may hold; '2GB' and '1.5GiB' are read too."""
-    skip_nonfinite: bool = _setting(False, defines_checkpoint=True)
-    target_stderr: float | None = _setting(None, defines_checkpoint=True)
+    skip_nonfinite: bool = _setting("skip_nonfinite", defines_checkpoint=True)
+    target_stderr: float | None = _setting("target_stderr", defines_checkpoint=True)
     """Stop at the first sample count where the standard error is at most this at every scale."""
-    min_samples: int = _setting(TARGET_STDERR_MIN_SAMPLES, defines_checkpoint=True)
+    min_samples: int = _setting("min_samples", defines_checkpoint=True)
     """With ``target_stderr``: never stop before this many finite samples."""
-    probe_samples: int = _setting(PRECISION_PROBE_SAMPLES, defines_checkpoint=True)
+    probe_samples: int = _setting("probe_samples", defines_checkpoint=True)
     """The first samples also computed in float64 to check ``dtype`` (0: no probe)."""
-    checkpoint: str | None = _setting(None)
-    checkpoint_every: float = _setting(CHECKPOINT_INTERVAL_SECONDS)
-    per_sample: str | None = _setting(None, defines_checkpoint=True)
-    save_latents: bool = _setting(False, defines_checkpoint=True)
-    distributed: bool | None = _setting(None, in_settings=False)
+    checkpoint: str | None = _setting("checkpoint")
+    checkpoint_every: float = _setting("checkpoint_every")
+    per_sample: str | None = _setting("per_sample", defines_checkpoint=True)
+    save_latents: bool = _setting("save_latents", defines_checkpoint=True)
+    distributed: bool | None = _setting("distributed", in_settings=False)
     """None joins torchrun's process group when launched by it; False never does."""
-    handle_signals: bool = _setting(False, in_settings=False)
+    handle_signals: bool = _setting("handle_signals", in_settings=False)
     """SIGINT/SIGTERM finish the batch and return a partial result (the CLI sets it)."""
 
     def __post_init__(self) -> None:

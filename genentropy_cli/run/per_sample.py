@@ -25,11 +25,13 @@ from typing import Sequence
 
 import numpy as np
 
+from genentropy_cli.defaults import PER_SAMPLE_FORMATS
 from genentropy_cli.envelope import strict
 from genentropy_cli.errors import InputError
 from genentropy_cli.run.rows import PairedRows, RecordField, SampleRows
 
-FORMATS = (".npy", ".csv", ".jsonl")
+FORMATS = PER_SAMPLE_FORMATS
+"""The suffixes ``--per-sample`` writes (``defaults.PER_SAMPLE_FORMATS``: help texts read it there)."""
 
 
 def per_sample_format(path: str | Path) -> str:
