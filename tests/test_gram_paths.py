@@ -139,13 +139,17 @@ def test_numpy_arrangement_other_dtypes(dtype):
                                rtol=1e-15, atol=0)
 
 
+@pytest.mark.filterwarnings("error")  # no numpy RuntimeWarning on stderr: the run reports the samples itself
 @pytest.mark.parametrize("arrangement", ["numpy", "torch"])
 def test_a_non_finite_sample_gets_nan_and_the_others_their_values(arrangement):
-    columns, expected = hadamard_columns(8, 6)
+    """NaN, inf, and a float64 J^T J that overflows (1e200 squared): those samples' eigenvalues are
+    NaN, every other sample keeps its exact closed form."""
+    columns, expected = hadamard_columns(8, 7, torch.float64)
     columns[3, 2, 5] = float("nan")
     columns[0, 4, 0] = float("inf")
+    columns[6, 6, 1] = 1e200
     eigenvalues = gram_eigenvalues(columns, arrangement=arrangement).eigenvalues
-    broken = torch.tensor([False, False, True, False, True, False])
+    broken = torch.tensor([False, False, True, False, True, False, True])
     assert torch.isnan(eigenvalues[broken]).all()
     torch.testing.assert_close(eigenvalues[~broken], expected[~broken], rtol=1e-15, atol=0)
 

@@ -206,7 +206,8 @@ def _numpy_gram_into(columns: torch.Tensor, gram: torch.Tensor, first: int, last
         else:  # half precisions: numpy has no bfloat16
             slab.copy_(columns[:, start:stop].permute(1, 0, 2))
         matrices = slab.numpy()
-        np.matmul(matrices, matrices.transpose(0, 2, 1), out=target[start:stop])
+        with np.errstate(over="ignore", invalid="ignore"):  # an overflow is an inf, reported per sample
+            np.matmul(matrices, matrices.transpose(0, 2, 1), out=target[start:stop])
 
 
 def gram_eigenvalues(jacobian_columns: torch.Tensor, slab_bytes: int | None = None,
