@@ -63,6 +63,7 @@ from genentropy_cli.core.latents import LatentStream, make_latent_spec
 from genentropy_cli.core.logdet import batched_eigvalsh, gram_arrangement, gram_eigenvalues, gram_matrices
 from genentropy_cli.core.methods import JACOBIAN_METHODS
 from genentropy_cli.core.terms import compute_sample_terms
+from genentropy_cli.defaults import NUMPY_GRAM_MAX_DIM
 from genentropy_cli.models.architectures import DCGANGenerator, InfoGANGenerator, MLPDecoder
 from genentropy_cli.models.loading import load_model, save_torchscript
 from genentropy_cli.run.allocator import keep_freed_memory
@@ -366,12 +367,15 @@ def gram_section(names: list[str], device: torch.device, rounds: int) -> list[di
                         batch, "gram_matrices"),
             Alternative("J^T J alone, torch.bmm", lambda: torch.bmm(in_float64, in_float64.transpose(1, 2)), batch,
                         "on a float64 (B, d, D) copy made beforehand"),
-            Alternative("J^T J alone, numpy syrk", lambda: np.matmul(matrices, matrices.transpose(0, 2, 1)), batch,
-                        "the same, one thread"),
-            Alternative("eigenvalues alone, numpy", lambda: batched_eigvalsh(gram, "numpy"), batch,
+            Alternative("eigenvalues alone, torch", lambda: batched_eigvalsh(gram, "torch"), batch,
                         f"{batch} x ({dim} x {dim}), split over the threads"),
-            Alternative("eigenvalues alone, torch", lambda: batched_eigvalsh(gram, "torch"), batch, "the same"),
         ]
+        if dim <= NUMPY_GRAM_MAX_DIM:  # above, OpenBLAS threads inside each call (gram_bound.gram_arrangements)
+            alternatives += [
+                Alternative("J^T J alone, numpy syrk", lambda: np.matmul(matrices, matrices.transpose(0, 2, 1)),
+                            batch, "on the same float64 copy, one thread"),
+                Alternative("eigenvalues alone, numpy", lambda: batched_eigvalsh(gram, "numpy"), batch, "split alike"),
+            ]
         with strict_float32():
             interleave(alternatives, rounds, device, f"{name} gram")
         floor_seconds = alternatives[0].per_sample()[0]
