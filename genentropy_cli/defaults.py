@@ -90,6 +90,12 @@ torch's / numpy's whole step 8.6x at d = 4, 1.3x at 8 and 16, 1.03 at 24, 1.4 at
 worse: above 64 OpenBLAS threads inside a call, and calls from the pool's threads then fight for
 the cores."""
 
+NUMPY_GRAM_MAX_WORK: int = 64 * 64 * 784
+"""... and only while one sample's product has at most this many multiply-adds (d^2 D): the
+largest size measured above (D = 784). A larger product may make numpy's BLAS thread inside each
+call, and calls from the pool's threads then fight for the cores (as measured at d = 72, 80), so
+such a step (say d = 64 with D = 12,288) stays on torch's arrangement."""
+
 NUMPY_EIGVALSH_MAX_DIM: int = 64
 """Up to this latent size eigenvalues are taken by ``np.linalg.eigvalsh``, above it by
 ``torch.linalg.eigvalsh`` (both LAPACK's syevd, one call per matrix). Measured (as above): on the

@@ -14,7 +14,12 @@ import torch
 
 from genentropy_cli.core import logdet
 from genentropy_cli.core.logdet import Workspace, batched_eigvalsh, eigen_solver, gram_arrangement, gram_eigenvalues
-from genentropy_cli.defaults import GRAM_THREAD_MIN_WORK, NUMPY_EIGVALSH_MAX_DIM, NUMPY_GRAM_MAX_DIM
+from genentropy_cli.defaults import (
+    GRAM_THREAD_MIN_WORK,
+    NUMPY_EIGVALSH_MAX_DIM,
+    NUMPY_GRAM_MAX_DIM,
+    NUMPY_GRAM_MAX_WORK,
+)
 
 THRESHOLD_DIMS = sorted({2, 16, NUMPY_EIGVALSH_MAX_DIM, NUMPY_EIGVALSH_MAX_DIM + 1, NUMPY_GRAM_MAX_DIM,
                          NUMPY_GRAM_MAX_DIM + 1})
@@ -86,23 +91,17 @@ def test_the_solver_and_arrangement_follow_the_thresholds():
     assert eigen_solver(NUMPY_EIGVALSH_MAX_DIM) == "numpy" and eigen_solver(NUMPY_EIGVALSH_MAX_DIM + 1) == "torch"
     assert gram_arrangement(torch.zeros(NUMPY_GRAM_MAX_DIM, 1, 3)) == "numpy"
     assert gram_arrangement(torch.zeros(NUMPY_GRAM_MAX_DIM + 1, 1, 3)) == "torch"
-
-
-def numpy_lapack_is_openblas() -> bool:
-    """Bit-for-bit equality across splits is asserted where numpy's BLAS/LAPACK is OpenBLAS (numpy's
-    own wheels, this project's platform): its routines for these sizes run on the calling thread
-    alone. Another build (MKL, Accelerate) may thread inside a call and round differently."""
-    config = getattr(np, "__config__", None)
-    info = getattr(config, "CONFIG", {}) if config is not None else {}
-    lapack = info.get("Build Dependencies", {}).get("lapack", {})
-    return "openblas" in str(lapack.get("name", "")).lower()
+    output_dim = NUMPY_GRAM_MAX_WORK // NUMPY_GRAM_MAX_DIM**2  # the largest product measured
+    assert gram_arrangement(torch.zeros(NUMPY_GRAM_MAX_DIM, 1, output_dim)) == "numpy"
+    assert gram_arrangement(torch.zeros(NUMPY_GRAM_MAX_DIM, 1, output_dim + 1)) == "torch"
 
 
 @pytest.mark.parametrize("threads", [1, 2, 3])
 def test_numpy_arrangement_is_the_same_whatever_the_split(threads):
     """Each sample's J^T J and eigenvalues come from the same syrk and syevd call on the same
-    float64 copy whatever the slab, the number of threads or the batch it is in; so the numbers
-    are identical where numpy's LAPACK runs each call on one thread (else: round-off)."""
+    float64 copy whatever the slab, the number of threads or the batch it is in. Compared to
+    round-off (1e-13 of the largest eigenvalue), not bit for bit: a BLAS may pick other kernels
+    or thread inside a call on another machine, and the project promises no more than that."""
     dim, batch = 16, 3 * GRAM_THREAD_MIN_WORK // (16 * 16 * (50 + 16)) + 5
     columns = torch.randn(dim, batch, 50, generator=torch.Generator().manual_seed(5))
     before = torch.get_num_threads()
@@ -115,11 +114,9 @@ def test_numpy_arrangement_is_the_same_whatever_the_split(threads):
                                    gram_eigenvalues(columns[:, 11:], arrangement="numpy").eigenvalues]))
     finally:
         torch.set_num_threads(before)
+    largest = whole.amax(dim=1, keepdim=True)
     for variant in variants:
-        if numpy_lapack_is_openblas():
-            assert torch.equal(variant, whole)
-        else:
-            torch.testing.assert_close(variant, whole, rtol=1e-13, atol=1e-13)
+        torch.testing.assert_close(variant / largest, whole / largest, rtol=0, atol=1e-13)
 
 
 def test_the_two_arrangements_agree_to_round_off():

@@ -23,6 +23,7 @@ from genentropy_cli.defaults import (
     GRAM_THREAD_MIN_WORK,
     NUMPY_EIGVALSH_MAX_DIM,
     NUMPY_GRAM_MAX_DIM,
+    NUMPY_GRAM_MAX_WORK,
     NUMPY_GRAM_SLAB_BYTES,
     TRANSPOSED_GRAM_MAX_DIM,
 )
@@ -185,10 +186,11 @@ def batched_eigvalsh(gram: torch.Tensor, solver: str | None = None) -> torch.Ten
 
 
 def gram_arrangement(jacobian_columns: torch.Tensor) -> str:
-    """``numpy`` for CPU columns with d <= ``NUMPY_GRAM_MAX_DIM`` (faster there, defaults.py),
-    else ``torch``."""
-    cpu = jacobian_columns.device.type == "cpu"
-    return "numpy" if cpu and jacobian_columns.shape[0] <= NUMPY_GRAM_MAX_DIM else "torch"
+    """``numpy`` for CPU columns with d <= ``NUMPY_GRAM_MAX_DIM`` and d^2 D <= ``NUMPY_GRAM_MAX_WORK``
+    (faster there, as measured: defaults.py), else ``torch``."""
+    dim, _, output_dim = jacobian_columns.shape
+    small = dim <= NUMPY_GRAM_MAX_DIM and dim * dim * output_dim <= NUMPY_GRAM_MAX_WORK
+    return "numpy" if jacobian_columns.device.type == "cpu" and small else "torch"
 
 
 def _numpy_gram_into(columns: torch.Tensor, gram: torch.Tensor, first: int, last: int, buffer: torch.Tensor) -> None:
