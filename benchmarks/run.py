@@ -29,6 +29,9 @@ Sections (all by default; ``--quick``: MLP and infoGAN, fewer rounds, smaller ru
   imports, loading, output) against the engine alone (``estimate_entropy`` in this process).
 * ``startup``: ``genentropy --help``, ``--version`` and an estimate's time to its first batch
   against ``python -c "import torch"``, in interleaved rounds (``benchmarks/startup.py``).
+* ``zoo`` (not by default): every architecture of ``benchmarks/zoo.py`` in every form (module,
+  TorchScript script and trace, ``.pt2``): the Jacobian method, why not stacked, ms/sample and the
+  ratio to the floor, and the fraction that runs stacked.
 """
 
 from __future__ import annotations
@@ -52,6 +55,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 import peers  # noqa: E402  (benchmarks/peers.py)
+import zoo  # noqa: E402  (benchmarks/zoo.py)
 from gram_bound import PEAK_FLOPS, PEAK_SIZE, flops_per_row, gram_arrangements, matmul_peak  # noqa: E402
 from startup import startup_section  # noqa: E402  (benchmarks/startup.py)
 from sweep_vs_single import timed  # noqa: E402  (benchmarks/sweep_vs_single.py)
@@ -569,7 +573,7 @@ def cli_section(device: torch.device, quick: bool, workdir: Path) -> dict:
 
 # ----------------------------------------------------------------------------- main
 
-SECTIONS = ("speed", "memory", "scales", "cli", "startup", "rows", "gram")
+SECTIONS = ("speed", "memory", "scales", "cli", "startup", "rows", "gram", "zoo")
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -578,8 +582,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--quick", action="store_true", help="MLP and infoGAN, fewer rounds, smaller runs")
     parser.add_argument("--arch", nargs="*", default=None, choices=list(ARCHITECTURES))
     parser.add_argument("--section", nargs="*", default=None, choices=SECTIONS,
-                        help="default: all but rows and gram (rows: the rows-per-call sweep, long; "
-                             "gram: the Gram step in pieces)")
+                        help="default: all but rows, gram and zoo (rows: the rows-per-call sweep, long; "
+                             "gram: the Gram step in pieces; zoo: every architecture and file format)")
     parser.add_argument("--rounds", type=int, default=None, help="interleaved rounds (default 5; --quick 3)")
     parser.add_argument("--json", default=None, help="also write every figure to this JSON file")
     parser.add_argument("--child-batch-peak", default=None, help=argparse.SUPPRESS)
@@ -592,7 +596,7 @@ def main(argv: list[str] | None = None) -> dict:
     # that the floor and the peers run under the same allocator as the engine
     kept = keep_freed_memory()
     names = args.arch or (["mlp", "infogan-mnist"] if args.quick else list(ARCHITECTURES))
-    sections = args.section or [section for section in SECTIONS if section not in ("rows", "gram")]
+    sections = args.section or [section for section in SECTIONS if section not in ("rows", "gram", "zoo")]
     rounds = args.rounds or (3 if args.quick else 5)
     header = {"torch": torch.__version__, "device": device_name(device), "threads": torch.get_num_threads(),
               "date": time.strftime("%Y-%m-%d"), "quick": args.quick, "keep_freed_memory": kept}
@@ -615,6 +619,8 @@ def main(argv: list[str] | None = None) -> dict:
             results["cli"] = cli_section(device, args.quick, workdir)
         if "startup" in sections:
             results["startup"] = startup_section(rounds, args.quick)
+        if "zoo" in sections:
+            results["zoo"] = zoo.zoo_section(device, min(rounds, 3))
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=2, default=str))
     return results

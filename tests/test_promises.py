@@ -15,7 +15,7 @@ from scipy import stats
 
 import genentropy_cli.cli.output as output
 from genentropy_cli import compare_models, estimate_entropy
-from genentropy_cli.core import stacked_rules
+from genentropy_cli.core import stacked_rules_pointwise
 from genentropy_cli.core.decoder import prepare_decoder
 from genentropy_cli.core.latents import LatentStream, make_latent_spec
 from genentropy_cli.models.loading import save_torchscript
@@ -99,7 +99,7 @@ def test_a_wrong_stacked_rule_is_caught_by_the_reference_and_torch_func_is_used(
     kwargs = dict(scales=[1e-3], n_samples=300, dtype="float64", seed=2)
     right = estimate_entropy(TanhMLP(), 4, **kwargs)
     assert right.diagnostics["jacobian_method"] == "stacked"
-    monkeypatch.setitem(stacked_rules._DERIVATIVES, "tanh", lambda x, y, *rest: 1 - y)
+    monkeypatch.setitem(stacked_rules_pointwise._DERIVATIVES, "tanh", lambda x, y, *rest: 1 - y)
     prepared = prepare_decoder(TanhMLP(), make_latent_spec(4), torch.device("cpu"), torch.float64)
     assert prepared.jacobian_method == "vmap"
     assert prepared.method_note == "the stacked Jacobian differed from torch.func's on the probe latents"

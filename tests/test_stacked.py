@@ -20,6 +20,7 @@ from genentropy_cli.core.references import HalfSphereRadial
 from genentropy_cli.core.stacked import UnsupportedOperation, stacked_jacobian
 from genentropy_cli.core.terms import compute_sample_terms
 from genentropy_cli.models.architectures import DCGANGenerator, InfoGANGenerator, MLPDecoder
+from genentropy_cli.models.loading import save_torchscript
 
 
 class ManyOps(torch.nn.Module):
@@ -121,7 +122,13 @@ UNSUPPORTED = {
     "a per-row constant concatenated": lambda z: torch.cat([z @ W, torch.arange(z.shape[0], dtype=z.dtype)[:, None]], 1),
     "flip of the batch": lambda z: (z @ W).flip(0),
     "sort": lambda z: torch.sort(z @ W, dim=1).values,
-    "comparison": lambda z: torch.where(z @ W > 0, z @ W, 0.1 * (z @ W)),
+    "random values like the rows": lambda z: torch.rand_like(z @ W) + z @ W,
+    "gather along the batch dimension": lambda z: torch.gather(z @ W, 0, torch.zeros(z.shape[0], 6, dtype=torch.long)),
+    "index along the batch dimension": lambda z: (z @ W)[torch.arange(z.shape[0]).flip(0)],
+    "index by indices computed from the latent": lambda z: (z @ W)[:, (z[:, 0] > 0).long()],
+    "bin boundaries that differ per row": lambda z: torch.searchsorted(
+        torch.arange(3 * z.shape[0], dtype=z.dtype).reshape(-1, 3), (z @ W)[:, :1]).to(z.dtype) * (z @ W),
+    "a reshape that splits the rows": lambda z: (z @ W).reshape(2, -1).sum(0).reshape(z.shape[0], -1),
     "reduction over everything": lambda z: (z @ W) * (z @ W).sum(),
     "transpose of the batch": lambda z: ((z @ W).t() * 2).t(),
 }
@@ -132,6 +139,80 @@ def test_ops_that_mix_rows_or_lack_a_rule_are_refused_not_miscomputed(name):
     latents = torch.randn(5, 4, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
     with pytest.raises(UnsupportedOperation):
         stacked_jacobian(UNSUPPORTED[name], latents, 2)
+
+
+def piecewise_linear_spline(z: torch.Tensor) -> torch.Tensor:
+    """A spline as flows write one: knots and values per sample (cumsum of softmax/softplus),
+    the bin by a search, knots gathered by a stacked (k, k + 1) index (the batch dimension moved),
+    unbound, interpolated; outside the knots, the input itself (a mask and where)."""
+    h = z @ W
+    knots = torch.nn.functional.pad(torch.cumsum(torch.softmax(h, -1), -1), (1, 0)) * 4 - 2  # (B, 7)
+    values = torch.nn.functional.pad(torch.cumsum(torch.nn.functional.softplus(h), -1), (1, 0)) - 1
+    x = torch.tanh(h[:, :3]) * 2.5  # (B, 3)
+    k = torch.searchsorted(knots[:, None, :].expand(-1, 3, -1).contiguous(), x[..., None]).squeeze(-1) - 1
+    inside = torch.logical_and(k >= 0, k < 6)
+    k = k.clamp(0, 5)
+    pair = torch.stack((k, k + 1))[..., None]  # (2, B, 3, 1)
+    x0, x1 = knots[:, None, :].expand(2, -1, 3, -1).gather(-1, pair).squeeze(-1)
+    y0, y1 = values[:, None, :].expand(2, -1, 3, -1).gather(-1, pair).squeeze(-1)
+    spline = y0 + (y1 - y0) * inside * (x - x0) / (x1 - x0)
+    return torch.where(inside, spline, x)
+
+
+def coupling_with_index_put(z: torch.Tensor) -> torch.Tensor:
+    """zuko's coupling merge: split by constant indices, new_empty, index_put_ of each half."""
+    h = torch.sin(z @ W)
+    first, second = torch.tensor([0, 2, 4]), torch.tensor([1, 3, 5])
+    kept, moved = h[..., first], h[..., second]
+    out = kept.new_empty(h.shape)
+    out[..., first] = kept
+    out[..., second] = moved * torch.exp(kept) + torch.ones_like(moved)
+    out[:, 0] = 0.5  # constants written into stacked rows (fill_, index_put_, index_put_ accumulating)
+    out[:, torch.tensor([2, 3])] = torch.tensor([0.25, -0.5], dtype=z.dtype)
+    torch.ops.aten.index_put_(out, [None, torch.tensor([4, 5])], torch.tensor([1.0, 2.0], dtype=z.dtype), True)
+    return out
+
+
+def modulated_convolution(z: torch.Tensor) -> torch.Tensor:
+    """StyleGAN2's fused form: per-sample weights, the batch folded into the channels, groups=batch."""
+    style = (z @ W)[:, :2] + 1  # (B, 2 input channels)
+    base = torch.linspace(-1, 1, 3 * 2 * 9, dtype=z.dtype).reshape(3, 2, 3, 3)
+    x = torch.tanh(z @ W).reshape(-1, 2, 3, 1).expand(-1, 2, 3, 3)
+    weight = base[None] * style[:, None, :, None, None]
+    weight = weight * torch.rsqrt(weight.pow(2).sum([2, 3, 4]) + 1e-8)[:, :, None, None, None]
+    out = F.conv2d(x.reshape(1, -1, 3, 3), weight.reshape(-1, 2, 3, 3), padding=1, groups=z.shape[0])
+    return out.reshape(z.shape[0], -1)
+
+
+SUPPORTED = {
+    "where with a mask": lambda z: torch.where(z @ W > 0, z @ W, 0.1 * (z @ W)),
+    "mask times a value": lambda z: (z @ W > 0) * torch.sin(z @ W) + (z @ W < 0).to(z.dtype),
+    "a float turned into a gather index": lambda z: torch.gather(
+        torch.cos(z @ W), 1, (torch.sigmoid(z @ W) * 5.999).long()),
+    "spline": piecewise_linear_spline,
+    "coupling with index_put": coupling_with_index_put,
+    "constant permutation and index_select": lambda z: torch.index_select((z @ W)[:, [5, 0, 3, 1, 4, 2]] ** 2, 1,
+                                                                         torch.tensor([1, 1, 0])),
+    "fresh constants": lambda z: torch.full_like(z @ W, 3.0) * (z @ W) + torch.zeros_like(z).sum(1, keepdim=True)
+    + (z @ W).new_ones((z.shape[0], 6)),
+    "bmm of two stacked tensors": lambda z: torch.softmax(
+        torch.bmm((z @ W)[:, :, None], torch.tanh(z @ W)[:, None, :]), -1).flatten(1),
+    "modulated convolution": modulated_convolution,
+    "prelu and cumsum": lambda z: torch.cumsum(F.prelu(z @ W, torch.tensor([0.2], dtype=z.dtype)), 1),
+}
+
+
+@pytest.mark.parametrize("name", list(SUPPORTED))
+def test_masks_indices_splines_and_products_match_autograd(name):
+    """The rules for comparisons, masks, bin searches, gathers with a moved batch dimension,
+    index_put, fresh constants, bmm of two stacked operands, folded grouped convolution."""
+    function = SUPPORTED[name]
+    latents = torch.randn(5, 4, dtype=torch.float64, generator=torch.Generator().manual_seed(6))
+    expected = reference_jacobians(function, latents)
+    for chunk in (1, 4):
+        columns, outputs = stacked_jacobian(function, latents, chunk, with_outputs=True)
+        torch.testing.assert_close(columns, expected, rtol=1e-12, atol=1e-13)
+        torch.testing.assert_close(outputs, function(latents), rtol=1e-14, atol=1e-14)
 
 
 SHIFT = torch.linspace(-1, 1, 6, dtype=torch.float64)
@@ -182,9 +263,9 @@ def test_engine_chooses_stacked_and_its_terms_equal_the_vmap_terms():
     torch.testing.assert_close(stacked.eigenvalues, plain.eigenvalues, rtol=1e-9, atol=1e-14)
 
 
-class SwitchesToAComparison(torch.nn.Module):
+class SwitchesToARoll(torch.nn.Module):
     """tanh(W z), the same function throughout; from its 6th call on it takes a branch the
-    stacked method has no rule for (a comparison), as a data-dependent branch might."""
+    stacked method has no rule for (a roll there and back), as a data-dependent branch might."""
 
     def __init__(self):
         super().__init__()
@@ -195,17 +276,16 @@ class SwitchesToAComparison(torch.nn.Module):
         self.calls += 1
         h = z @ self.weight.T
         if self.calls > 5:
-            h = torch.where(h > 100, h, h)  # an identity through a comparison
+            h = torch.roll(torch.roll(h, 1, 1), -1, 1)  # an identity through an op without a rule
         return torch.tanh(h)
 
 
 def test_a_branch_without_rules_mid_run_falls_back_to_torch_func_with_the_same_answer():
     kwargs = dict(scales=[1e-3], n_samples=120, batch_size=20, dtype="float64", seed=4)
-    switching = estimate_entropy(SwitchesToAComparison(), 4, **kwargs)
+    switching = estimate_entropy(SwitchesToARoll(), 4, **kwargs)
     assert switching.diagnostics["jacobian_method"] == "vmap"
-    assert "comparison" in switching.diagnostics["jacobian_method_note"] or "gt" in switching.diagnostics[
-        "jacobian_method_note"]
-    plain = SwitchesToAComparison()
+    assert "roll" in switching.diagnostics["jacobian_method_note"]
+    plain = SwitchesToARoll()
     plain.calls = -10**9  # never switches: stacked throughout
     steady = estimate_entropy(plain, 4, **kwargs)
     assert steady.diagnostics["jacobian_method"] == "stacked"
@@ -295,3 +375,45 @@ def test_elementwise_activations_without_the_pointwise_tag_still_go_stacked(monk
     for activation in activations:
         torch.testing.assert_close(stacked_jacobian(lambda z: activation(z @ W), latents, 4),
                                    reference_jacobians(lambda z: activation(z @ W), latents), rtol=1e-12, atol=1e-14)
+
+
+class SortsItsFeatures(torch.nn.Module):
+    """A decoder with an op the stacked method has no rule for (sort)."""
+
+    def __init__(self):
+        super().__init__()
+        self.linear = torch.nn.Linear(3, 8)
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        return torch.sort(self.linear(z), dim=1).values
+
+
+def test_the_estimate_table_says_which_method_ran_and_why(run_cli, tmp_path):
+    """Not only the JSON: the table under the estimate names the Jacobian method and, for a
+    fallback, the reason in one line."""
+    torch.manual_seed(0)
+    cases = ((SortsItsFeatures(), "vmap (stacked method unavailable: no stacked-tangent rule for sort)"),
+             (MLPDecoder(3, 8, hidden=(4,)), "stacked (one forward pass over stacked rows)"))
+    for number, (module, expected) in enumerate(cases):
+        path = save_torchscript(module, tmp_path / f"model{number}.pt", make_latent_spec(3))
+        result = run_cli("estimate", path, "-n", "64", "--quiet", "--device", "cpu", "--dtype", "float64")
+        assert result.exit_code == 0, result.stderr
+        line = next(line for line in result.stdout.splitlines() if "Jacobian method" in line)
+        assert expected in line
+        document = run_cli("estimate", path, "-n", "64", "--quiet", "--device", "cpu", "--dtype", "float64",
+                           "--json").json()
+        assert document["diagnostics"]["jacobian_method"] == expected.split()[0]
+
+
+def test_a_rule_that_crashes_makes_the_engine_fall_back_and_say_why(monkeypatch):
+    """A rule that raises something other than UnsupportedOperation (a bug, an op called with
+    arguments it did not expect) does not end the run: the probe falls back to torch.func."""
+    from genentropy_cli.core import stacked_rules
+
+    def broken(mode, func, args, kwargs):
+        raise IndexError("tuple index out of range")
+
+    monkeypatch.setitem(stacked_rules.RULES, torch.ops.aten.addmm, broken)
+    prepared = prepare_decoder(MLPDecoder(4, 8, hidden=(6,)), make_latent_spec(4), torch.device("cpu"), torch.float64)
+    assert prepared.jacobian_method == "vmap"
+    assert prepared.method_note == "stacked method failed: tuple index out of range"

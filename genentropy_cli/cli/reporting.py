@@ -100,6 +100,21 @@ def _quantile_text(quantiles: dict | None) -> str:
     return " / ".join(f"{quantiles[name]:.3g}" for name in ("min", "q01", "median", "q99", "max"))
 
 
+METHOD_NOTE_CHARACTERS = 110
+"""The table's share of a fallback's reason (the JSON's ``jacobian_method_note`` has all of it)."""
+
+
+def method_text(diagnostics: dict) -> str:
+    """Which Jacobian method ran and, where it is not the stacked one, why in one short line."""
+    method, note = diagnostics.get("jacobian_method") or "-", diagnostics.get("jacobian_method_note")
+    if not note:
+        return f"{method} (one forward pass over stacked rows)" if method == "stacked" else method
+    note = note.strip().splitlines()[0]
+    if len(note) > METHOD_NOTE_CHARACTERS:
+        note = note[: METHOD_NOTE_CHARACTERS - 3].rstrip() + "..."
+    return f"{method} ({note})"
+
+
 def diagnostics_table(result: EntropyResult) -> Table:
     """Under the estimate: why the run stopped, the Jacobians' spectrum, the machine."""
     diagnostics, settings = result.diagnostics, result.settings
@@ -126,6 +141,7 @@ def diagnostics_table(result: EntropyResult) -> Table:
                   f" ({diagnostics.get('oom_retries', 0)} out-of-memory retries)")
     table.add_row("peak memory", f"{format_bytes(diagnostics.get('peak_memory_bytes'))} "
                   f"({diagnostics.get('peak_memory_kind', '-')})")
+    table.add_row("Jacobian method", method_text(diagnostics))
     probe = result.precision_probe
     if probe is None:
         table.add_row("precision probe", "not needed: the decoder ran in float64")

@@ -259,6 +259,8 @@ def _choose_jacobian_method(prepared: PreparedDecoder) -> str:
             stacked, _, row_bytes = stacked_jacobian_profiled(flat, probe, columns, max_columns=columns)
         except UnsupportedOperation as error:
             stacked, prepared.method_note = None, f"stacked method unavailable: {error}"
+        except Exception as error:  # e.g. a decoder that refuses (k + 1) B rows: torch.func still may run
+            stacked, prepared.method_note = None, f"stacked method failed: {first_line(error)}"
         if stacked is not None:
             try:
                 reference = reverse_mode_columns(flat, probe, columns)

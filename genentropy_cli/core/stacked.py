@@ -18,7 +18,10 @@ torch.func.
 
 A stacked tensor may carry its rows in ``m`` consecutive rows each (a view that folds the
 batch with the next dimension, as ``matmul`` on (N, L, C) inputs does): its first B * m rows
-are the primal.
+are the primal. Its batch dimension may be dim ``lead`` > 0 (after ``torch.stack(..., dim=0)``,
+an ``expand`` with new leading dimensions, or a reshape that folds the batch into the channels);
+an integer or boolean stacked tensor carries the primal's values on every row
+(``stacked_operands``). Only rules that say they take these (``stacked_operands.takes``) get them.
 """
 
 from __future__ import annotations
@@ -28,13 +31,14 @@ from typing import Any, Callable
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
+from genentropy_cli.core.stacked_operands import is_discrete
 from genentropy_cli.core.stacked_rules import UnsupportedOperation, operand_leaves, rule_for
 
 __all__ = ["DecoderFn", "StackedRows", "UnsupportedOperation", "stacked_jacobian", "stacked_jacobian_profiled"]
 
 DecoderFn = Callable[[torch.Tensor], torch.Tensor]
 _TAG = "_genentropy_stacked"
-"""Attribute a stacked tensor carries: (the mode's token, m). A view is a new tensor object
+"""Attribute a stacked tensor carries: (the mode's token, m, lead). A view is a new tensor object
 without it, as with the weak dictionary this replaces; the tag keeps nothing alive."""
 
 
@@ -73,12 +77,16 @@ class StackedRows(TorchDispatchMode):
 
     # ------------------------------------------------------------------ bookkeeping
 
-    def mark(self, tensor: torch.Tensor) -> torch.Tensor:
-        size = tensor.shape[0] if tensor.dim() else 0
+    def mark(self, tensor: torch.Tensor, lead: int = 0) -> torch.Tensor:
+        size = tensor.shape[lead] if tensor.dim() > lead else 0
         if size == 0 or size % self.rows:
             raise UnsupportedOperation(f"an op returned {size} rows for a batch of {self.rows}: it mixes rows")
-        setattr(tensor, _TAG, (self._token, size // self.rows))
+        setattr(tensor, _TAG, (self._token, size // self.rows, lead))
         return tensor
+
+    def lead(self, tensor: torch.Tensor) -> int:
+        """The batch dimension: 0, or the number of leading dimensions put before it."""
+        return getattr(tensor, _TAG)[2]
 
     def is_stacked(self, value: Any) -> bool:
         tag = getattr(value, _TAG, None) if isinstance(value, torch.Tensor) else None
@@ -95,6 +103,23 @@ class StackedRows(TorchDispatchMode):
         """Tangent rows as (k, B * m, ...)."""
         width = self.primal_rows * self.multiplicity(tensor)
         return tensor[width:].unflatten(0, (self.slots, width))
+
+    def _tangent_block(self, tensor: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        lead = self.lead(tensor)
+        width = self.primal_rows * self.multiplicity(tensor)
+        return tensor.narrow(lead, 0, width), tensor.narrow(lead, width, width * self.slots)
+
+    def replicate(self, tensor: torch.Tensor) -> torch.Tensor:
+        """The primal rows copied onto every tangent slot (a discrete value: no derivative)."""
+        primal, rest = self._tangent_block(tensor)
+        lead = self.lead(tensor)
+        rest.unflatten(lead, (self.slots, primal.shape[lead])).copy_(primal.unsqueeze(lead))
+        return tensor
+
+    def zero_tangents(self, tensor: torch.Tensor) -> torch.Tensor:
+        """Zero tangent rows: the value does not depend on the latent."""
+        self._tangent_block(tensor)[1].zero_()
+        return tensor
 
     def assemble(self, primal: torch.Tensor, tangents: torch.Tensor) -> torch.Tensor:
         """Stack a primal (B m, ...) and tangents (k, B m, ...) into one (N m, ...) tensor."""
@@ -114,8 +139,13 @@ class StackedRows(TorchDispatchMode):
             return func(*args, **kwargs)  # parameters, shapes, fresh constants
         rule = rule_for(func)
         try:
+            name = func.overloadpacket.__name__
             if rule is None:
-                raise UnsupportedOperation(f"no stacked-tangent rule for {func.overloadpacket.__name__}")
+                raise UnsupportedOperation(f"no stacked-tangent rule for {name}")
+            if not getattr(rule, "takes_discrete", False) and any(is_discrete(leaf) for leaf in stacked):
+                raise UnsupportedOperation(f"{name} of an integer or boolean tensor computed from the latent")
+            if not getattr(rule, "takes_moved", False) and any(self.lead(leaf) for leaf in stacked):
+                raise UnsupportedOperation(f"{name} of a tensor whose batch dimension was moved")
             result = rule(self, func, args, kwargs)
         except UnsupportedOperation as error:  # TorchScript rewraps errors: remember ours
             self.unsupported = str(error)
@@ -171,7 +201,8 @@ def stacked_jacobian_profiled(
             if mode.unsupported is not None:
                 raise UnsupportedOperation(mode.unsupported) from None
             raise
-        if not mode.is_stacked(result) or mode.multiplicity(result) != 1 or result.dim() != 2:
+        if (not mode.is_stacked(result) or mode.multiplicity(result) != 1 or mode.lead(result) or result.dim() != 2
+                or is_discrete(result)):
             raise UnsupportedOperation("the decoder's output does not follow its input row by row")
         peak_row_bytes = max(peak_row_bytes, mode.peak_row_bytes)
         if count == wanted:  # one call: the decoder's output rows are the Jacobian, no copy

@@ -7,15 +7,27 @@ on the tangent rows [T_1; ...; T_k]. Such a constant is either broadcast (no bat
 one row, or an expanded row), or a tensor with one row per stacked row whose rows are all
 equal: a class label's one-hot code or embedding, made for the whole batch inside a
 conditional decoder (``labels.ClassBoundDecoder``).
+
+An integer or boolean ("discrete") stacked tensor, computed from the latent (a comparison's mask,
+a spline's bin index), has no derivative: it carries the primal's values on every row, the
+tangent rows replicating the primal rows, so that every row of a slot reads the mask or index of
+its sample. An op on such tensors is exact where its rule accepts them (``takes``).
+
+A stacked tensor's batch dimension is dim 0, or dim ``lead`` of a tensor that gained ``lead``
+leading dimensions (``torch.stack(..., dim=0)`` or ``expand`` of stacked rows, as a spline's
+bin lookup does); only rules that say so (``takes(moved=True)``) accept those.
 """
 
 from __future__ import annotations
 
-from typing import Any, ContextManager, Protocol
+from typing import Any, Callable, ContextManager, Protocol
 
 import torch
 
-__all__ = ["StackedMode", "UnsupportedOperation", "dim_index", "has_equal_rows", "operand_leaves", "row_free", "shared_row"]
+__all__ = [
+    "StackedMode", "UnsupportedOperation", "dim_index", "has_equal_rows", "is_discrete", "only_first_stacked",
+    "operand_leaves", "row_free", "shared_row", "takes", "with_shared_rows",
+]
 
 
 class UnsupportedOperation(RuntimeError):
@@ -35,6 +47,18 @@ def operand_leaves(*values: Any) -> list:
         else:
             found.append(value)
     return found
+
+
+def is_discrete(value: Any) -> bool:
+    """An integer or boolean tensor (no derivative: a stacked one replicates the primal rows)."""
+    return isinstance(value, torch.Tensor) and not (value.is_floating_point() or value.is_complex())
+
+
+def takes(rule: Callable, *, discrete: bool = False, moved: bool = False) -> Callable:
+    """Mark ``rule`` as exact for discrete stacked operands and/or for stacked tensors whose batch
+    dimension moved (``lead`` > 0); the dispatch mode refuses those to every other rule."""
+    rule.takes_discrete, rule.takes_moved = discrete, moved
+    return rule
 
 
 def dim_index(dim: int, ndim: int) -> int:
@@ -64,6 +88,21 @@ def shared_row(value: Any, rows: int) -> Any:
     return value
 
 
+def only_first_stacked(mode: "StackedMode", args: tuple, kwargs: dict, name: str) -> torch.Tensor:
+    """The op's first argument, which must be its only stacked operand."""
+    source = args[0]
+    if not mode.is_stacked(source) or any(mode.is_stacked(leaf) for leaf in operand_leaves(args[1:], kwargs)):
+        raise UnsupportedOperation(f"{name} with a stacked operand other than its input")
+    return source
+
+
+def with_shared_rows(mode: "StackedMode", args: tuple) -> tuple:
+    """``args`` with each constant whose rows are all equal as its first row (``shared_row``),
+    e.g. a label's embedding that scales or shifts the stacked rows."""
+    rows = max((arg.shape[0] for arg in args if mode.is_stacked(arg) and arg.dim()), default=0)
+    return tuple(arg if mode.is_stacked(arg) else shared_row(arg, rows) for arg in args)
+
+
 class StackedMode(Protocol):
     """What a rule may ask of the dispatch mode (``stacked.StackedRows``): the layout
     N = (k + 1) B of ``primal_rows`` B and ``slots`` k, and which tensors are stacked."""
@@ -71,8 +110,20 @@ class StackedMode(Protocol):
     primal_rows: int
     slots: int
 
-    def mark(self, tensor: torch.Tensor) -> torch.Tensor:
-        """Tag an op's output as stacked (it must carry a multiple of N rows)."""
+    def mark(self, tensor: torch.Tensor, lead: int = 0) -> torch.Tensor:
+        """Tag an op's output as stacked (it must carry a multiple of N rows along dim ``lead``)."""
+        ...
+
+    def lead(self, tensor: torch.Tensor) -> int:
+        """The stacked tensor's batch dimension (0 unless leading dimensions were put before it)."""
+        ...
+
+    def replicate(self, tensor: torch.Tensor) -> torch.Tensor:
+        """Copy the primal rows onto every tangent slot, in place (a discrete result)."""
+        ...
+
+    def zero_tangents(self, tensor: torch.Tensor) -> torch.Tensor:
+        """Zero the tangent rows, in place (a value that does not depend on the latent)."""
         ...
 
     def is_stacked(self, value: Any) -> bool: ...
