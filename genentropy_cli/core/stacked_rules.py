@@ -5,7 +5,8 @@
     y = A x + b (bias, eval-mode batch norm)        ->  A S, then + b on the primal rows only
     y = f(x, ...) pointwise                          ->  f(P) on the primal rows,
                                                          f'(P) * T_j on tangent slot j
-    y = g(x) row-wise (softmax, layer norm, pool)    ->  torch.func.jvp of g, slot by slot
+    y = g(x) row-wise (softmax, pool, pad)           ->  torch.func.jvp of g, slot by slot
+    y = layer or group norm of x                     ->  closed form, all slots at once
     y = A B, both stacked (attention's bmm)          ->  P_A P_B; T_A,j P_B + P_A T_B,j
 
 A rule is ``rule(mode, func, args, kwargs)``: ``mode`` (a ``StackedMode``) tells stacked tensors
@@ -14,7 +15,8 @@ marked (``mode.mark``), or raises ``UnsupportedOperation`` where the op would mi
 an op is one entry in ``RULES`` (or a name in ``ELEMENTWISE`` for an activation torch does not
 tag pointwise). This module is the registry and holds the rules of linear maps and moves within
 rows; the others are by kind in ``stacked_rules_pointwise`` (elementwise, row-wise),
-``stacked_rules_index`` (new axes, indexing, gathers, writes, bin searches, fresh constants) and
+``stacked_rules_norms`` (layer and group norm in closed form), ``stacked_rules_index`` (new axes,
+indexing, gathers, writes, bin searches, fresh constants) and
 ``stacked_rules_folded`` (a batch folded into the channels: StyleGAN2's grouped convolution).
 """
 
@@ -38,6 +40,7 @@ from genentropy_cli.core.stacked_operands import dim_index as _dim
 from genentropy_cli.core.stacked_operands import row_free as _row_free
 from genentropy_cli.core.stacked_rules_folded import FOLDED_RULES, folded_convolution, is_folded
 from genentropy_cli.core.stacked_rules_index import INDEX_RULES
+from genentropy_cli.core.stacked_rules_norms import NORM_RULES
 from genentropy_cli.core.stacked_rules_pointwise import ELEMENTWISE, pointwise, rowwise
 
 __all__ = ["ELEMENTWISE", "RULES", "StackedMode", "UnsupportedOperation", "operand_leaves", "rule_for"]
@@ -288,8 +291,9 @@ RULES: dict[Any, Callable] = {
     aten.add: takes(_linear_combination, discrete=True), aten.sub: takes(_linear_combination, discrete=True),
     aten.mul: takes(_scaling, discrete=True), aten.div: takes(_scaling, discrete=True),
     # nonlinear but row by row
-    aten._softmax: rowwise, aten._log_softmax: rowwise, aten.native_layer_norm: rowwise,
-    aten.native_group_norm: rowwise, aten.max_pool2d_with_indices: rowwise, aten.constant_pad_nd: rowwise,
+    aten._softmax: rowwise, aten._log_softmax: rowwise, aten.max_pool2d_with_indices: rowwise,
+    aten.constant_pad_nd: rowwise,
+    **NORM_RULES,  # layer and group norm in closed form
     # new axes, selections, indexing, bin searches, fresh constants
     **INDEX_RULES, **FOLDED_RULES,
 }

@@ -3,7 +3,7 @@ ops, and ops that act on each row alone.
 
     y = f(x, ...) pointwise                          ->  f(P) on the primal rows,
                                                          f'(P) * T_j on tangent slot j
-    y = g(x) row-wise (softmax, layer norm, pool)    ->  torch.func.jvp of g, slot by slot
+    y = g(x) row-wise (softmax, pool, pad)           ->  torch.func.jvp of g, slot by slot
 
 An integer or boolean operand computed from the latent (a mask: ``stacked_operands``) enters
 f as the constant it is at the primal; an integer or boolean result (a comparison) is the
@@ -12,6 +12,7 @@ primal's, replicated on every row; a float result of discrete operands alone has
 
 from __future__ import annotations
 
+import math
 from typing import Any, Callable
 
 import torch
@@ -34,19 +35,45 @@ __all__ = ["ELEMENTWISE", "pointwise", "rowwise"]
 aten = torch.ops.aten
 
 
-def _leaky_relu_derivative(x: torch.Tensor, y: torch.Tensor, slope: float = 0.01, *rest: Any) -> torch.Tensor:
+def _leaky_relu_derivative(x: torch.Tensor, y: torch.Tensor, slope: float = 0.01, *rest: Any,
+                           **options: Any) -> torch.Tensor:
     return torch.where(x > 0, torch.ones_like(x), torch.full_like(x, slope))
 
 
+def _silu_derivative(x: torch.Tensor, y: torch.Tensor, *rest: Any, **options: Any) -> torch.Tensor:
+    """y = x s(x), s the sigmoid: y' = s + y (1 - s)."""
+    s = torch.sigmoid(x)
+    return s + y * (1 - s)
+
+
+def _gelu_derivative(x: torch.Tensor, y: torch.Tensor, *rest: Any, approximate: str = "none",
+                     **options: Any) -> torch.Tensor:
+    """approximate='none': y = x Phi(x), y' = Phi(x) + x phi(x). approximate='tanh':
+    y = x (1 + tanh u) / 2 with u = sqrt(2/pi) (x + 0.044715 x^3),
+    y' = (1 + tanh u) / 2 + x (1 - tanh^2 u) sqrt(2/pi) (1 + 3 * 0.044715 x^2) / 2."""
+    approximate = rest[0] if rest else approximate
+    if approximate == "tanh":
+        beta, kappa = math.sqrt(2 / math.pi), 0.044715
+        squared = x * x
+        inner = torch.tanh(beta * x * (1 + kappa * squared))
+        return 0.5 * (1 + inner) + 0.5 * beta * x * (1 - inner * inner) * (1 + 3 * kappa * squared)
+    if approximate != "none":
+        raise UnsupportedOperation(f"gelu with approximate={approximate!r}")
+    cdf = 0.5 * (1 + torch.erf(x * math.sqrt(0.5)))
+    return cdf + x * torch.exp(-0.5 * x * x) * (1 / math.sqrt(2 * math.pi))
+
+
 _DERIVATIVES: dict[str, Callable[..., torch.Tensor]] = {
-    "relu": lambda x, y, *rest: (x > 0).to(x.dtype),
-    "sigmoid": lambda x, y, *rest: y * (1 - y),
-    "tanh": lambda x, y, *rest: 1 - y * y,
-    "exp": lambda x, y, *rest: y,
+    "relu": lambda x, y, *rest, **options: (x > 0).to(x.dtype),
+    "sigmoid": lambda x, y, *rest, **options: y * (1 - y),
+    "tanh": lambda x, y, *rest, **options: 1 - y * y,
+    "exp": lambda x, y, *rest, **options: y,
     "leaky_relu": _leaky_relu_derivative,
+    "silu": _silu_derivative,
+    "gelu": _gelu_derivative,
 }
-"""f'(x) from the input x and output y (and the op's other arguments), as torch's own
-derivative formulas have them; every other pointwise op is differentiated by jvp."""
+"""f'(x) from the input x and output y (and the op's other arguments, positional and keyword),
+as torch's own derivative formulas have them; every other pointwise op is differentiated by jvp."""
 
 ELEMENTWISE = frozenset(_DERIVATIVES) | {
     "elu", "celu", "selu", "gelu", "silu", "mish", "softplus", "hardtanh", "hardswish", "hardsigmoid", "threshold",
@@ -121,7 +148,7 @@ def pointwise(mode: StackedMode, func, args, kwargs):
     def partial(index: int) -> tuple[torch.Tensor, torch.Tensor]:
         if closed_form is not None:  # the common activations, without jvp's per-call overhead
             value = compute(*primals, **kwargs)
-            return value, closed_form(primals[0], value, *primals[1:])
+            return value, closed_form(primals[0], value, *primals[1:], **kwargs)
 
         def along(value):
             return compute(*primals[:index], value, *primals[index + 1:], **kwargs)
@@ -157,14 +184,13 @@ def pointwise(mode: StackedMode, func, args, kwargs):
 
 
 def rowwise(mode: StackedMode, func, args, kwargs):
-    """A nonlinear op that acts on each row alone (softmax over features, layer/group norm,
-    pooling, padding): torch.func.jvp of the op at the primal, vmapped over the k slots."""
+    """A nonlinear op that acts on each row alone (softmax over features, pooling, padding):
+    torch.func.jvp of the op at the primal, vmapped over the k slots (layer and group norm have
+    closed forms in ``stacked_rules_norms``)."""
     source = only_first_stacked(mode, args, kwargs, func.overloadpacket.__name__)
     if func.overloadpacket in (aten._softmax, aten._log_softmax) and _dim(args[1], source.dim()) == 0:
         raise UnsupportedOperation("softmax over the batch dimension")
     rest = args[1:]
-    if func.overloadpacket is aten.native_group_norm:  # takes the batch size as an argument
-        rest = (*args[1:3], mode.primal(source).shape[0], *args[4:])
 
     def apply(value):
         result = func(value, *rest, **kwargs)
