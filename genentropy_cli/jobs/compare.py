@@ -35,7 +35,7 @@ from genentropy_cli.jobs.pairs import PairDifference, column_group, latent_seeds
 from genentropy_cli.run.hooks import LogCallback, ProgressCallback, RunHooks
 from genentropy_cli.run.loop import LoopOutcome, run_loop
 from genentropy_cli.run.options import EstimateOptions, options_from
-from genentropy_cli.run.results import ScaleEstimate, estimates_from_moments
+from genentropy_cli.run.results import RunRecord, ScaleEstimate, estimates_from_moments
 from genentropy_cli.run.workload import DecoderWork, Workload
 
 # --------------------------------------------------------------------------- results
@@ -72,16 +72,10 @@ class ModelSummary:
 
 
 @dataclass
-class ComparisonResult:
+class ComparisonResult(RunRecord):
     models: list[ModelSummary]
     pairs: list[PairDifference]
-    settings: dict
-    elapsed_seconds: float
     warnings: list[str] = field(default_factory=list)
-    partial: bool = False
-    """True when the run was interrupted: the comparison uses the samples done so far."""
-    stop_reason: str = "num_samples"
-    diagnostics: dict = field(default_factory=dict)
 
     @property
     def names(self) -> list[str]:
@@ -248,5 +242,5 @@ def comparison_result(outcome: LoopOutcome, specs: Sequence[LatentSpec], seeds: 
         "multiple_comparisons": "holm",
     }
     diagnostics = {key: value for key, value in outcome.diagnostics.items() if key != "models"}
-    return ComparisonResult(summaries, differences, settings, outcome.elapsed_seconds, warnings,
-                            partial=outcome.partial, stop_reason=outcome.stop_reason, diagnostics=diagnostics)
+    return ComparisonResult(summaries, differences, warnings, settings=settings,
+                            elapsed_seconds=outcome.elapsed_seconds, partial=outcome.partial, stop_reason=outcome.stop_reason, diagnostics=diagnostics)

@@ -40,7 +40,7 @@ from genentropy_cli.errors import EstimationError, InputError
 from genentropy_cli.jobs.pairs import PairDifference, column_group, pair_differences
 from genentropy_cli.run.loop import LoopOutcome
 from genentropy_cli.run.options import EstimateOptions
-from genentropy_cli.run.results import ScaleEstimate, estimates_from_moments
+from genentropy_cli.run.results import DecoderRunRecord, ScaleEstimate, estimates_from_moments
 from genentropy_cli.run.workload import DecoderWork, Workload
 
 __all__ = ["ClassEstimate", "ConditionalResult", "MixtureBounds", "as_label_spec", "class_members",
@@ -89,29 +89,18 @@ class MixtureBounds:
 
 
 @dataclass
-class ConditionalResult:
-    """Every class's H(X|y), their paired differences, H(X|Y), H(Y) and the mixture's bounds."""
+class ConditionalResult(DecoderRunRecord):
+    """Every class's H(X|y), their paired differences, H(X|Y), H(Y) and the mixture's bounds.
+    Its ``precision_probe`` is the class whose h_i the decoder dtype moves most (every class's is
+    in ``classes``)."""
 
     label: LabelSpec
-    latent: LatentSpec
-    output_dim: int
-    output_shape: tuple[int, ...]
     classes: list[ClassEstimate]
     conditional: list[ScaleEstimate]
     """H(X|Y) per scale."""
     pairs: list[PairDifference]
     """H(X|a) - H(X|b) for every pair of classes (``first``/``second`` index ``classes``)."""
-    settings: dict
-    elapsed_seconds: float
     warnings: list[str] = field(default_factory=list)
-    num_nonfinite: int = 0
-    nonfinite_indices: list[int] = field(default_factory=list)
-    diagnostics: dict = field(default_factory=dict)
-    partial: bool = False
-    stop_reason: str = "num_samples"
-    precision_probe: dict | None = None
-    """The class whose h_i the decoder dtype moves most (every class's is in ``classes``)."""
-    samples_computed: int | None = None
 
     @property
     def estimates(self) -> list[ScaleEstimate]:
@@ -267,8 +256,9 @@ def conditional_result(outcome: LoopOutcome, label: LabelSpec, warnings: list[st
                         f"N = {total.count} for every class")
     member = workload.members[0]
     return ConditionalResult(
-        label, member.spec, member.prepared.output_dim, member.prepared.output_shape, classes, conditional,
-        differences, {**outcome.settings, "num_used": int(total.count)}, outcome.elapsed_seconds, warnings,
+        label, classes, conditional, differences, warnings, latent=member.spec,
+        output_dim=member.prepared.output_dim, output_shape=member.prepared.output_shape,
+        settings={**outcome.settings, "num_used": int(total.count)}, elapsed_seconds=outcome.elapsed_seconds,
         num_nonfinite=summary.num_nonfinite, nonfinite_indices=list(summary.nonfinite_indices),
         diagnostics=run_diagnostics(outcome), partial=outcome.partial, stop_reason=outcome.stop_reason,
         precision_probe=largest_probe(outcome.probe_reports), samples_computed=outcome.samples_computed)

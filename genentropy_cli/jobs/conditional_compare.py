@@ -37,7 +37,7 @@ from genentropy_cli.jobs.pairs import PairDifference, column_group, latent_seeds
 from genentropy_cli.run.hooks import RunHooks
 from genentropy_cli.run.loop import LoopOutcome, run_loop
 from genentropy_cli.run.options import EstimateOptions
-from genentropy_cli.run.results import ScaleEstimate, estimates_from_moments
+from genentropy_cli.run.results import RunRecord, ScaleEstimate, estimates_from_moments
 from genentropy_cli.run.workload import Workload
 
 __all__ = ["ConditionalComparison", "ConditionalModel", "compare_conditional"]
@@ -80,7 +80,7 @@ class ConditionalModel:
 
 
 @dataclass
-class ConditionalComparison:
+class ConditionalComparison(RunRecord):
     """Every model's classes and H(X|Y); per class, every pair of models; H(X|Y) pair by pair."""
 
     models: list[ConditionalModel]
@@ -88,12 +88,7 @@ class ConditionalComparison:
     """(class, H_first(X|class) - H_second(X|class)); first/second index ``models``."""
     conditional_pairs: list[PairDifference]
     """H_first(X|Y) - H_second(X|Y)."""
-    settings: dict
-    elapsed_seconds: float
     warnings: list[str] = field(default_factory=list)
-    partial: bool = False
-    stop_reason: str = "num_samples"
-    diagnostics: dict = field(default_factory=dict)
 
     @property
     def names(self) -> list[str]:
@@ -192,6 +187,6 @@ def _comparison(outcome: LoopOutcome, names: Sequence[str], labels: list[LabelSp
                         f"model and class; N = {total.count} for every one")
     settings = {**outcome.settings, "num_used": int(total.count), "shared_latents": bool(shared_latents),
                 "significance_level": COMPARE_SIGNIFICANCE_LEVEL, "multiple_comparisons": "holm"}
-    return ConditionalComparison(models, class_pairs, conditional_pairs, settings, outcome.elapsed_seconds, warnings,
-                                 partial=outcome.partial, stop_reason=outcome.stop_reason,
+    return ConditionalComparison(models, class_pairs, conditional_pairs, warnings, settings=settings,
+                                 elapsed_seconds=outcome.elapsed_seconds, partial=outcome.partial, stop_reason=outcome.stop_reason,
                                  diagnostics=run_diagnostics(outcome))

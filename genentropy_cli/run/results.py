@@ -34,27 +34,39 @@ class ScaleEstimate:
         }
 
 
-@dataclass
-class EntropyResult:
-    """The estimate at every scale, the settings that produced it, and diagnostics."""
+@dataclass(kw_only=True)
+class RunRecord:
+    """What every job's result records of its run; keyword fields, after each result's own."""
 
-    estimates: list[ScaleEstimate]
+    settings: dict
+    elapsed_seconds: float
+    diagnostics: dict = field(default_factory=dict)
+    partial: bool = False
+    """True when the run was interrupted: the result uses the samples done so far."""
+    stop_reason: str = "num_samples"
+    """What ended the run: num_samples (the -n cap), target_stderr or interrupted."""
+
+
+@dataclass(kw_only=True)
+class DecoderRunRecord(RunRecord):
+    """... and, for a run of one decoder, its latent, its output and its sample accounting."""
+
     latent: LatentSpec
     output_dim: int
     output_shape: tuple[int, ...]
-    settings: dict
-    elapsed_seconds: float
     num_nonfinite: int = 0
     nonfinite_indices: list[int] = field(default_factory=list)
-    diagnostics: dict = field(default_factory=dict)
-    partial: bool = False
-    """True when the run was interrupted: the estimate uses the samples done so far."""
-    stop_reason: str = "num_samples"
-    """What ended the run: num_samples (the -n cap), target_stderr or interrupted."""
     precision_probe: dict | None = None
     """The float64 check of the decoder dtype (``precision.PrecisionProbe.report``); None in float64."""
     samples_computed: int | None = None
     """Samples this call computed (less than N after a resume, more after an adaptive stop)."""
+
+
+@dataclass
+class EntropyResult(DecoderRunRecord):
+    """The estimate at every scale, the settings that produced it, and diagnostics."""
+
+    estimates: list[ScaleEstimate]
 
     @property
     def samples_per_second(self) -> float:
