@@ -150,14 +150,7 @@ class ConditionalResult(DecoderRunRecord):
             "label_entropy": self.label_entropy,
             "mixture_entropy": [item.to_dict() for item in self.mixture],
             "warnings": list(self.warnings),
-            "num_nonfinite": self.num_nonfinite,
-            "nonfinite_indices": list(self.nonfinite_indices),
-            "elapsed_seconds": self.elapsed_seconds,
-            "samples_per_second": self.samples_per_second,
-            "diagnostics": dict(self.diagnostics),
-            "partial": self.partial,
-            "stop_reason": self.stop_reason,
-            "precision_probe": self.precision_probe,
+            **self.run_dict(),
         })
 
 

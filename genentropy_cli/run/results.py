@@ -61,17 +61,30 @@ class DecoderRunRecord(RunRecord):
     samples_computed: int | None = None
     """Samples this call computed (less than N after a resume, more after an adaptive stop)."""
 
+    @property
+    def samples_per_second(self) -> float:
+        used = self.settings["num_samples"] if self.samples_computed is None else self.samples_computed
+        return used / self.elapsed_seconds if self.elapsed_seconds > 0 else math.inf
+
+    def run_dict(self) -> dict:
+        """The JSON keys every decoder result ends with (docs/json.md)."""
+        return {
+            "num_nonfinite": self.num_nonfinite,
+            "nonfinite_indices": list(self.nonfinite_indices),
+            "elapsed_seconds": self.elapsed_seconds,
+            "samples_per_second": self.samples_per_second,
+            "diagnostics": dict(self.diagnostics),
+            "partial": self.partial,
+            "stop_reason": self.stop_reason,
+            "precision_probe": self.precision_probe,
+        }
+
 
 @dataclass
 class EntropyResult(DecoderRunRecord):
     """The estimate at every scale, the settings that produced it, and diagnostics."""
 
     estimates: list[ScaleEstimate]
-
-    @property
-    def samples_per_second(self) -> float:
-        used = self.settings["num_samples"] if self.samples_computed is None else self.samples_computed
-        return used / self.elapsed_seconds if self.elapsed_seconds > 0 else math.inf
 
     def estimate(self, scale: float) -> ScaleEstimate:
         for item in self.estimates:
@@ -93,14 +106,7 @@ class EntropyResult(DecoderRunRecord):
             "model": {**(model or {}), **self.model_dict()},
             "settings": dict(self.settings),
             "estimates": [item.to_dict() for item in self.estimates],
-            "num_nonfinite": self.num_nonfinite,
-            "nonfinite_indices": list(self.nonfinite_indices),
-            "elapsed_seconds": self.elapsed_seconds,
-            "samples_per_second": self.samples_per_second,
-            "diagnostics": dict(self.diagnostics),
-            "partial": self.partial,
-            "stop_reason": self.stop_reason,
-            "precision_probe": self.precision_probe,
+            **self.run_dict(),
         })
 
 
