@@ -40,7 +40,7 @@ def compare(models: ModelsArgument, *, source: ModelFlags, scale: ScaleOption = 
     sink = Sink.of(report)
     options = estimate_options(run, scale)
     check_paths(models, source, report, options)
-    loaded = [open_model(source, path, sink.warn) for path in models]
+    loaded = [open_model(source, path, sink.warn, sink.info) for path in models]
     labels = [item.label for item in loaded]
     with sink.progress("comparing", options.scales) as progress:
         result = compare_models([item.decoder for item in loaded], [item.latent for item in loaded],

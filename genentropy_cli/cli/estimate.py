@@ -31,7 +31,7 @@ def estimate(model: ModelArgument, *, source: ModelFlags, scale: ScaleOption = N
     sink = Sink.of(report)
     options = estimate_options(run, scale)
     check_paths([model], source, report, options)
-    loaded = open_model(source, model, sink.warn)
+    loaded = open_model(source, model, sink.warn, sink.info)
     with sink.progress("estimating", options.scales, conditional=loaded.label is not None) as progress:
         result = estimate_entropy(loaded.decoder, loaded.latent, options=options, labels=loaded.label,
                                   progress=progress, log=sink.warn)

@@ -38,7 +38,7 @@ def inspect(model: ModelArgument, *, source: ModelFlags, probe_latents: ProbeLat
     check_paths([model], source, report)
     contents = checkpoint_contents(source.model_options(model))
     try:
-        resolved = open_model(source, model, sink.warn)
+        resolved = open_model(source, model, sink.warn, sink.info)
     except InputError as error:
         if not contents or not contents["candidates"]:
             raise

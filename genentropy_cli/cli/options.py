@@ -84,7 +84,13 @@ ClassMapOption = Annotated[Optional[List[str]], _model(
 OutputRangeOption = Annotated[Optional[str], _model(
     "--output-range", help="Map outputs from [LO,HI] to [0,1], e.g. -1,1 for tanh (none: off).")]
 OutputSelectOption = Annotated[Optional[str], _model(
-    "--output-select", help="Output to use when the decoder returns a tuple/dict: INDEX or KEY.")]
+    "--output-select", help="Output to use when the decoder returns a tuple, dict or object: INDEX, KEY or "
+                            "attribute (sample for diffusers' decode).")]
+MethodOption = Annotated[Optional[str], _model(
+    "--method", help="The decoder's method to call instead of forward, e.g. decode (a diffusers VAE).")]
+CallKwargOption = Annotated[Optional[List[str]], _model(
+    "--call-kwarg", help="A constant keyword argument KEY=VALUE (VALUE a YAML scalar), e.g. truncation_psi=0.7, "
+                         "noise_mode=const, c=null (repeatable).")]
 LatentDimOption = Annotated[Optional[int], _model("--latent-dim", help="Latent dimension d (flat latent).")]
 LatentShapeOption = Annotated[Optional[str], _model(
     "--latent-shape", help="Latent shape per sample, e.g. 100,1,1 (DCGAN).")]
@@ -116,6 +122,8 @@ class ModelFlags:
     class_map: ClassMapOption = None
     output_range: OutputRangeOption = None
     output_select: OutputSelectOption = None
+    method: MethodOption = None
+    call_kwarg: CallKwargOption = None
     latent_dim: LatentDimOption = None
     latent_shape: LatentShapeOption = None
     latent_distribution: LatentDistributionOption = None
@@ -135,7 +143,8 @@ class ModelFlags:
                             latent_shape=self.latent_shape, latent_distribution=self.latent_distribution,
                             output_range=self.output_range, output_select=self.output_select,
                             num_classes=self.num_classes, label_format=self.label_format, label_arg=self.label_arg,
-                            class_weights=self.class_weights, classes=self.classes)
+                            class_weights=self.class_weights, classes=self.classes, method=self.method,
+                            call_kwargs=tuple(self.call_kwarg or ()))
 
 
 def check_paths(models: Sequence[str], source: ModelFlags, report: "OutputFlags", run: EstimateOptions | None = None,
@@ -157,14 +166,17 @@ def check_paths(models: Sequence[str], source: ModelFlags, report: "OutputFlags"
     check_output_targets(targets, inputs)
 
 
-def open_model(flags: ModelFlags, path: str, warn: Callable[[str], None]) -> ResolvedModel:
+def open_model(flags: ModelFlags, path: str, warn: Callable[[str], None],
+               note: Callable[[str], None] | None = None) -> ResolvedModel:
     """Load and resolve the model at ``path`` as the model options say; its loading warnings
-    (e.g. a trusted pickle) go to ``warn``."""
+    (e.g. a trusted pickle) go to ``warn``, its notes (what was chosen, e.g. StyleGAN's G_ema) to ``note``."""
     from genentropy_cli.models.resolve import resolve_model
 
     resolved = resolve_model(flags.model_options(path))
     for message in resolved.loaded.warnings:
         warn(message)
+    for message in resolved.loaded.notes:
+        (note or warn)(message)
     return resolved
 
 

@@ -60,7 +60,7 @@ def samples(model: ModelArgument, *, source: ModelFlags, lowest: LowestOption = 
                          "or --json / --output FILE for the indices and terms")
     options = estimate_options(run, (scale,))
     check_paths([model], source, report, options, {"--grid": grid})
-    loaded = open_model(source, model, sink.warn)
+    loaded = open_model(source, model, sink.warn, sink.info)
     with sink.progress("scanning") as progress:
         result = find_extreme_samples(loaded.decoder, loaded.latent, lowest, highest, options=options,
                                       labels=loaded.label, progress=progress, log=sink.warn)

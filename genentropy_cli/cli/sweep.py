@@ -46,7 +46,7 @@ def sweep_scale_command(model: ModelArgument, *, source: ModelFlags, reference: 
     check_paths([model], source, report, options, {"--plot": plot})
     if plot:
         plotting.check_plot_target(plot)  # before the estimate, not after it
-    loaded = open_model(source, model, sink.warn)
+    loaded = open_model(source, model, sink.warn, sink.info)
     known = parse_reference(reference, loaded.metadata) if reference is not None else None
     with sink.progress("sweeping", sorted(options.scales, reverse=True), loaded.label is not None) as progress:
         sweep = sweep_scale(loaded.decoder, loaded.latent, options.scales, reference=known, tolerance_se=tolerance_se,

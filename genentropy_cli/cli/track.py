@@ -74,7 +74,7 @@ def track(checkpoints: CheckpointsArgument, *, source: ModelFlags, scale: ScaleO
         raise InputError(f"track needs at least two checkpoints, got {len(paths)}")
     if plot:
         plotting.check_plot_target(plot)  # before the estimate, not after it
-    loaded = [open_model(source, path, sink.warn) for path in paths]
+    loaded = [open_model(source, path, sink.warn, sink.info) for path in paths]
     found = [checkpoint_step(item.path, item.metadata, item.loaded.spec) for item in loaded]
     order = order_by_step(paths, found, keep_order)
     loaded, found = [loaded[index] for index in order], [found[index] for index in order]

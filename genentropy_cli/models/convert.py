@@ -24,6 +24,7 @@ from genentropy_cli.core.latents import LatentStream, distribution_label
 from genentropy_cli.defaults import CONVERT_OUTPUT_TOLERANCE, INSPECT_PROBE_LATENTS
 from genentropy_cli.errors import EstimationError, InputError
 from genentropy_cli.models.architectures import ARCHITECTURES
+from genentropy_cli.models.calls import call_section
 from genentropy_cli.models.exported import ExportedDecoder
 from genentropy_cli.models.loading import LoadedModel, load_safetensors_model
 from genentropy_cli.models.metadata import label_section
@@ -38,8 +39,8 @@ from genentropy_cli.models.specs import (
     validate_spec,
 )
 
-RESOLVED_KEYS = ("latent", "label", "output", "weights")
-"""Spec sections the converted file gets afresh (resolved latent, label and transform; its own tensor names)."""
+RESOLVED_KEYS = ("latent", "label", "output", "weights", "call")
+"""Spec sections the converted file gets afresh (resolved latent, label, call and transform; its own tensor names)."""
 
 
 def state_dict_of(decoder: Any) -> dict[str, torch.Tensor]:
@@ -110,6 +111,8 @@ def converted_spec(resolved: ResolvedModel) -> dict:
                       "distribution": distribution_label(resolved.latent.distribution)}
     if resolved.label is not None:
         spec["label"] = label_section(resolved.label)
+    if not resolved.call.is_identity:
+        spec["call"] = call_section(resolved.call)
     transform = resolved.transform
     if not transform.is_identity:
         spec["output"] = {key: value for key, value in
@@ -127,7 +130,7 @@ def _max_output_difference(first: Any, second: Any, resolved: ResolvedModel) -> 
     for chosen in (None,) if label is None else label.chosen:
         outputs = []
         for decoder in (first, second):
-            decoder = resolved.transform.apply(decoder)
+            decoder = resolved.transform.apply(resolved.call.apply(decoder))
             decoder = decoder if label is None else bind_class(decoder, label, chosen)
             outputs.append(prepare_decoder(decoder, resolved.latent, torch.device("cpu"), torch.float64).decode(latents))
         scale = float(outputs[0].abs().max()) + 1.0

@@ -1,7 +1,7 @@
 """What a model file records about itself: the ``genentropy.json`` extra file of TorchScript
 archives and torch.export programs, e.g. ``{"latent_shape": [62], "latent_distribution": "uniform"}``
-(plus optional ``output_range``, ``output_select``, a conditional decoder's ``label`` mapping and
-free-form keys). A ``label`` mapping (``num_classes``, ``format``, ``argument``, ``weights``,
+(plus optional ``output_range``, ``output_select``, a conditional decoder's ``label`` mapping, a
+``call`` mapping (``calls.py``) and free-form keys). A ``label`` mapping (``num_classes``, ``format``, ``argument``, ``weights``,
 ``classes``; also a spec's ``label:`` section) becomes flat ``label_*`` entries, so each can come
 from its own source."""
 
@@ -14,6 +14,7 @@ from typing import Any, Mapping
 from genentropy_cli.core.labels import LabelSpec
 from genentropy_cli.core.latents import LatentSpec, distribution_label
 from genentropy_cli.errors import InputError
+from genentropy_cli.models.calls import CallAdapter, call_metadata, call_section
 
 METADATA_FILE = "genentropy.json"
 """Name of the extra file in a TorchScript archive or .pt2 program that records the latent spec."""
@@ -39,9 +40,12 @@ def label_section(label: LabelSpec) -> dict:
 
 
 def metadata_record(latent: LatentSpec | None = None, extra: dict | None = None,
-                    label: LabelSpec | None = None) -> dict:
-    """The metadata dict for ``latent`` (and a conditional decoder's ``label``) plus ``extra`` keys."""
+                    label: LabelSpec | None = None, call: CallAdapter | None = None) -> dict:
+    """The metadata dict for ``latent`` (a conditional decoder's ``label``, how it is ``call``-ed)
+    plus ``extra`` keys."""
     record = dict(extra or {})
+    if call is not None and not call.is_identity:
+        record["call"] = call_section(call)
     if latent is not None:
         record["latent_shape"] = list(latent.shape)
         record["latent_distribution"] = distribution_label(latent.distribution)
@@ -61,4 +65,5 @@ def parse_metadata(text: str | bytes, file: str | Path) -> dict:
     if not isinstance(metadata, dict):
         raise InputError(f"{file} carries an unreadable {METADATA_FILE}; re-save it with genentropy's save functions")
     metadata.update(label_metadata(metadata.pop("label", None), f"{file} ({METADATA_FILE})"))
+    metadata.update(call_metadata(metadata.pop("call", None), f"{file} ({METADATA_FILE})"))
     return metadata

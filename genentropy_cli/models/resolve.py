@@ -1,11 +1,13 @@
 """From what the user points at (a file and options) to a decoder ready for the engine.
 
-    ModelOptions(path, spec, code_path, trust_pickle, select, class_map, latent_*, label_*, output_*)
-        --resolve_model--> ResolvedModel(decoder with its output transform, latent spec, label spec,
-        and where each came from)
+    ModelOptions(path, spec, code_path, trust_pickle, select, class_map, latent_*, label_*, output_*,
+                 method, call_kwargs)
+        --resolve_model--> ResolvedModel(decoder called as its call adapter says, with its output
+        transform, latent spec, label spec, and where each came from)
 
-Precedence for the latent spec, the label spec (``models.labels``) and the output transform:
-flags, then the spec file (``--spec`` or the sidecar), then what the model file embeds, then
+Precedence for the latent spec, the label spec (``models.labels``), the call (``models.calls``)
+and the output transform: flags, then the spec file (``--spec`` or the sidecar), then what the
+model file embeds, then the conventions of the code that wrote it (``models.conventions``), then
 defaults.
 """
 
@@ -13,10 +15,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 from genentropy_cli.core.labels import LabelSpec
 from genentropy_cli.core.latents import LatentSpec, parse_latent_shape
+from genentropy_cli.models.calls import CallAdapter, resolve_call
 from genentropy_cli.models.labels import resolve_label_spec
 from genentropy_cli.models.loading import LoadedModel, load_model, resolve_latent_spec
 from genentropy_cli.models.transforms import OutputTransform, parse_output_range, parse_output_select
@@ -42,6 +45,10 @@ class ModelOptions:
     label_arg: str | None = None
     class_weights: str | Sequence[float] | None = None
     classes: str | Sequence[int] | None = None
+    method: str | None = None
+    """The decoder's method to call instead of forward (``decode``)."""
+    call_kwargs: Sequence[str] | Mapping[str, Any] | None = None
+    """Constant keyword arguments: ``KEY=VALUE`` strings (VALUE a YAML scalar) or a mapping."""
 
 
 @dataclass
@@ -60,10 +67,14 @@ class ResolvedModel:
     label: LabelSpec | None = None
     """The label input of a conditional decoder g(z, y); None for a decoder of z alone."""
     label_origin: dict = field(default_factory=dict)
+    call: CallAdapter = field(default_factory=CallAdapter)
+    """How the decoder is called (method, constant keywords)."""
+    call_origin: dict = field(default_factory=dict)
 
     @property
     def decoder(self) -> Any:
-        return self.transform.apply(self.loaded.decoder)
+        """The stored model called as ``call`` says, then the output transform."""
+        return self.transform.apply(self.call.apply(self.loaded.decoder))
 
     @property
     def path(self) -> str:
@@ -81,6 +92,7 @@ class ResolvedModel:
         """The JSON ``model`` record: file, format, spec source, latent origin, transform."""
         description = self.loaded.describe()
         description["latent_source"] = dict(self.latent_origin)
+        description["call"] = {**self.call.describe(), "source": dict(self.call_origin)}
         description["output_transform"] = {**self.transform.describe(), "source": dict(self.transform_origin)}
         if self.label is not None:
             description["label"] = {**self.label.to_dict(), "probabilities": list(self.label.probabilities),
@@ -115,4 +127,7 @@ def resolve_model(options: ModelOptions) -> ResolvedModel:
     label, label_origin = resolve_label_spec(loaded, num_classes=options.num_classes, label_format=options.label_format,
                                              label_arg=options.label_arg, class_weights=options.class_weights,
                                              classes=options.classes)
-    return ResolvedModel(loaded, latent, latent_origin, transform, transform_origin, label, label_origin)
+    call, call_origin = resolve_call(loaded.metadata, loaded.origins, loaded.decoder, options.method,
+                                     options.call_kwargs, loaded.path)
+    return ResolvedModel(loaded, latent, latent_origin, transform, transform_origin, label, label_origin, call,
+                         call_origin)

@@ -8,6 +8,7 @@ A spec is a small mapping (YAML or JSON):
     latent: {shape: [62], distribution: uniform}
     label: {num_classes: 10, format: onehot, argument: c}  # a conditional decoder's label (optional)
     output: {range: [-1, 1], select: 0}  # optional output transform (transforms.py)
+    call: {method: decode, kwargs: {noise_mode: const}}  # optional: how the decoder is called (calls.py)
     weights: {key: state_dict, prefix: "generator."}  # optional: the sub-model in a checkpoint (selection.py)
 
 It comes from a file beside the weights (``model.yaml`` next to ``model.safetensors``), from
@@ -32,13 +33,14 @@ from safetensors.torch import load_file, save_file
 from genentropy_cli.core.latents import shape_of
 from genentropy_cli.errors import InputError, first_line
 from genentropy_cli.models.architectures import ARCHITECTURES
+from genentropy_cli.models.calls import CALL_KEYS, call_metadata
 from genentropy_cli.models.metadata import LABEL_KEYS, label_metadata
 from genentropy_cli.models.selection import SELECTION_KEYS
 from genentropy_cli.models.usercode import check_import_target, import_class
 from genentropy_cli.run.files import input_file
 
 SPEC_METADATA_KEY = "genentropy_spec"
-SPEC_KEYS: tuple[str, ...] = ("architecture", "import", "kwargs", "latent", "label", "output", "weights",
+SPEC_KEYS: tuple[str, ...] = ("architecture", "import", "kwargs", "latent", "label", "output", "weights", "call",
                               "description")
 LATENT_KEYS: tuple[str, ...] = ("shape", "distribution")
 OUTPUT_KEYS: tuple[str, ...] = ("range", "select")
@@ -68,7 +70,7 @@ def validate_spec(spec: Any, source: str = "the spec", strict: bool = True) -> d
     if "import" in spec:
         check_import_target(spec["import"], source)
     for section, keys in (("kwargs", None), ("latent", LATENT_KEYS), ("label", LABEL_KEYS), ("output", OUTPUT_KEYS),
-                          ("weights", WEIGHTS_KEYS)):
+                          ("weights", WEIGHTS_KEYS), ("call", CALL_KEYS)):
         value = spec.get(section)
         if value is None:
             continue
@@ -263,7 +265,8 @@ def output_metadata(spec: dict) -> dict:
 
 def spec_metadata(spec: dict) -> dict:
     """Everything a spec says about the latent, the label and the output, as loader metadata."""
-    return {**latent_metadata(spec), **label_metadata(spec.get("label"), "the spec"), **output_metadata(spec)}
+    return {**latent_metadata(spec), **label_metadata(spec.get("label"), "the spec"), **output_metadata(spec),
+            **call_metadata(spec.get("call"), "the spec")}
 
 
 # --------------------------------------------------------------------------- weights
