@@ -197,6 +197,10 @@ CONDITIONAL_MAX_PAIRED_CLASSES: int = 20
 """Up to this many classes every pair's difference H(X|a) - H(X|b) is estimated with its paired
 standard error (K(K-1)/2 statistics columns per scale); beyond it, none (choose with --classes)."""
 
+INVARIANCE_PROBE_LATENTS: int = 4
+"""Probe latents on which a run checks whether the decoder always collapses the radial direction of
+z (``core.invariance``: two forward-mode passes over them, a fraction of one batch)."""
+
 # ----------------------------------------------------------------- read by help texts (issue 18: start-up)
 # The command line renders its help from these without importing torch; the modules that use
 # them (core/latents, run/per_sample, run/options) read them from here too.

@@ -104,6 +104,11 @@ METHOD_NOTE_CHARACTERS = 110
 """The table's share of a fallback's reason (the JSON's ``jacobian_method_note`` has all of it)."""
 
 
+RADIAL_COLLAPSE_TEXT = ("the radial direction of z (the output ignores |z|, as StyleGAN's normalised z does): each h_i "
+                        "holds log s, so H_s falls 2.30 nats per decade of s; compare models at one s "
+                        "(docs/method.md)")
+
+
 def method_text(diagnostics: dict) -> str:
     """Which Jacobian method ran and, where it is not the stacked one, why in one short line."""
     method, note = diagnostics.get("jacobian_method") or "-", diagnostics.get("jacobian_method_note")
@@ -132,6 +137,8 @@ def diagnostics_table(result: EntropyResult) -> Table:
     collapsed = diagnostics.get("mean_collapsed_directions") or {}
     table.add_row("mean directions with lambda < s^2",
                   ", ".join(f"s={scale}: {format_number(value, 2)}" for scale, value in collapsed.items()) or "-")
+    if (diagnostics.get("always_collapsed") or {}).get("radial"):
+        table.add_row("always collapsed", RADIAL_COLLAPSE_TEXT)
     table.add_row("non-finite samples", f"{result.num_nonfinite}" + (" (skipped)" if result.num_nonfinite else ""))
     table.add_row("device", f"{diagnostics.get('device_name', settings['device'])} ({settings['device']}), "
                   f"decoder {diagnostics.get('decoder_dtype', settings['dtype'])}, "
@@ -195,6 +202,14 @@ def _transform_label(transform: dict) -> str:
     return ", ".join(parts) or "none"
 
 
+def _call_label(call: dict) -> str:
+    """``decode(z, noise_mode='const')``-style, with where the keywords came from."""
+    arguments = ", ".join(["z", *(f"{name}={value!r}" for name, value in call["kwargs"].items())])
+    origins = sorted({origin for origin in call["source"].get("kwargs", {}).values()}
+                     | ({call["source"]["method"]} if call["source"].get("method") not in (None, "default") else set()))
+    return f"{call['method']}({arguments})" + (f" ({'; '.join(origins)})" if origins else "")
+
+
 def _selection_label(selection: dict) -> str:
     return ", ".join(f"{name} {value}" for name, value in selection.items())
 
@@ -224,12 +239,15 @@ def inspect_table(report: dict) -> Table:
                      + _sources({key: value for key, value in model["label"]["source"].items() if value != "default"})
                      + f"); probed at class {probe['label']}")] if model.get("label") else []),
         ("output", f"{'x'.join(str(size) for size in model['output_shape'])} (D = {model['output_dim']})"),
+        *([("call", _call_label(model["call"]))] if model.get("call") else []),
         ("output transform", _transform_label(model["output_transform"])),
+        *([("convention", model["convention"])] if model.get("convention") else []),
         ("forward time", f"{report['forward_seconds_per_sample'] * 1e6:,.1f} us/sample "
                          f"({report['timing']['device']}, {report['timing']['dtype']}, batch {report['timing']['batch']})"),
         ("singular values", f"{probe['smallest_singular_value']:.3g} to {probe['largest_singular_value']:.3g} "
                             f"over {probe['num_latents']} latents"),
         (f"rank at s = {probe['scale']:g}", f"{min(ranks)} to {max(ranks)} of d = {probe['latent_dim']}"),
+        *([("always collapsed", RADIAL_COLLAPSE_TEXT)] if (probe.get("always_collapsed") or {}).get("radial") else []),
     ]
     return _field_table(f"Model {model['path']}", rows)
 

@@ -21,6 +21,7 @@ import torch
 
 from genentropy_cli.core.decoder import prepare_decoder
 from genentropy_cli.core.device import resolve_device, resolve_dtype, strict_float32
+from genentropy_cli.core.invariance import radial_collapse
 from genentropy_cli.core.labels import bind_class
 from genentropy_cli.core.latents import LatentStream, distribution_label
 from genentropy_cli.core.terms import SampleTerms, compute_sample_terms
@@ -89,6 +90,9 @@ def inspect_model(resolved: ResolvedModel, device: str = "auto", dtype: str = "f
             compute_sample_terms(prepared, stream.range(start, min(probe_latents, start + INSPECT_PROBE_BATCH)), [scale])
             for start in range(0, probe_latents, INSPECT_PROBE_BATCH)])
         per_sample = forward_seconds_per_sample(prepared, stream.range(0, timing_batch))
+        with prepared.context():
+            collapse = radial_collapse(prepared.flat(), stream.range(0, probe_latents).to(
+                device=torch_device, dtype=torch_dtype))
     singular_values = terms.eigenvalues.clamp_min(0.0).sqrt()  # (k, d), ascending
     ranks = (singular_values > scale).sum(dim=1).tolist()
     spec = resolved.loaded.spec or {}
@@ -117,6 +121,7 @@ def inspect_model(resolved: ResolvedModel, device: str = "auto", dtype: str = "f
             "latent_dim": latent.dim,
             "jacobian_method": prepared.jacobian_method,
             "label": probe_class,
+            "always_collapsed": collapse,
         },
         "checkpoint": checkpoint,
         "warnings": list(resolved.loaded.warnings),

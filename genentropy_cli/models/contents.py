@@ -15,9 +15,9 @@ from typing import Any, Iterator
 import torch
 
 from genentropy_cli.errors import InputError
+from genentropy_cli.models.formats import LoadRequest, ModelFormat, ModelSource, detect_format
 from genentropy_cli.models.hub import HubModel, fetch_hub_model, is_hub_url
-from genentropy_cli.models.loading import SELECTABLE_FORMATS, detect_format
-from genentropy_cli.models.pickles import load_torch_save, parse_class_map
+from genentropy_cli.models.pickles import parse_class_map
 from genentropy_cli.models.resolve import ModelOptions
 from genentropy_cli.models.selection import (
     find_candidates,
@@ -30,7 +30,6 @@ from genentropy_cli.models.specs import (
     build_from_spec,
     find_sidecar,
     has_architecture,
-    read_safetensors,
     read_spec_file,
 )
 
@@ -63,10 +62,12 @@ def _other_entries(value: Any, key: str = "", depth: int = 0) -> Iterator[dict]:
                "detail": text if len(text) <= VALUE_WIDTH else text[:VALUE_WIDTH - 3] + "..."}
 
 
-def _read_tree(file: Path, kind: str, options: ModelOptions) -> Any:
-    if kind == "safetensors":
-        return read_safetensors(file)[0]
-    return load_torch_save(file, options.trust_pickle, tuple(options.code_path), parse_class_map(options.class_map))[0]
+def _read_tree(file: Path, model_format: ModelFormat, options: ModelOptions) -> Any:
+    """The file's tree of weights, read by its format (``ModelFormat.read_tree``)."""
+    assert model_format.read_tree is not None
+    request = LoadRequest(None, tuple(options.code_path), options.trust_pickle, options.select,
+                          parse_class_map(options.class_map))
+    return model_format.read_tree(ModelSource(file), request)
 
 
 def _expected_state(file: Path, options: ModelOptions, remote: HubModel | None) -> tuple[dict | None, str]:
@@ -93,10 +94,10 @@ def checkpoint_contents(options: ModelOptions) -> dict | None:
     file = remote.file if remote is not None else Path(options.path)
     if not file.is_file():
         return None
-    kind = detect_format(file)
-    if kind not in SELECTABLE_FORMATS:
+    model_format = detect_format(file)
+    if not model_format.selectable:
         return None
-    tree = _read_tree(file, kind, options)
+    tree = _read_tree(file, model_format, options)
     expected, strip_prefix = _expected_state(file, options, remote)
     fitting = {candidate.select for candidate in matching_candidates(tree, expected, strip_prefix)} \
         if expected is not None else None
@@ -107,5 +108,5 @@ def checkpoint_contents(options: ModelOptions) -> dict | None:
         "spec_lines": f"weights: {spec_weights(candidate)}" if candidate.weights else None,
     } for candidate in find_candidates(tree)]
     others = list(_other_entries(tree))
-    return {"format": kind, "candidates": candidates, "other_entries": others[:MAX_OTHER_ENTRIES],
+    return {"format": model_format.name, "candidates": candidates, "other_entries": others[:MAX_OTHER_ENTRIES],
             "other_entries_not_shown": max(0, len(others) - MAX_OTHER_ENTRIES)}

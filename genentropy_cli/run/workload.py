@@ -17,8 +17,10 @@ import torch
 
 from genentropy_cli.core.decoder import PreparedDecoder, prepare_decoder
 from genentropy_cli.core.device import resolve_dtype
+from genentropy_cli.core.invariance import radial_collapse
 from genentropy_cli.core.latents import LatentSpec, LatentStream, distribution_label
 from genentropy_cli.core.terms import SampleTerms
+from genentropy_cli.defaults import INVARIANCE_PROBE_LATENTS
 from genentropy_cli.errors import EstimationError, first_line
 from genentropy_cli.run.allocator import release_freed_memory
 from genentropy_cli.run.checkpoint import decoder_fingerprint
@@ -50,6 +52,8 @@ class DecoderWork:
     sizes: AdaptiveSizes
     name: str | None = None
     probe: PrecisionProbe | None = None
+    collapse: dict | None = None
+    """Whether the decoder always collapses the radial latent direction (``core.invariance``)."""
 
     @classmethod
     def prepare(cls, decoder: Any, spec: LatentSpec, seed: int, options: EstimateOptions, device: torch.device,
@@ -60,9 +64,13 @@ class DecoderWork:
         dtype = resolve_dtype(options.dtype)
         prepared = (prepare_decoder(decoder, spec, device, dtype) if computed is None
                     else prepare_decoder(computed, spec, device, dtype, copy=False))
-        return cls(decoder, spec, int(seed), prepared, LatentStream(spec, seed),
+        stream = LatentStream(spec, seed)
+        with prepared.context():
+            collapse = radial_collapse(prepared.flat(), stream.range(0, INVARIANCE_PROBE_LATENTS).to(
+                device=device, dtype=dtype))
+        return cls(decoder, spec, int(seed), prepared, stream,
                    AdaptiveSizes(*plan_for(prepared, options.max_memory, batch_size=options.batch_size,
-                                           tangent_chunk=options.tangent_chunk)), name)
+                                           tangent_chunk=options.tangent_chunk)), name, collapse=collapse)
 
     def replan(self, options: EstimateOptions) -> None:
         """Plan the sizes again (after the precision probe freed its copy of the decoder)."""
@@ -120,6 +128,7 @@ class DecoderWork:
                 self.spec.dim, prepared.output_dim, prepared.dtype.itemsize, sizes.initial_batch, sizes.initial_chunk,
                 prepared.activation_bytes_per_row or 0, prepared.jacobian_method),
             "torchscript": prepared.torchscript,
+            "always_collapsed": self.collapse,
         }
 
 

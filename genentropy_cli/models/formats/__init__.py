@@ -82,10 +82,15 @@ class ModelFormat:
     load: Callable[[ModelSource, LoadRequest], LoadedModel]
     runs_code: bool = False
     """Loading runs code the file carries (TorchScript, torch.export, pickles): trusted sources only."""
-    selectable: bool = False
-    """A tree of weights in which ``--select`` chooses a sub-model."""
+    read_tree: Callable[[ModelSource, LoadRequest], Any] | None = None
+    """For a tree of weights in which ``--select`` chooses a sub-model: the tree as it is stored
+    (``contents.py`` lists its sub-models)."""
     folder: bool = False
     """Reads a folder rather than one file."""
+
+    @property
+    def selectable(self) -> bool:
+        return self.read_tree is not None
 
 
 FORMATS: dict[str, ModelFormat] = {}

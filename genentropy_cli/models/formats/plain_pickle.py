@@ -90,7 +90,8 @@ def _unimportable(file: Path, error: UnimportableClass) -> InputError:
     return InputError(unimportable_advice(file, error))
 
 
-def load_plain_pickle(source: ModelSource, request: LoadRequest) -> LoadedModel:
+def unpickle(source: ModelSource, request: LoadRequest) -> object:
+    """The pickled object (trusted only: it runs the code the file names)."""
     file = source.path
     if not request.trust_pickle:
         raise _refusal(file)
@@ -107,8 +108,12 @@ def load_plain_pickle(source: ModelSource, request: LoadRequest) -> LoadedModel:
                              "install it, or add its folder with --code-path DIR") from None
         except Exception as error:
             raise InputError(f"{file} is not a loadable pickle ({first_line(error)})") from None
-    return loaded_from_content(file, content, True, request, "pickle")
+    return content
+
+
+def load_plain_pickle(source: ModelSource, request: LoadRequest) -> LoadedModel:
+    return loaded_from_content(source.path, unpickle(source, request), True, request, "pickle")
 
 
 register_format(ModelFormat("pickle", "a plain pickle such as a StyleGAN snapshot (.pkl, --trust-pickle)",
-                            looks_like_plain_pickle, load_plain_pickle, runs_code=True, selectable=True))
+                            looks_like_plain_pickle, load_plain_pickle, runs_code=True, read_tree=unpickle))

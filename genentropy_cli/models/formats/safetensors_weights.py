@@ -36,4 +36,4 @@ def load_safetensors(source: ModelSource, request: LoadRequest) -> LoadedModel:
 
 
 register_format(ModelFormat("safetensors", "safetensors weights with a spec (.safetensors)", looks_like_safetensors,
-                            load_safetensors, selectable=True))
+                            load_safetensors, read_tree=lambda source, request: read_safetensors(source.path)[0]))

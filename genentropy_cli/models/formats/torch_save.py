@@ -77,10 +77,15 @@ def loaded_from_content(file: Path, content: Any, trusted: bool, request: LoadRe
     return loaded
 
 
+def _read(source: ModelSource, request: LoadRequest) -> tuple[object, bool]:
+    return load_torch_save(source.path, request.trust_pickle, request.code_path, request.class_map)
+
+
 def load_torch_save_model(source: ModelSource, request: LoadRequest) -> LoadedModel:
-    content, trusted = load_torch_save(source.path, request.trust_pickle, request.code_path, request.class_map)
+    content, trusted = _read(source, request)
     return loaded_from_content(source.path, content, trusted, request, "pickle")
 
 
 register_format(ModelFormat("checkpoint", "a torch.save state dict or checkpoint with a spec (.pt, .pth, .ckpt)",
-                            looks_like_torch_save, load_torch_save_model, runs_code=True, selectable=True))
+                            looks_like_torch_save, load_torch_save_model, runs_code=True,
+                            read_tree=lambda source, request: _read(source, request)[0]))

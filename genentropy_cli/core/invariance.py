@@ -1,0 +1,58 @@
+"""Latent directions a decoder always collapses, found on a few probe latents.
+
+Some architectures make the output independent of a direction of z by construction: StyleGAN's
+mapping network first scales z to unit second moment, z -> z / sqrt(mean(z^2)), so g(c z) = g(z)
+for every c > 0 and the radial direction z / |z| is in the null space of J(z) at every z. Then
+one eigenvalue of J^T J is always 0 and 1/2 log(lambda + s^2) contributes exactly log s to every
+h_i: H_s falls by log 10 = 2.303 nats per decade of s and has no finite limit as s -> 0. Estimates
+of such decoders compare with each other at one s (the log s cancels), and the entropy of the
+image distribution on its (d - 1)-dimensional surface is H_s - log s minus the entropy of the
+radial part (docs/method.md, "Directions a decoder always collapses").
+
+``radial_collapse`` measures |J(z) z| / |z| against |J(z) v| / |v| for random directions v, by
+forward-mode AD (one pass per direction, no Jacobian), in the decoder's dtype.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+from torch.autograd import forward_ad
+
+__all__ = ["RADIAL_COLLAPSE_RATIO", "directional_derivative_norms", "radial_collapse"]
+
+RADIAL_COLLAPSE_RATIO = 1e-3
+"""The radial derivative counts as zero below this fraction of a random direction's: float32
+round-off leaves ~1e-6 of it for StyleGAN's normalisation; a direction a trained decoder merely
+compresses is far above it at some of the probes."""
+
+
+def directional_derivative_norms(function: Callable[[torch.Tensor], torch.Tensor], latents: torch.Tensor,
+                                 directions: torch.Tensor) -> torch.Tensor:
+    """|J(z_i) v_i| for each row (flat latents (B, d), directions (B, d)), by forward-mode AD."""
+    with torch.no_grad(), forward_ad.dual_level():
+        outputs = function(forward_ad.make_dual(latents, directions))
+        tangents = forward_ad.unpack_dual(outputs).tangent
+    if tangents is None:  # the output does not depend on the latents at all
+        return torch.zeros(latents.shape[0], dtype=torch.float64)
+    return tangents.reshape(latents.shape[0], -1).double().norm(dim=1)
+
+
+def radial_collapse(function: Callable[[torch.Tensor], torch.Tensor], latents: torch.Tensor,
+                    seed: int = 0) -> dict | None:
+    """``{"radial": bool, "ratio": max_i |J z_i|/|z_i| / (|J v_i|/|v_i|)}`` on flat ``latents``;
+    None where forward-mode AD does not run through the decoder."""
+    generator = torch.Generator(device="cpu").manual_seed(seed)
+    random = torch.randn(latents.shape, generator=generator, dtype=torch.float64).to(latents)
+    try:
+        radial = directional_derivative_norms(function, latents, latents) / latents.double().norm(dim=1)
+        other = directional_derivative_norms(function, latents, random) / random.double().norm(dim=1)
+    except Exception:  # an op without a forward-mode rule: not checked
+        return None
+    ratios = radial / other.clamp_min(torch.finfo(torch.float64).tiny)
+    finite = torch.isfinite(ratios)
+    if not bool(finite.any()):
+        return None
+    ratio = float(ratios[finite].max())
+    return {"radial": ratio < RADIAL_COLLAPSE_RATIO, "ratio": ratio, "num_latents": int(latents.shape[0])}
