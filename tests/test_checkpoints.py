@@ -287,9 +287,11 @@ def test_a_pickled_dict_of_modules_is_selected_by_key(run_cli, tmp_path):
     generator = MLPDecoder(**KWARGS).eval()
     path = tmp_path / "network-snapshot.pkl"
     torch.save({"G_ema": generator, "D": torch.nn.Linear(6, 1), "augment": {"p": 0.2}}, path)
-    assert_one_line_error(run_cli("estimate", path, "--trust-pickle"), "--select G_ema", "--select D")
     document = estimated(run_cli, path, "--trust-pickle", "--select", "G_ema", "--latent-dim", "3")
     assert document["estimates"][0]["entropy"] == pytest.approx(entropy_of(generator), rel=RELATIVE, abs=0)
+    chosen = estimated(run_cli, path, "--trust-pickle", "--latent-dim", "3")  # a snapshot's G_ema by default
+    assert chosen["model"]["selected"] == {"key": "G_ema"} and "--select G" in chosen["model"]["notes"][0]
+    assert chosen["estimates"][0]["entropy"] == document["estimates"][0]["entropy"]
     listing = run_cli("inspect", path, "--trust-pickle", "--json")
     assert listing.exit_code == 0, listing.stderr
     classes = {item["select"]: item["class"] for item in listing.json()["checkpoint"]["candidates"]}

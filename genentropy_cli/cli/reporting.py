@@ -105,8 +105,14 @@ METHOD_NOTE_CHARACTERS = 110
 
 
 RADIAL_COLLAPSE_TEXT = ("the radial direction of z (the output ignores |z|, as StyleGAN's normalised z does): each h_i "
-                        "holds log s, so H_s falls 2.30 nats per decade of s; compare models at one s "
-                        "(docs/method.md)")
+                        "holds log s, so H_s falls 2.30 nats per decade of s; compare models at one s, or take "
+                        "H_s - log s - {chi:.4f} (for z ~ N(0, I): the images' entropy on their (d-1)-dim surface; "
+                        "docs/method.md)")
+
+
+def collapse_text(collapse: dict) -> str:
+    """The diagnostics row for a decoder that always collapses the radial direction of z."""
+    return RADIAL_COLLAPSE_TEXT.format(chi=collapse.get("chi_entropy") or float("nan"))
 
 
 def method_text(diagnostics: dict) -> str:
@@ -138,7 +144,7 @@ def diagnostics_table(result: EntropyResult) -> Table:
     table.add_row("mean directions with lambda < s^2",
                   ", ".join(f"s={scale}: {format_number(value, 2)}" for scale, value in collapsed.items()) or "-")
     if (diagnostics.get("always_collapsed") or {}).get("radial"):
-        table.add_row("always collapsed", RADIAL_COLLAPSE_TEXT)
+        table.add_row("always collapsed", collapse_text(diagnostics["always_collapsed"]))
     table.add_row("non-finite samples", f"{result.num_nonfinite}" + (" (skipped)" if result.num_nonfinite else ""))
     table.add_row("device", f"{diagnostics.get('device_name', settings['device'])} ({settings['device']}), "
                   f"decoder {diagnostics.get('decoder_dtype', settings['dtype'])}, "
@@ -247,7 +253,8 @@ def inspect_table(report: dict) -> Table:
         ("singular values", f"{probe['smallest_singular_value']:.3g} to {probe['largest_singular_value']:.3g} "
                             f"over {probe['num_latents']} latents"),
         (f"rank at s = {probe['scale']:g}", f"{min(ranks)} to {max(ranks)} of d = {probe['latent_dim']}"),
-        *([("always collapsed", RADIAL_COLLAPSE_TEXT)] if (probe.get("always_collapsed") or {}).get("radial") else []),
+        *([("always collapsed", collapse_text(probe["always_collapsed"]))]
+          if (probe.get("always_collapsed") or {}).get("radial") else []),
     ]
     return _field_table(f"Model {model['path']}", rows)
 

@@ -5,9 +5,15 @@ mapping network first scales z to unit second moment, z -> z / sqrt(mean(z^2)), 
 for every c > 0 and the radial direction z / |z| is in the null space of J(z) at every z. Then
 one eigenvalue of J^T J is always 0 and 1/2 log(lambda + s^2) contributes exactly log s to every
 h_i: H_s falls by log 10 = 2.303 nats per decade of s and has no finite limit as s -> 0. Estimates
-of such decoders compare with each other at one s (the log s cancels), and the entropy of the
-image distribution on its (d - 1)-dimensional surface is H_s - log s minus the entropy of the
-radial part (docs/method.md, "Directions a decoder always collapses").
+of such decoders compare with each other at one s (the log s cancels). For z ~ N(0, I) and any
+decoder g(z) = F(z / |z|), the entropy of the images on their (d - 1)-dimensional surface is
+
+    H_images = lim_{s -> 0} (H_s - log s) - H(chi_d),
+
+H(chi_d) the entropy of |z| (``chi_entropy``): z = r u with u uniform on the sphere, the log r
+terms of -log p(z) and of the singular values cancel, and what is left of r is its entropy
+(docs/method.md, "Directions a decoder always collapses"; tests/test_families.py checks it on
+g(z) = z / |z|, whose images are uniform on the unit sphere: H_images = log(area)).
 
 ``radial_collapse`` measures |J(z) z| / |z| against |J(z) v| / |v| for random directions v, by
 forward-mode AD (one pass per direction, no Jacobian), in the decoder's dtype.
@@ -15,17 +21,26 @@ forward-mode AD (one pass per direction, no Jacobian), in the decoder's dtype.
 
 from __future__ import annotations
 
+import math
 from typing import Callable
 
 import torch
 from torch.autograd import forward_ad
 
-__all__ = ["RADIAL_COLLAPSE_RATIO", "directional_derivative_norms", "radial_collapse"]
+__all__ = ["RADIAL_COLLAPSE_RATIO", "chi_entropy", "directional_derivative_norms", "radial_collapse"]
 
 RADIAL_COLLAPSE_RATIO = 1e-3
 """The radial derivative counts as zero below this fraction of a random direction's: float32
 round-off leaves ~1e-6 of it for StyleGAN's normalisation; a direction a trained decoder merely
 compresses is far above it at some of the probes."""
+
+
+def chi_entropy(dimension: int) -> float:
+    """Entropy of r = |z|, z ~ N(0, I_d) (the chi distribution with d degrees of freedom):
+    log Gamma(d/2) + (d - log 2 - (d - 1) psi(d/2)) / 2."""
+    half = dimension / 2
+    return math.lgamma(half) + 0.5 * (dimension - math.log(2) - (dimension - 1) * float(torch.special.digamma(
+        torch.tensor(half, dtype=torch.float64))))
 
 
 def directional_derivative_norms(function: Callable[[torch.Tensor], torch.Tensor], latents: torch.Tensor,
@@ -50,9 +65,12 @@ def radial_collapse(function: Callable[[torch.Tensor], torch.Tensor], latents: t
         other = directional_derivative_norms(function, latents, random) / random.double().norm(dim=1)
     except Exception:  # an op without a forward-mode rule: not checked
         return None
-    ratios = radial / other.clamp_min(torch.finfo(torch.float64).tiny)
+    moving = other > 0  # where the output does not move at all, no direction is singled out
+    ratios = radial[moving] / other[moving]
     finite = torch.isfinite(ratios)
     if not bool(finite.any()):
         return None
     ratio = float(ratios[finite].max())
-    return {"radial": ratio < RADIAL_COLLAPSE_RATIO, "ratio": ratio, "num_latents": int(latents.shape[0])}
+    radial = ratio < RADIAL_COLLAPSE_RATIO
+    return {"radial": radial, "ratio": ratio, "num_latents": int(latents.shape[0]),
+            "chi_entropy": chi_entropy(latents.shape[1]) if radial else None}

@@ -53,7 +53,8 @@ def check_rows_independent(decode: Callable[[torch.Tensor], torch.Tensor], laten
             raise InputError(
                 f"the decoder is not deterministic: two calls on the same latents differ by {difference:.2g} "
                 "(relative); noise or dropout inside forward() makes its Jacobian random and every run different: "
-                "make the output a function of the latent alone (eval mode, no sampling in forward)"
+                "make the output a function of the latent alone (eval mode, no sampling in forward; a decoder with a "
+                "noise switch takes it as a constant keyword, e.g. --call-kwarg noise_mode=const)"
             )
         try:
             alone = [decode(latents[index:index + 1]) for index in range(latents.shape[0])]

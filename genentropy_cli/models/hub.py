@@ -6,7 +6,10 @@ is ``HF_HUB_CACHE``, else ``$HF_HOME/hub``, else ``~/.cache/huggingface/hub``, a
 Then it loads like a local file, in any format.
 
 Which file: the one named, else ``model.safetensors`` (what ``PyTorchModelHubMixin.save_pretrained``
-writes), else the repository's only model file. Its spec: ``--spec``, else ``<file>.yaml`` beside
+writes), else the repository's only model file. A folder model (a diffusers model: ``config.json``
+naming its class beside ``diffusion_pytorch_model.safetensors``; a BigGAN: ``config.json`` beside
+``pytorch_model.bin``) is the repository's top folder or the folder named (``hf://owner/repo/vae``):
+its config and weights are fetched and the folder loads as a local one. Its spec: ``--spec``, else ``<file>.yaml`` beside
 it, else ``genentropy.yaml`` at the top of the repository. A spec naming a class without
 ``kwargs:`` takes them from the repository's ``config.json`` (the mixin's record of the
 constructor's arguments). The revision may also be written ``hf://owner/repo@revision/file``,
@@ -29,6 +32,8 @@ MIXIN_WEIGHTS = "model.safetensors"
 HUB_SPEC_FILE = "genentropy.yaml"
 HUB_CONFIG_FILE = "config.json"
 MODEL_SUFFIXES = (".safetensors", ".onnx", ".pt", ".pth", ".pt2", ".ckpt", ".ts")
+FOLDER_WEIGHTS = ("diffusion_pytorch_model.safetensors", "pytorch_model.bin")
+"""The weights of folder models (diffusers, BigGAN), fetched with the folder's config.json."""
 OTHER_REPOSITORY_KINDS = ("datasets", "spaces", "buckets", "kernels")
 TRUE_VALUES = ("1", "ON", "YES", "TRUE")
 
@@ -172,6 +177,9 @@ def fetch_hub_model(url: str) -> HubModel:
     cache, offline = hub_settings()
     try:
         files = _repository_files(hub, reference, cache, offline)
+        folder = _model_folder(files, reference.filename)
+        if folder is not None:
+            return _fetch_folder(hub, reference, folder, files, cache, offline, url)
         filename = reference.filename or _choose_file(files, url)
         if filename not in files:
             raise InputError(f"{url}: the repository has no file {filename}; it holds {', '.join(files[:10])}")
@@ -192,6 +200,28 @@ def fetch_hub_model(url: str) -> HubModel:
     label = f"{HUB_SCHEME}{reference.repo_id}/{spec_name}" + (f"@{reference.revision}" if reference.revision else "")
     return HubModel(url, file, spec_file, _read_config(config_file, url) if config_file else None,
                     label if spec_name else None)
+
+
+def _model_folder(files: list[str], named: str | None) -> str | None:
+    """The folder of a folder model ("" for the repository's top) named by ``named``, or None."""
+    prefix = f"{named.strip('/')}/" if named else ""
+    if named and named in files:
+        return None  # a file
+    if f"{prefix}{HUB_CONFIG_FILE}" in files and any(f"{prefix}{weights}" in files for weights in FOLDER_WEIGHTS):
+        return prefix
+    return None
+
+
+def _fetch_folder(hub: Any, reference: HubReference, folder: str, files: list[str], cache: str | None,
+                  offline: bool, url: str) -> HubModel:
+    """A folder model's config and weights in the local cache; the model is the folder."""
+    wanted = [f"{folder}{HUB_CONFIG_FILE}", *(f"{folder}{weights}" for weights in FOLDER_WEIGHTS),
+              f"{folder}{HUB_SPEC_FILE}"]
+    fetched = [Path(hub.hf_hub_download(reference.repo_id, name, revision=reference.revision, cache_dir=cache,
+                                        local_files_only=offline)) for name in wanted if name in files]
+    spec = f"{folder}{HUB_SPEC_FILE}"
+    return HubModel(url, fetched[0].parent, fetched[0].parent / HUB_SPEC_FILE if spec in files else None, None,
+                    f"{HUB_SCHEME}{reference.repo_id}/{spec}" if spec in files else None)
 
 
 def _read_config(file: Path, url: str) -> dict:
