@@ -95,11 +95,19 @@ def write_vae_folder(folder: Path, seed: int = 0, attention: bool = True) -> Pat
 def reference_terms(function: Callable[[torch.Tensor], torch.Tensor], latents: torch.Tensor,
                     scale: float) -> torch.Tensor:
     """h_i = -log N(z_i; 0, I) + 1/2 log det(J^T J + s^2 I), J by reverse mode on a float32 module
-    (one row of the Jacobian per backward pass), the log-det in float64."""
+    (the rows of the Jacobian by backward passes, batched with vmap where the module allows it),
+    the log-det in float64."""
     terms = []
     for latent in latents:
         point = latent.to(torch.float32)
-        jacobian = torch.autograd.functional.jacobian(lambda z: function(z.unsqueeze(0)).reshape(-1), point)
+
+        def flat(z: torch.Tensor) -> torch.Tensor:
+            return function(z.unsqueeze(0)).reshape(-1)
+
+        try:
+            jacobian = torch.autograd.functional.jacobian(flat, point, vectorize=True)
+        except RuntimeError:  # an op vmap cannot batch: one backward pass per output
+            jacobian = torch.autograd.functional.jacobian(flat, point)
         jacobian = jacobian.reshape(-1, point.numel()).double()
         gram = jacobian.T @ jacobian + scale**2 * torch.eye(point.numel(), dtype=torch.float64)
         neg_log_density = 0.5 * float(latent.double().square().sum()) + 0.5 * point.numel() * math.log(2 * math.pi)

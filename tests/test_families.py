@@ -13,7 +13,6 @@ import sys
 import numpy as np
 import pytest
 import torch
-
 from family_support import (
     FAMILY_CODE,
     read_biggan,
@@ -23,6 +22,7 @@ from family_support import (
     write_stylegan_snapshot,
     write_vae_folder,
 )
+
 from genentropy_cli.core.decoder import prepare_decoder
 from genentropy_cli.core.labels import bind_class
 from genentropy_cli.core.latents import LatentStream
@@ -259,3 +259,19 @@ def test_a_pipelines_vae_loads_from_the_hub_cache(run_cli, tmp_path, monkeypatch
     local = run_cli("inspect", folder, "--json").json()
     assert shown.json()["jacobian_probe"]["largest_singular_value"] == pytest.approx(
         local["jacobian_probe"]["largest_singular_value"], rel=1e-6)
+
+
+def test_convert_writes_the_call_and_the_converted_file_gives_the_same_terms(run_cli, tmp_path):
+    snapshot = write_stylegan_snapshot(tmp_path / "network-snapshot-000000.pkl", c_dim=0)
+    target = tmp_path / "G_ema.safetensors"
+    converted = run_cli("convert", snapshot, target, "--trust-pickle", "--code-path", FAMILY_CODE,
+                        "--call-kwarg", "truncation_psi=0.5", "--json")
+    assert converted.exit_code == 0, converted.stderr
+    spec = converted.json()["spec"]
+    assert spec["import"] == "tinystylegan:TinyStyleGenerator" and spec["kwargs"]["z_dim"] == 6
+    assert spec["call"] == {"kwargs": {"noise_mode": "const", "c": None, "truncation_psi": 0.5}}
+    _, original, _ = pipeline_terms(ModelOptions(snapshot, trust_pickle=True, code_path=(FAMILY_CODE,),
+                                                 call_kwargs={"truncation_psi": 0.5}))
+    _, again, (resolved, _) = pipeline_terms(ModelOptions(target, code_path=(FAMILY_CODE,)))
+    assert resolved.call_origin["kwargs"]["truncation_psi"] == "metadata"
+    assert torch.allclose(original, again, rtol=1e-6, atol=0)

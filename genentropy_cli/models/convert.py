@@ -13,6 +13,7 @@ back, every tensor must be identical and the decoder's outputs on probe latents 
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -71,6 +72,9 @@ def architecture_spec(loaded: LoadedModel) -> dict:
             "give --spec FILE naming its architecture (or import: package.module:Class) and kwargs"
         )
     assert source is not None
+    recorded_kwargs = getattr(loaded.decoder, "init_kwargs", None)  # NVlabs' persistent modules keep them
+    if not source.get("kwargs") and isinstance(recorded_kwargs, dict) and recorded_kwargs:
+        source = {**source, "kwargs": json.loads(json.dumps(recorded_kwargs))}
     return {key: value for key, value in source.items() if key not in RESOLVED_KEYS}
 
 
@@ -78,6 +82,8 @@ def _class_reference(cls: type) -> dict:
     for name, builtin in ARCHITECTURES.items():
         if cls is builtin:
             return {"architecture": name}
+    if getattr(cls, "_orig_class_name", None):  # an NVlabs persistent class, rebuilt from the source it carries
+        return {"import": _persistent_import(cls)}
     if cls.__module__ == "__main__" or "<locals>" in cls.__qualname__:
         raise InputError(
             f"the pickled module's class {cls.__qualname__} is not importable (defined in a script or function): "
@@ -85,6 +91,19 @@ def _class_reference(cls: type) -> dict:
             f"{cls.__module__}.{cls.__qualname__}=mymodels:{cls.__name__}"
         )
     return {"import": f"{cls.__module__}:{cls.__qualname__}"}
+
+
+NVLABS_GENERATORS = {"stylegan2": "training.networks:Generator", "stylegan3": "training.networks_stylegan3:Generator"}
+
+
+def _persistent_import(cls: type) -> str:
+    """The import path of the class an NVlabs snapshot pickled with its source (StyleGAN3's module,
+    told apart by the filtered leaky ReLU it uses); --code-path names the repository."""
+    source = str(getattr(cls, "_orig_module_src", ""))
+    if getattr(cls, "_orig_class_name", "") != "Generator":
+        raise InputError(f"the pickled {cls._orig_class_name} carries its own source; give --spec naming the class "
+                         "to import from the repository (import: training.networks:CLASS) with --code-path REPO")
+    return NVLABS_GENERATORS["stylegan3" if "filtered_lrelu" in source else "stylegan2"]
 
 
 def source_weights(loaded: LoadedModel, spec: dict, module: torch.nn.Module) -> dict[str, torch.Tensor]:

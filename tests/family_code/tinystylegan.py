@@ -98,6 +98,8 @@ class TinyStyleGenerator(nn.Module):
     def __init__(self, z_dim: int = 8, c_dim: int = 0, w_dim: int = 8, img_resolution: int = 8,
                  img_channels: int = 1):
         super().__init__()
+        self.init_kwargs = {"z_dim": z_dim, "c_dim": c_dim, "w_dim": w_dim, "img_resolution": img_resolution,
+                            "img_channels": img_channels}  # as NVlabs' persistence records a module's arguments
         self.z_dim, self.c_dim, self.w_dim = z_dim, c_dim, w_dim
         self.img_resolution, self.img_channels = img_resolution, img_channels
         self.synthesis = Synthesis(w_dim, img_resolution, img_channels)
