@@ -72,7 +72,7 @@ def named_path(value: str | Path, namer: Namer, what: str, flag: str) -> Path:
     """The file ``value`` names, by the trust rule: as given (you), inside the spec's folder and
     relative to it (a spec file), or never (embedded: an InputError that says how to give it)."""
     if namer.kind == EMBEDDED:
-        raise InputError(f"{what} in {namer.source} names a file; genentropy never reads a file on a model's "
+        raise InputError(f"{namer.source} names a file for {what}; genentropy never reads a file on a model's "
                          f"say-so: give the file yourself with {flag} FILE")
     path = Path(value)
     if namer.kind == USER:
@@ -80,9 +80,9 @@ def named_path(value: str | Path, namer: Namer, what: str, flag: str) -> Path:
     assert namer.folder is not None
     resolved = Path(os.path.realpath(namer.folder / path))
     if path.is_absolute() or not resolved.is_relative_to(namer.folder):
-        raise InputError(f"{what} in {namer.source} names {shown(str(value))}, outside the spec's folder "
-                         f"{namer.folder}; a spec may name files beside it only: move the file there, or give it "
-                         f"with {flag} FILE")
+        raise InputError(f"{namer.source} names {shown(str(value))} for {what}, outside its folder "
+                         f"{namer.folder}; a spec may name files in its own folder only: move the file there, or "
+                         f"give it with {flag} FILE")
     return resolved
 
 

@@ -315,7 +315,7 @@ def probabilities(expected: list[float]):
 ESTIMATE = ["estimate"]
 W = "the class weights"
 RULE = "never reads a file on a model's say-so"
-OUTSIDE = "outside the spec's folder"
+OUTSIDE = "outside its folder"
 RESUME = ["estimate", "{plain}", "-n", "2100", "--json", "--quiet", "--checkpoint"]
 START_OVER = "delete it to start over"
 
