@@ -384,7 +384,8 @@ CASES: list[tuple[str, list[str], int, tuple[str, ...], Callable | None]] = [
 ]
 
 ADVERSARIAL: list[tuple[str, list[str], int, tuple[str, ...], Callable | None]] = [
-    ("metadata-names-a-file-in-a-list", [*ESTIMATE, "{meta_list_path}", *RUN], 2, ("not a list of numbers",), None),
+    ("metadata-names-a-file-in-a-list", [*ESTIMATE, "{meta_list_path}", *RUN], 2,
+     ("the class weights in the metadata of", "not a list of numbers"), None),
     ("metadata-names-a-home-path", [*ESTIMATE, "{meta_home}", *RUN], 2, (RULE,), None),
     ("metadata-names-a-file-url", [*ESTIMATE, "{meta_url}", *RUN], 2, (RULE,), None),
     ("spec-path-climbs-through-a-subfolder", [*ESTIMATE, "{linear}", "--spec", "{spec_dots}", *RUN], 2, (OUTSIDE,),
@@ -411,7 +412,7 @@ ADVERSARIAL: list[tuple[str, list[str], int, tuple[str, ...], Callable | None]] 
     ("checkpoint-forged-stop-at", [*RESUME, "{ckpt_forge_stop_at}"], 2, ("no run can have left",), None),
     ("checkpoint-forged-negative-time", [*RESUME, "{ckpt_forge_elapsed}"], 2, ("run counters",), None),
     ("checkpoint-forged-negative-offset", [*RESUME, "{ckpt_forge_offset}"], 2, ("run counters",), None),
-    ("checkpoint-forged-block-10^9", [*RESUME, "{ckpt_forge_blocks}"], 2, ("no run can have left",), None),
+    ("checkpoint-forged-block-10^9", [*RESUME, "{ckpt_forge_blocks}"], 2, ("stored blocks do not fit",), None),
     ("checkpoint-version-as-text", [*RESUME, "{ckpt_forge_version_text}"], 2, ("version '3' checkpoint",), None),
     ("checkpoint-meta-is-a-number", [*RESUME, "{ckpt_number}"], 2, ("not a genentropy checkpoint",), None),
 ]

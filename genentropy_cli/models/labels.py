@@ -81,7 +81,8 @@ def parse_class_weights(value: Any, namer: Namer | None = None) -> tuple[float, 
         return _weights_file(value, namer)
     weights = _floats(value) if isinstance(value, (list, tuple)) else None
     if weights is None:
-        raise InputError(f"--class-weights {shown(value)} is not a list of numbers; {_WEIGHTS_HELP}")
+        named = "--class-weights" if namer.kind == USER else f"the class weights in {namer.source}"
+        raise InputError(f"{named} {shown(value)} is not a list of numbers; {_WEIGHTS_HELP}")
     return weights
 
 

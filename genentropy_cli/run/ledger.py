@@ -199,6 +199,8 @@ class RunLedger:
                                      np.asarray(arrays["prefix_m2"], dtype=np.float64))
         self.summary = self.rows_template.summary_from_state(len(self.scales), meta["summary"], arrays)
         names = self.rows_template.columns()
+        if not all(type(block) is int and self.merged_blocks <= block < self.num_blocks for block in meta["blocks"]):
+            raise ValueError("its stored blocks do not fit the run")
         self.blocks = {
             int(block): self.rows_template.with_columns({name: arrays[f"block{block}_{name}"] for name in names})
             for block in meta["blocks"]
