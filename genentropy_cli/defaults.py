@@ -239,3 +239,31 @@ RUN_OPTION_DEFAULTS: dict[str, object] = {
 }
 """Every field of ``run.options.EstimateOptions`` -> its default (None: planned or off), in field
 order: the dataclass takes its defaults from here, and so do the CLI's flags."""
+
+# ----------------------------------------------------------------- limits on what files and flags may ask (issue 23)
+# The trust rule (run/trust.py, docs/safety.md#the-trust-rule) checks these before anything is
+# read or allocated; every refusal names its limit.
+
+MAX_CLASSES: int = 100_000
+"""Most classes a conditional decoder may have (a flag, a spec or a model's metadata): each class
+is estimated, and a one-hot label holds K numbers per sample. ImageNet-21k has 21,841."""
+
+MAX_NAMED_FILE_BYTES: int = 4 * 1024**2
+"""Largest file a value may name and genentropy read whole (``--class-weights FILE``): 100,000
+classes' weights take about 2 MB as text."""
+
+MAX_SMALL_FILE_BYTES: int = 1024**2
+"""Largest spec, config or ``config.json`` file: each is a few lines (read whole, after ``stat``)."""
+
+MAX_CHECKPOINT_META_BYTES: int = 16 * 1024**2
+"""Largest JSON document inside a checkpoint (settings and counters; the numbers are arrays)."""
+
+MAX_DOCUMENT_DEPTH: int = 32
+"""Deepest nesting of a JSON document a file carries (a checkpoint's, a model's genentropy.json):
+genentropy writes at most 6 levels; thousands would exhaust Python's recursion."""
+
+MAX_LATENT_RANK: int = 16
+"""Most axes of a latent shape (a file could list millions of sizes of 1)."""
+
+MAX_SUBMODELS: int = 10_000
+"""Most sub-models (state dicts and name groups) a checkpoint may hold for ``--select`` to choose from."""

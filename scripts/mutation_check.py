@@ -204,6 +204,32 @@ MUTANTS: tuple[Mutant, ...] = (
        "Bonferroni instead of Holm"),
     _m("unpaired-stderr-added", "core/significance.py", "return math.sqrt(stderr_a**2 + stderr_b**2)",
        "return stderr_a + stderr_b", "standard errors added, not in quadrature"),
+    _m("nan-stderr-significant", "core/significance.py",
+       "if math.isnan(stderr) or math.isnan(difference):", "if math.isnan(difference):",
+       "a NaN standard error read as zero: p = 0 for a change of unknown error (EntropyMetric, compare)"),
+    # ---- the trust rule: who may name a file, sizes, counts (trust.py, models/labels.py, core/)
+    _m("embedded-may-name-files", "models/labels.py", '    if origin == "flag":\n        return Namer.user()',
+       '    if origin != "":\n        return Namer.user()', "a model's metadata names a file and it is read"),
+    _m("spec-path-from-cwd", "trust.py", "resolved = Path(os.path.realpath(namer.folder / path))",
+       "resolved = Path(os.path.realpath(path))", "a spec's relative path resolved against the working folder"),
+    _m("spec-may-escape-its-folder", "trust.py",
+       "if path.is_absolute() or not resolved.is_relative_to(namer.folder):", "if path.is_absolute():",
+       "a spec names ../../secret and it is read"),
+    _m("size-not-checked-before-reading", "trust.py", "    if size > limit:\n", "    if False:\n",
+       "a named file's size taken on trust, not from stat"),
+    _m("classes-unbounded", "core/labels.py", "check_count(count, MAX_CLASSES,", "check_count(count, 10**15,",
+       "10^12 classes from a flag or a 12 KB file accepted"),
+    # ---- checkpoints checked whole (run/checkpoint.py, run/ledger.py)
+    _m("counters-outside-checksum", "run/checkpoint.py",
+       'digest = hashlib.sha256(canonical_json({"settings": settings, "state": state}).encode())',
+       'digest = hashlib.sha256(b"")', "edited counters resume with a wrong N"),
+    _m("declared-size-unchecked", "run/checkpoint.py", "            if declared > info.file_size:",
+       "            if False:", "a checkpoint declaring an 8 GiB array is allocated"),
+    _m("checkpoint-depth-unbounded", "run/checkpoint.py",
+       '        check_depth(document, MAX_DOCUMENT_DEPTH, "its document")', "        pass",
+       "a deeply nested checkpoint document accepted"),
+    _m("resumed-counters-unchecked", "run/ledger.py", "        self._check_counters()\n", "",
+       "a resumed run trusts counters that disagree with its moments"),
 )
 
 

@@ -2,7 +2,7 @@
 
 * no import cycle between modules (imports inside functions count too);
 * layers: a module imports only from its own layer or lower ones,
-  base {defaults, errors, envelope, version} < core < run < models < jobs < cli;
+  base {defaults, errors, envelope, trust, version} < core < run < models < jobs < cli;
   ``genentropy_cli/__init__.py`` (the public API) and ``__main__.py`` are the top, exempt;
 * typer, rich, click and matplotlib only inside ``cli/``;
 * ``core/`` imports only torch, numpy, the standard library and base/core modules;
@@ -30,7 +30,7 @@ import pytest
 PACKAGE = "genentropy_cli"
 PACKAGE_DIR = Path(__file__).resolve().parents[1] / PACKAGE
 
-BASE_MODULES = frozenset({"defaults", "errors", "envelope", "version"})
+BASE_MODULES = frozenset({"defaults", "errors", "envelope", "trust", "version"})
 LAYERS = ("base", "core", "run", "models", "jobs", "cli")
 """Lowest first: a module may import from its own layer and those before it."""
 TOP_MODULES = frozenset({PACKAGE, f"{PACKAGE}.__main__"})

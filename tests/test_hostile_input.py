@@ -537,14 +537,14 @@ def finished_checkpoint(hostile, tmp_path_factory) -> Path:
 
 
 def _rewrite_checkpoint(source: Path, target: Path, change, checksum: bool = False) -> Path:
-    from genentropy_cli.run.checkpoint import arrays_checksum
+    from genentropy_cli.run.checkpoint import document_checksum
 
     with np.load(source) as archive:
         document = json.loads(str(archive["meta"]))
         arrays = {name: archive[name].copy() for name in archive.files if name != "meta"}
     change(document, arrays)
     if checksum:  # the tamperer recomputes the checksum too: the state itself must still be refused
-        document["checksum"] = arrays_checksum(arrays)
+        document["checksum"] = document_checksum(document["settings"], document["state"], arrays)
     with open(target, "wb") as handle:
         np.savez(handle, meta=np.array(json.dumps(document)), **arrays)
     return target

@@ -20,8 +20,9 @@ from typing import Any, Sequence
 import torch
 from torch import nn
 
-from genentropy_cli.defaults import DEFAULT_LABEL_ARGUMENT, DEFAULT_LABEL_FORMAT
+from genentropy_cli.defaults import DEFAULT_LABEL_ARGUMENT, DEFAULT_LABEL_FORMAT, MAX_CLASSES
 from genentropy_cli.errors import InputError
+from genentropy_cli.trust import check_count
 
 __all__ = ["LABEL_FORMATS", "POSITIONAL", "ClassBoundDecoder", "LabelSpec", "bind_class"]
 
@@ -75,6 +76,8 @@ class LabelSpec:
         count = _class_number(self.num_classes, "the number of classes")
         if count < 1:
             raise InputError(f"the number of classes must be a positive integer, got {self.num_classes!r}")
+        check_count(count, MAX_CLASSES, "the number of classes",
+                    "each class is estimated and a one-hot label holds one number per class")
         object.__setattr__(self, "num_classes", count)
         if self.format not in LABEL_FORMATS:
             raise InputError(f"label format {self.format!r} is not one of {', '.join(LABEL_FORMATS)}")
@@ -92,8 +95,9 @@ class LabelSpec:
         if len(weights) not in allowed:
             counts = " or ".join(str(count) for count in sorted(allowed))
             raise InputError(f"class weights: got {len(weights)} weights for {counts} classes")
-        if not all(math.isfinite(weight) and weight >= 0 for weight in weights):
-            raise InputError(f"class weights must be finite and non-negative, got {list(weights)}")
+        bad = next((index for index, weight in enumerate(weights) if not (math.isfinite(weight) and weight >= 0)), None)
+        if bad is not None:  # named by position: the weights may come from a file, whose content is never echoed
+            raise InputError(f"class weights must be finite and non-negative; weight {bad} (counting from 0) is not")
         if not sum(self._chosen_weights(weights)) > 0:
             raise InputError("class weights: the chosen classes' weights sum to zero")
 

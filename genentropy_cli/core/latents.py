@@ -18,8 +18,14 @@ from typing import Callable, Protocol, Sequence, runtime_checkable
 import numpy as np
 import torch
 
-from genentropy_cli.defaults import DEFAULT_LATENT_DISTRIBUTION, LATENT_BLOCK_SIZE, LATENT_DISTRIBUTION_HELP
+from genentropy_cli.defaults import (
+    DEFAULT_LATENT_DISTRIBUTION,
+    LATENT_BLOCK_SIZE,
+    LATENT_DISTRIBUTION_HELP,
+    MAX_LATENT_RANK,
+)
 from genentropy_cli.errors import InputError
+from genentropy_cli.trust import check_count, shown
 
 __all__ = [
     "LATENT_DISTRIBUTIONS",
@@ -272,7 +278,8 @@ def shape_of(value: object, what: str = "the latent shape") -> tuple[int, ...]:
     sizes = [value] if isinstance(value, (int, np.integer)) else value
     if isinstance(sizes, (str, bytes)) or not isinstance(sizes, Sequence) \
             or not all(isinstance(size, (int, np.integer)) and not isinstance(size, bool) for size in sizes):
-        raise InputError(f"{what} must be a positive integer or a list of them, e.g. [100, 1, 1]; got {value!r}")
+        raise InputError(f"{what} must be a positive integer or a list of them, e.g. [100, 1, 1]; got {shown(value)}")
+    check_count(len(sizes), MAX_LATENT_RANK, f"the number of axes of {what}")
     return tuple(int(size) for size in sizes)
 
 

@@ -63,7 +63,11 @@ def rank_descending(values: Sequence[float]) -> list[int]:
 
 
 def z_score(difference: float, stderr: float) -> float:
-    """difference / stderr; a nonzero difference with zero error is infinitely significant."""
+    """difference / stderr; a nonzero difference with zero error is infinitely significant. An
+    unknown error or difference (NaN: one sample, a non-finite term) gives NaN, so p is NaN and
+    no significance is claimed: p = 0 from a NaN error would be a false discovery."""
+    if math.isnan(stderr) or math.isnan(difference):
+        return math.nan
     if stderr > 0:
         return difference / stderr
     return math.nan if difference == 0 else math.copysign(math.inf, difference)

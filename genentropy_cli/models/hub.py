@@ -24,7 +24,9 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any
 
+from genentropy_cli.defaults import MAX_SMALL_FILE_BYTES
 from genentropy_cli.errors import InputError, first_line
+from genentropy_cli.trust import read_bounded
 
 HUB_SCHEME = "hf://"
 HUB_INSTALL = "pip install 'genentropy[hub]' (or pip install huggingface_hub)"
@@ -225,9 +227,10 @@ def _fetch_folder(hub: Any, reference: HubReference, folder: str, files: list[st
 
 
 def _read_config(file: Path, url: str) -> dict:
+    data = read_bounded(file, f"{HUB_CONFIG_FILE} of {url}", MAX_SMALL_FILE_BYTES)  # the trust rule: stat first
     try:
-        config = json.loads(file.read_text())
-    except (OSError, ValueError) as error:
+        config = json.loads(data)
+    except (ValueError, RecursionError) as error:
         raise InputError(f"{url}: its {HUB_CONFIG_FILE} is not readable JSON ({first_line(error)})") from None
     if not isinstance(config, dict):
         raise InputError(f"{url}: its {HUB_CONFIG_FILE} is not a mapping of constructor arguments")

@@ -13,8 +13,10 @@ from typing import Any, Mapping
 
 from genentropy_cli.core.labels import LabelSpec
 from genentropy_cli.core.latents import LatentSpec, distribution_label
+from genentropy_cli.defaults import MAX_DOCUMENT_DEPTH
 from genentropy_cli.errors import InputError
 from genentropy_cli.models.calls import CallAdapter, call_metadata, call_section
+from genentropy_cli.trust import check_depth
 
 METADATA_FILE = "genentropy.json"
 """Name of the extra file in a TorchScript archive or .pt2 program that records the latent spec."""
@@ -60,10 +62,11 @@ def parse_metadata(text: str | bytes, file: str | Path) -> dict:
         return {}
     try:
         metadata = json.loads(text)
-    except (json.JSONDecodeError, TypeError, UnicodeDecodeError):
+    except (json.JSONDecodeError, TypeError, UnicodeDecodeError, RecursionError):
         metadata = None
     if not isinstance(metadata, dict):
         raise InputError(f"{file} carries an unreadable {METADATA_FILE}; re-save it with genentropy's save functions")
+    check_depth(metadata, MAX_DOCUMENT_DEPTH, f"the {METADATA_FILE} of {file}")
     metadata.update(label_metadata(metadata.pop("label", None), f"{file} ({METADATA_FILE})"))
     metadata.update(call_metadata(metadata.pop("call", None), f"{file} ({METADATA_FILE})"))
     return metadata

@@ -24,7 +24,9 @@ from typing import Any, Iterator, Mapping, Sequence
 
 import torch
 
+from genentropy_cli.defaults import MAX_SUBMODELS
 from genentropy_cli.errors import InputError
+from genentropy_cli.trust import check_count
 
 SELECTION_KEYS: tuple[str, ...] = ("key", "prefix", "strip_prefix")
 """The keys of a spec's ``weights:`` section."""
@@ -98,14 +100,20 @@ def find_candidates(content: Any, key: str = "", depth: int = 0) -> list[Candida
     if is_state_dict(content):
         found = [Candidate(key, "", "state dict", *_count(list(content.values())))]
         groups = name_groups(content)
+        check_count(len(groups), MAX_SUBMODELS, "the number of name groups (sub-models) in the state dict",
+                    "name the one to load with --select KEY")
         if len(groups) > 1:
             found += [Candidate(key, f"{group}.", "state dict", *_count([content[name] for name in names]))
                       for group, names in groups.items() if any("." in name for name in names)]
         return found
     if depth >= MAX_DEPTH:
         return []
-    return [candidate for name, item in _children(content) for candidate in find_candidates(item, _join(key, name),
-                                                                                            depth + 1)]
+    found = []
+    for name, item in _children(content):
+        found += find_candidates(item, _join(key, name), depth + 1)
+        check_count(len(found), MAX_SUBMODELS, "the number of sub-models in the checkpoint",
+                    "name the one to load with --select KEY")
+    return found
 
 
 def _keys_of(value: Any) -> str:

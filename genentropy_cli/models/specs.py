@@ -31,13 +31,14 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from genentropy_cli.core.latents import shape_of
+from genentropy_cli.defaults import MAX_SMALL_FILE_BYTES
 from genentropy_cli.errors import InputError, first_line
 from genentropy_cli.models.architectures import ARCHITECTURES
 from genentropy_cli.models.calls import CALL_KEYS, call_metadata
 from genentropy_cli.models.metadata import LABEL_KEYS, label_metadata
 from genentropy_cli.models.selection import SELECTION_KEYS
 from genentropy_cli.models.usercode import check_import_target, import_class
-from genentropy_cli.run.files import input_file
+from genentropy_cli.trust import read_bounded
 
 SPEC_METADATA_KEY = "genentropy_spec"
 SPEC_KEYS: tuple[str, ...] = ("architecture", "import", "kwargs", "latent", "label", "output", "weights", "call",
@@ -91,7 +92,7 @@ def has_architecture(spec: Mapping | None) -> bool:
     return bool(spec) and ("architecture" in spec or "import" in spec)
 
 
-MAX_YAML_BYTES = 1024**2
+MAX_YAML_BYTES = MAX_SMALL_FILE_BYTES
 """Spec and config files are a few lines; a larger one is not one (and is refused unread)."""
 
 MAX_YAML_VALUES = 100_000
@@ -142,15 +143,12 @@ def parse_yaml(text: str, source: str) -> Any:
 def read_yaml_file(path: str | Path, what: str) -> Any:
     """The content of a YAML (or JSON) file; a missing, unreadable, oversized or malformed file
     is a one-line error."""
-    file = input_file(path, what)
-    assert file is not None
-    if file.stat().st_size > MAX_YAML_BYTES:
-        raise InputError(f"{what} {file} is larger than {MAX_YAML_BYTES // 1024} KiB; a {what} is a few lines of YAML")
+    data = read_bounded(path, what, MAX_YAML_BYTES)  # the trust rule: stat, then at most the limit
     try:
-        text = file.read_bytes().decode("utf-8")
+        text = data.decode("utf-8")
     except UnicodeDecodeError as error:
-        raise InputError(f"{file} is not valid YAML ({first_line(error)})") from None
-    return parse_yaml(text, str(file))
+        raise InputError(f"{path} is not valid YAML ({first_line(error)})") from None
+    return parse_yaml(text, str(path))
 
 
 def read_spec_file(path: str | Path) -> dict:

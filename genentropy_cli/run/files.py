@@ -1,9 +1,8 @@
 """Files a run reads and writes, checked before any work starts.
 
-Inputs (model, spec, config, checkpoint) must be regular, readable files: a FIFO, a device or a
-directory is refused from its ``stat`` alone, without opening it (opening a FIFO waits for a
-writer forever). Outputs (``--output``, ``--checkpoint``, ``--per-sample``, ``--grid``,
-``--plot``) must be writable file paths in an existing folder, distinct from each other and
+Inputs (model, spec, config, checkpoint) must be regular, readable files (``trust.input_file``:
+a FIFO, a device or a directory is refused from its ``stat`` alone, without opening it).
+Outputs (``--output``, ``--checkpoint``, ``--per-sample``, ``--grid``, ``--plot``) must be writable file paths in an existing folder, distinct from each other and
 from every input, so that hours of work never end in "cannot write" and a result never
 overwrites the model it came from.
 """
@@ -17,36 +16,13 @@ from pathlib import Path
 from typing import Mapping
 
 from genentropy_cli.errors import InputError
+from genentropy_cli.trust import input_file  # the trust rule's reader; kept importable from here
 
 __all__ = ["check_output_targets", "input_file", "same_file"]
 
 
 def _reason(error: OSError) -> str:
     return error.strerror or type(error).__name__
-
-
-def input_file(path: str | Path, what: str, *, missing_ok: bool = False) -> Path | None:
-    """``path`` if it is a regular file that can be read; None if it does not exist and
-    ``missing_ok``; else a one-line InputError naming the problem."""
-    file = Path(path)
-    try:
-        mode = file.stat().st_mode
-    except FileNotFoundError:
-        if missing_ok:
-            return None
-        raise InputError(f"{what} not found: {file}") from None
-    except OSError as error:
-        raise InputError(f"cannot read {what} {file} ({_reason(error)})") from None
-    if stat.S_ISDIR(mode):
-        raise InputError(f"{what} {file} is a directory; give the path of a file")
-    if not stat.S_ISREG(mode):
-        raise InputError(f"{what} {file} is not a regular file (a FIFO, socket or device); give the path of a file")
-    try:
-        with open(file, "rb") as handle:
-            handle.read(1)
-    except OSError as error:
-        raise InputError(f"cannot read {what} {file} ({_reason(error)}); check its permissions") from None
-    return file
 
 
 def same_file(first: str | Path, second: str | Path) -> bool:

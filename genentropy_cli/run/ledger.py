@@ -199,6 +199,8 @@ class RunLedger:
                                      np.asarray(arrays["prefix_m2"], dtype=np.float64))
         self.summary = self.rows_template.summary_from_state(len(self.scales), meta["summary"], arrays)
         names = self.rows_template.columns()
+        if not all(type(block) is int and self.merged_blocks <= block < self.num_blocks for block in meta["blocks"]):
+            raise ValueError("its stored blocks do not fit the run")
         self.blocks = {
             int(block): self.rows_template.with_columns({name: arrays[f"block{block}_{name}"] for name in names})
             for block in meta["blocks"]
@@ -217,6 +219,7 @@ class RunLedger:
             raise ValueError("its merged moments are not finite")
         if (prefix.m2 < 0).any():
             raise ValueError("its merged moments hold a negative sum of squares")
+        self._check_counters()
         for block, rows in self.blocks.items():
             if not self.merged_blocks <= block < self.num_blocks or len(rows) > self.block_length(block) \
                     or rows.terms.shape[1:] != (columns,):
@@ -225,3 +228,25 @@ class RunLedger:
                 raise ValueError(f"its block {block} holds non-finite terms, which this run (no --skip-nonfinite) "
                                  "would have refused")
 
+    def _check_counters(self) -> None:
+        """The counters agree with each other and with the rows (a ValueError otherwise): every
+        merged sample is counted once, finite (in the moments) or not; the frontier lies between
+        the merged samples and the stored rows of the frontier block; a met target ends the run
+        inside the last merged block and leaves no rows behind."""
+        merged, summary = self.samples_used, self.summary
+        if summary.count != self.prefix.count or summary.count + summary.num_nonfinite != merged \
+                or min(summary.num_nonfinite, self.clipped_eigenvalues) < 0:
+            raise ValueError(f"its counters disagree: {merged} samples merged, {self.prefix.count} in the moments, "
+                             f"{summary.count} + {summary.num_nonfinite} counted")
+        if summary.num_nonfinite and not self.skip_nonfinite:
+            raise ValueError("it counts non-finite samples, which this run (no --skip-nonfinite) would have refused")
+        models = getattr(self.rows_template, "models", None)
+        if models is not None and len(getattr(summary, "models", ())) != len(models):
+            raise ValueError("its summaries do not match the models of this run")
+        frontier = self.blocks.get(self.merged_blocks)
+        if not merged <= self.emitted <= merged + (len(frontier) if frontier is not None else 0):
+            raise ValueError(f"its frontier {self.emitted} is not within the recorded samples")
+        if self.stop_at is not None and (self.blocks or self.merged_blocks == 0
+                                         or not (self.merged_blocks - 1) * self.block_size < self.stop_at
+                                         <= self.num_samples):
+            raise ValueError(f"its stop at sample {self.stop_at} does not fit its blocks")

@@ -14,6 +14,7 @@ each gets every run option.
 from __future__ import annotations
 
 import json
+import math
 import os
 import time
 from dataclasses import dataclass, field
@@ -141,6 +142,10 @@ class BatchLoop:
                 member.probe = PrecisionProbe.from_state(state) if state else None
             self.computed_before = int(meta["samples_computed"])
             self.elapsed_before = float(meta["elapsed_seconds"])
+            offset = meta["per_sample_offset"]
+            if self.computed_before < self.ledger.recorded_total() or not 0 <= self.elapsed_before < math.inf \
+                    or not (offset is None or (type(offset) is int and offset >= 0)):
+                raise ValueError("its run counters (samples computed, time, per-sample offset) do not fit its rows")
         except (KeyError, ValueError, TypeError, IndexError) as error:
             raise InputError(f"checkpoint {path} holds a state no run can have left ({first_line(error)}); "
                              "delete it to start over, or choose another --checkpoint file") from None
