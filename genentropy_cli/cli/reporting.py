@@ -41,6 +41,17 @@ def format_error(value: float | None) -> str:
     return f"{value:.2g}" if value < 1e-3 or value >= 1e3 else f"{value:.{max(0, 1 - math.floor(math.log10(value)))}f}"
 
 
+def format_std(value: float | None, digits: int = 4) -> str:
+    """A per-sample std to ``digits`` decimals, or to two significant figures where those
+    decimals would show fewer than two (``0.0000`` beside ``Std. error 2.6e-07`` hides that the
+    terms vary at all)."""
+    if value is None or not math.isfinite(value):
+        return "-"
+    if 0 < abs(value) < 10.0 ** (2 - digits):
+        return format_error(value)
+    return format_number(value, digits)
+
+
 def latent_label(result: EntropyResult) -> str:
     return result.latent.describe()
 
@@ -70,7 +81,7 @@ def estimate_table(result: EntropyResult, model_path: str) -> Table:
             f"{item.scale:.0e}",
             format_number(item.entropy, digits),
             format_error(item.stderr),
-            format_number(item.std),
+            format_std(item.std),
             f"{format_number(item.ci95[0], digits)} to {format_number(item.ci95[1], digits)}",
             str(item.num_samples),
         ]

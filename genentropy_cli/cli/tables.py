@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Sequence
 from rich import box
 from rich.table import Table
 
-from genentropy_cli.cli.reporting import entropy_digits, format_error, format_number
+from genentropy_cli.cli.reporting import entropy_digits, format_error, format_number, format_std
 
 if TYPE_CHECKING:  # annotations only
     from genentropy_cli.jobs.compare import ComparisonResult
@@ -42,7 +42,7 @@ def models_table(result: ComparisonResult, scale_index: int = 0) -> Table:
         estimate = model.estimates[scale_index]
         entropy = format_number(estimate.entropy, entropy_digits(estimate.stderr, 2))
         table.add_row(model.name, model.latent.describe(), entropy, format_error(estimate.stderr),
-                      format_number(estimate.std, 2), str(model.ranks[scale_index]))
+                      format_std(estimate.std, 2), str(model.ranks[scale_index]))
     return table
 
 

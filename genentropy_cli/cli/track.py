@@ -90,6 +90,7 @@ def track(checkpoints: CheckpointsArgument, *, source: ModelFlags, scale: ScaleO
         sink.warn(message)
     if plot and sink.speaks:
         plot_track(result, plot)
+        sink.info(f"wrote plot to {plot}")
     sink.emit(result.to_dict(), lambda: [track_table(result, index) for index in range(len(options.scales))])
     sink.exit_if_partial(result)
 
