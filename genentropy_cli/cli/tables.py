@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import TYPE_CHECKING, Sequence
 
 from rich import box
@@ -13,14 +12,6 @@ from genentropy_cli.cli.reporting import entropy_digits, format_error, format_nu
 if TYPE_CHECKING:  # annotations only
     from genentropy_cli.jobs.compare import ComparisonResult
     from genentropy_cli.jobs.samples import ExtremeSamples
-
-
-def model_names(paths: Sequence[str]) -> list[str]:
-    """File stems (``vae`` for sample_models/vae.safetensors), the full paths where stems repeat."""
-    stems = [Path(path).stem for path in paths]
-    if len(set(stems)) == len(stems):
-        return stems
-    return [str(path) for path in paths]
 
 
 def models_table(result: ComparisonResult, scale_index: int = 0) -> Table:

@@ -137,7 +137,7 @@ class ConditionalResult(DecoderRunRecord):
         """JSON: the model (with its label), settings, classes, class pairs, H(X|Y), H(Y), mixture bounds."""
         labels = {index: item.label for index, item in enumerate(self.classes)}
         return envelope(command, {
-            "model": {**(model or {}), "latent_shape": list(self.latent.shape),
+            "model": {**(self.model_record if model is None else model or {}), "latent_shape": list(self.latent.shape),
                       "latent_distribution": distribution_label(self.latent.distribution),
                       "output_dim": self.output_dim, "output_shape": list(self.output_shape),
                       "label": {**(model or {}).get("label", {}), **self.label.to_dict(),
