@@ -8,6 +8,8 @@ from typing import Sequence
 
 from rich.table import Table
 
+from genentropy_cli.cli.fitting import Narrowing, narrowing
+
 from genentropy_cli.core.labels import LabelSpec
 from genentropy_cli.run.results import EntropyResult
 from genentropy_cli.run.stopping import STOP_REASONS
@@ -61,16 +63,14 @@ def estimate_table(result: EntropyResult, model_path: str) -> Table:
     latent, time and throughput in the title and caption."""
     probe = result.precision_probe or {}
     shifts = probe.get("difference_in_stderr")
+    caption = (f"latent {latent_label(result)}, D = {result.output_dim}; {result.settings['device']}, "
+               f"{result.settings['dtype']}, seed {result.settings['seed']}; "
+               f"{result.elapsed_seconds:.1f} s, {result.samples_per_second:,.0f} samples/s. "
+               "Entropy in nats; Std = per-sample std; Std. error = Std / sqrt(N).")
     table = Table(
         title=f"Entropy of {model_path}" + (" [bold red]PARTIAL (interrupted)[/bold red]" if result.partial else ""),
-        caption=(
-            f"latent {latent_label(result)}, D = {result.output_dim}; {result.settings['device']}, "
-            f"{result.settings['dtype']}, seed {result.settings['seed']}; "
-            f"{result.elapsed_seconds:.1f} s, {result.samples_per_second:,.0f} samples/s. "
-            "Entropy in nats; Std = per-sample std; Std. error = Std / sqrt(N)."
-            + (f" Last column: mean change of h_i with --dtype {probe['dtype']} instead of float64 "
-               f"(first {probe['num_samples']} samples), in standard errors." if shifts else "")
-        ),
+        caption=caption + (f" Last column: mean change of h_i with --dtype {probe['dtype']} instead of float64 "
+                           f"(first {probe['num_samples']} samples), in standard errors." if shifts else ""),
     )
     headers = ["Scale s", "Entropy", "Std. error", "Std", "95% CI", "N"]
     for header in headers + (["dtype shift"] if shifts else []):
@@ -88,7 +88,9 @@ def estimate_table(result: EntropyResult, model_path: str) -> Table:
         if shifts:
             row.append(format_shift(shifts[index], probe["threshold_in_stderr"]))
         table.add_row(*row)
-    return table
+    return narrowing(table, Narrowing(
+        short={"Std. error": "SE"}, optional=("dtype shift",) if shifts else (), legend="SE = Std. error.",
+        dropped_caption=f"{caption} SE = Std. error. The dtype's shifts are under Diagnostics (precision probe)."))
 
 
 def format_shift(value: float, threshold: float) -> str:

@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING
 from rich import box
 from rich.table import Table
 
+from genentropy_cli.cli.fitting import Narrowing, narrowing
 from genentropy_cli.cli.reporting import entropy_digits, format_error, format_number, format_std
 
 if TYPE_CHECKING:  # annotations only
@@ -34,7 +35,7 @@ def models_table(result: ComparisonResult, scale_index: int = 0) -> Table:
         entropy = format_number(estimate.entropy, entropy_digits(estimate.stderr, 2))
         table.add_row(model.name, model.latent.describe(), entropy, format_error(estimate.stderr),
                       format_std(estimate.std, 2), str(model.ranks[scale_index]))
-    return table
+    return narrowing(table, Narrowing(short={"Std. error": "SE"}, legend="SE = Std. error."))
 
 
 def pairs_table(result: ComparisonResult, scale_index: int = 0) -> Table:
@@ -74,7 +75,9 @@ def pairs_table(result: ComparisonResult, scale_index: int = 0) -> Table:
             f"{oriented.p_holm:.0e}" if oriented.p_holm == oriented.p_holm else "-",
             oriented.mark,
         )
-    return table
+    return narrowing(table, Narrowing(short={"Paired SE": "SE", "Unpaired SE": "unp. SE", "p Holm": "p"},
+                                      optional=("Corr", "z"),
+                                      legend="Short headers: SE = Paired SE; unp. SE = Unpaired SE; p = p Holm."))
 
 
 def format_z(value: float) -> str:

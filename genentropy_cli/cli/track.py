@@ -10,6 +10,7 @@ import typer
 from rich import box
 from rich.table import Table
 
+from genentropy_cli.cli.fitting import Narrowing, narrowing
 from genentropy_cli.cli.guard import command
 from genentropy_cli.cli.options import (
     ModelFlags,
@@ -88,7 +89,14 @@ def track_table(result: TrackResult, scale_index: int = 0) -> Table:
                     "-" if change.z_score != change.z_score else f"{change.z_score:.1f}",
                     f"{change.p_holm:.0e}" if change.p_holm == change.p_holm else "-", change.mark]
         table.add_row(*row)
-    return table
+    return narrowing(table, TRACK_NARROWING)
+
+
+TRACK_NARROWING = Narrowing(
+    short={"Std. error": "SE", "Change": "Δ", "Paired SE": "Δ SE", "Unpaired SE": "unp. SE", "p Holm": "p"},
+    optional=("Unpaired SE", "z"),
+    legend="Short headers: SE = Std. error; Δ = Change; Δ SE = its Paired SE; unp. SE = Unpaired SE; p = p Holm.")
+"""At 80 columns: short headers, then without the unpaired SE and z (``--json`` has every value)."""
 
 
 def plot_track(result: TrackResult, path: str) -> Path:

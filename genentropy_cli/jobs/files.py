@@ -132,9 +132,12 @@ def sweep_file(path: str | Path, *, progress: ProgressCallback | None = None, lo
 
 
 def model_names(paths: Sequence[str | Path]) -> list[str]:
-    """File stems (``vae`` for sample_models/vae.safetensors), the full paths where stems repeat."""
-    stems = [Path(path).stem for path in paths]
-    return stems if len(set(stems)) == len(stems) else [str(path) for path in paths]
+    """File stems (``vae`` for sample_models/vae.safetensors); where stems repeat, file names
+    (``mlp.pt``, ``mlp.pt2``); where those repeat too, the full paths."""
+    for names in ([Path(path).stem for path in paths], [Path(path).name for path in paths]):
+        if len(set(names)) == len(names):
+            return names
+    return [str(path) for path in paths]
 
 
 def compare_files(paths: Sequence[str | Path], *, independent_latents: bool = False,
