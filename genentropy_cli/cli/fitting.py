@@ -178,6 +178,11 @@ def stacked(table: Table, single_column: bool = False) -> Group:
     parts: list[Any] = []
     if table.title:
         parts.append(_plain(table.title, "italic"))
+    if not table.show_header and len(columns) == 2:  # a field table: "name: value", wrapped as a paragraph
+        parts += [Text.assemble(_plain(name, "bold"), ": ", _plain(value)) for name, value in zip(*cells)]
+        if table.caption:
+            parts.append(_plain(table.caption, "dim"))
+        return Group(*parts)
     for row in range(table.row_count):
         first_header = _plain(columns[0].header)
         heading = Text.assemble(*((first_header, " ") if first_header.plain else ()), _plain(cells[0][row]),
