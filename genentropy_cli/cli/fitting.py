@@ -116,6 +116,7 @@ def _compact(table: Table) -> Table:
     narrow = copy.copy(table)
     narrow.columns = [copy.copy(column) for column in table.columns]
     narrow.show_edge, narrow.pad_edge, narrow.collapse_padding = False, False, True
+    narrow.caption_justify = "left"
     if narrow.box is not None and narrow.box is not box.SIMPLE_HEAD:
         narrow.box = box.SIMPLE_HEAD
     return narrow
