@@ -124,8 +124,9 @@ def test_sweep_bars_never_wrap(run_cli, conditional, tmp_path, monkeypatch):
 @pytest.mark.parametrize("command", ["", "estimate", "sweep-scale", "compare", "track", "samples", "inspect",
                                      "convert"])
 def test_help_is_readable_at_60_columns(command, run_cli, monkeypatch):
-    from genentropy_cli.cli.app import app
     from typer.main import get_command
+
+    from genentropy_cli.cli.app import app
 
     monkeypatch.setenv("COLUMNS", "60")
     result = run_cli(*([command] if command else []), "--help")

@@ -6,9 +6,9 @@ the options they share are declared once in ``options``. No numerics here.
 
 from __future__ import annotations
 
-from inspect import cleandoc
 import sys
 import typing
+from inspect import cleandoc
 from typing import Annotated, Any
 
 import typer

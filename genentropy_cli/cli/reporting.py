@@ -9,7 +9,6 @@ from typing import Sequence
 from rich.table import Table
 
 from genentropy_cli.cli.fitting import Narrowing, narrowing
-
 from genentropy_cli.core.labels import LabelSpec
 from genentropy_cli.run.results import EntropyResult
 from genentropy_cli.run.stopping import STOP_REASONS
