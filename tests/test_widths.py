@@ -139,3 +139,28 @@ def test_help_is_readable_at_60_columns(command, run_cli, monkeypatch):
         assert re.search(rf"(^|[\s│,]){re.escape(flag)}($|[\s│,])", result.stdout, re.MULTILINE), (flag, result.stdout)
     if command == "estimate":  # a paragraph wraps where the terminal ends, not where the source's line did
         assert any("Ctrl-C saves the checkpoint, prints" in line for line in result.stdout.splitlines()), result.stdout
+
+
+@pytest.mark.parametrize("width", WIDTHS)
+def test_the_progress_line_keeps_its_count_and_eta_whole(width):
+    import io
+
+    from rich.console import Console
+
+    from genentropy_cli.cli.output import make_progress, progress_layout
+
+    console = Console(width=width, file=io.StringIO(), record=True)
+    progress, bar = make_progress(console)
+    running = ["H(1e-01)=1.9067", "H(1e-04)=1.8379"]
+    bar.bar_width, shown = progress_layout(width, "estimating", 12000, 20000, "3,123 samples/s", running)
+    task = progress.add_task("estimating", total=20000, rate="3,123 samples/s", running=shown)
+    progress.update(task, completed=12000)
+    console.print(progress.make_tasks_table(progress.tasks))
+    line = console.export_text().rstrip("\n")
+    assert "\n" not in line and len(line) <= width and "…" not in line, line
+    for part in ("estimating", "12000/20000", "60%", "3,123 samples/s", "-:--:--"):
+        assert part in line, (width, line)
+    if width >= 80:  # at 60 the running estimate gives way to the count and ETA
+        assert running[-1] in line, line
+    if width >= 100:
+        assert ", ".join(running) in line
