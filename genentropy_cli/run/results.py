@@ -106,7 +106,7 @@ class EntropyResult(DecoderRunRecord):
     def to_dict(self, command: str = "estimate", model: dict | None = None) -> dict:
         """The JSON document described in docs/json.md (stable key names)."""
         return envelope(command, {
-            "model": {**(self.model_record if model is None else model or {}), **self.model_dict()},
+            "model": {**((self.model_record if model is None else model) or {}), **self.model_dict()},
             "settings": dict(self.settings),
             "estimates": [item.to_dict() for item in self.estimates],
             **self.run_dict(),
