@@ -8,11 +8,6 @@ Importing the package is instant: each public name is imported from its module o
 module loads torch ends the program with "interrupted" instead of a traceback.
 """
 
-from __future__ import annotations
-
-import importlib
-from typing import Any
-
 from genentropy_cli.version import __version__
 
 _PUBLIC: dict[str, str] = {
@@ -24,10 +19,12 @@ _PUBLIC: dict[str, str] = {
     "EntropyChange": "jobs.metric",
     "EntropyMetric": "jobs.metric",
     "EntropyResult": "run.results",
+    "EntropyTorchMetric": "jobs.torchmetric",  # needs the torchmetrics extra
     "EstimateOptions": "run.options",
     "ExtremeSamples": "jobs.samples",
     "LabelSpec": "core.labels",
     "LatentSpec": "core.latents",
+    "ModelOptions": "models.resolve",
     "MetricResult": "jobs.metric",
     "Reference": "jobs.sweep",
     "ScaleEstimate": "run.results",
@@ -36,14 +33,20 @@ _PUBLIC: dict[str, str] = {
     "TrackResult": "jobs.track",
     "TruncatedNormal": "core.latents",
     "Uniform": "core.latents",
+    "compare_files": "jobs.files",
     "compare_models": "jobs.compare",
     "estimate_entropy": "jobs.estimate",
+    "estimate_file": "jobs.files",
     "find_extreme_samples": "jobs.samples",
+    "inspect_file": "jobs.files",
     "make_latent_spec": "core.latents",
     "parse_distribution": "core.latents",
+    "samples_file": "jobs.files",
     "summary_writer": "jobs.metric",
+    "sweep_file": "jobs.files",
     "sweep_scale": "jobs.sweep",
     "track_checkpoints": "jobs.track",
+    "track_files": "jobs.files",
     "write_scalars": "jobs.metric",
 }
 """Every public name but ``__version__`` -> the module (under the package) that defines it."""
@@ -51,19 +54,22 @@ _PUBLIC: dict[str, str] = {
 __all__ = ["__version__", *_PUBLIC]
 
 
-def __getattr__(name: str) -> Any:
+def __getattr__(name: str) -> object:
     """A public name, imported from its module on first access and then kept in the package."""
     module = _PUBLIC.get(name)
     if module is None:
         raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    from importlib import import_module
+
     from genentropy_cli.errors import quiet_interrupt_while_loading
 
     loaded = quiet_interrupt_while_loading()  # Ctrl-C while torch loads: "interrupted", not a traceback
-    value = getattr(importlib.import_module(f"{__name__}.{module}"), name)
+    value = getattr(import_module(f"{__name__}.{module}"), name)
     loaded()
     globals()[name] = value
     return value
 
 
 def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(__all__))
+    """The public names (``__all__``), not the module's own machinery."""
+    return sorted(__all__)

@@ -814,7 +814,12 @@ def test_a_float32_only_decoder_skips_the_probe_with_its_reason(run_cli, hostile
 
 
 def test_a_latent_size_mismatch_is_still_named(run_cli, hostile):
-    refused(run_cli("estimate", hostile["model"], "--latent-dim", "5", "-n", "10"), "latent size 5 does not fit")
+    """The error names the size that does not fit; the warning before it, what the file records."""
+    result = run_cli("estimate", hostile["model"], "--latent-dim", "5", "-n", "10")
+    warning, error = result.stderr.strip().splitlines()
+    assert result.exit_code == 2 and result.stdout == "" and "Traceback" not in result.stderr
+    assert warning == "warning: --latent-dim 5: the file records 3; using the flag's value"
+    assert error.startswith("error: latent size 5 does not fit")
 
 
 def test_a_pickled_class_from_main_says_how_to_map_it(run_cli, tmp_path, monkeypatch):

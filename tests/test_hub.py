@@ -153,3 +153,22 @@ def test_hub_refusals_say_what_to_do(run_cli, published, tmp_path, monkeypatch):
     hub_cache(cache, "someone/bare", {"model.safetensors": bare / "model.safetensors"})
     assert_one_line_error(run_cli("estimate", "hf://someone/bare"), "hf://someone/bare holds weights but no spec",
                           "add genentropy.yaml to the repository", "--spec FILE")
+
+
+def test_an_unreachable_hub_fails_fast_and_a_cached_model_still_loads(run_cli, published, monkeypatch):
+    """No network: a model not in the cache is a one-line error within seconds (huggingface_hub
+    alone retries for about 30 s); a cached one loads without HF_HUB_OFFLINE."""
+    import socket
+    import time
+
+    with socket.socket() as probe:  # a port nothing listens on: the connection is refused at once
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    monkeypatch.delenv("HF_HUB_OFFLINE")
+    monkeypatch.setenv("HF_ENDPOINT", f"http://127.0.0.1:{port}")
+    started = time.monotonic()
+    assert_one_line_error(run_cli("inspect", "hf://someone/elsewhere"), "the Hub could not be reached",
+                          "HF_HUB_OFFLINE=1")
+    assert time.monotonic() - started < 10
+    cached = run_cli("estimate", "hf://someone/hubgen", "--code-path", published[1], "-n", "50", "--json", "--quiet")
+    assert cached.exit_code == 0, cached.stderr

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import sys
 import typing
+from inspect import cleandoc
 from typing import Annotated, Any
 
 import typer
@@ -52,12 +53,53 @@ def _plain_help_types(params: list) -> list:
     return params
 
 
+def _unwrapped(text: str | None) -> str | None:
+    """A docstring's paragraphs each on one line, so Rich wraps them to the terminal (Typer keeps
+    the source's line breaks inside a paragraph, which cut sentences on a narrow terminal)."""
+    if not text:
+        return text
+    paragraphs = cleandoc(text).split("\n\n")
+    return "\n\n".join(" ".join(line.strip() for line in paragraph.splitlines()) for paragraph in paragraphs)
+
+
+def _readable_help_tables() -> None:
+    """Typer's option tables with flag names and types that are never cut (no wrapping) and help
+    text that wraps, never ending in "…": patched into ``typer.rich_utils`` when help is shown."""
+    import typer.rich_utils as rich_utils
+    from rich.table import Table
+
+    if getattr(rich_utils.Table, "readable_help", False):
+        return
+
+    class HelpTable(Table):
+        readable_help = True
+
+        def add_row(self, *renderables: Any, **settings: Any) -> None:
+            for part in getattr(renderables[-1], "renderables", [renderables[-1]]) if renderables else []:
+                if hasattr(part, "overflow"):
+                    part.overflow = "fold"  # a long word (a path, an example) folds instead of ending in "…"
+            super().add_row(*renderables, **settings)
+            for index, column in enumerate(self.columns):
+                column.no_wrap = index < len(self.columns) - 1
+                column.overflow = "fold"
+
+    rich_utils.Table = HelpTable
+
+
 class PlainGroup(typer.core.TyperGroup):
     """The app: help shows value types as words (see ``_type_word``); a usage error (an unknown
     option, a value click cannot read) is one line on stderr, as every other refusal."""
 
+    def __init__(self, *args: Any, **settings: Any) -> None:
+        super().__init__(*args, **settings)
+        self.help = _unwrapped(self.help)
+
     def get_params(self, ctx):
         return _plain_help_types(super().get_params(ctx))
+
+    def format_help(self, ctx: Any, formatter: Any) -> Any:
+        _readable_help_tables()
+        return super().format_help(ctx, formatter)
 
     def main(self, *args: Any, standalone_mode: bool = True, **kwargs: Any) -> Any:
         if not standalone_mode:
@@ -84,10 +126,19 @@ def usage_error_line(error: Any) -> str:
 
 
 class PlainCommand(typer.core.TyperCommand):
-    """A command: help shows value types as words (see ``_type_word``)."""
+    """A command: help shows value types as words (see ``_type_word``); its paragraphs wrap to
+    the terminal and its flag names are never cut (``_readable_help_tables``)."""
+
+    def __init__(self, *args: Any, **settings: Any) -> None:
+        super().__init__(*args, **settings)
+        self.help = _unwrapped(self.help)
 
     def get_params(self, ctx):
         return _plain_help_types(super().get_params(ctx))
+
+    def format_help(self, ctx: Any, formatter: Any) -> Any:
+        _readable_help_tables()
+        return super().format_help(ctx, formatter)
 
 
 app = typer.Typer(

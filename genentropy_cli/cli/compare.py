@@ -31,9 +31,10 @@ def compare(models: ModelsArgument, *, source: ModelFlags, scale: ScaleOption = 
     """Estimate several models on the same latents; rank them and test every difference (conditional
     models: class by class and by H(X|Y))."""
     from genentropy_cli.cli.conditional_tables import comparison_models_table, comparison_pairs_table
-    from genentropy_cli.cli.tables import model_names, models_table, pairs_table
+    from genentropy_cli.cli.tables import models_table, pairs_table
     from genentropy_cli.jobs.compare import compare_models
     from genentropy_cli.jobs.conditional_compare import ConditionalComparison
+    from genentropy_cli.jobs.files import model_names
 
     if len(models) < 2:
         raise InputError("compare needs at least two model files")

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any, Sequence
 from rich import box
 from rich.table import Table
 
-from genentropy_cli.cli.reporting import entropy_digits, format_error, format_number
+from genentropy_cli.cli.reporting import entropy_digits, format_error, format_number, format_std
 from genentropy_cli.cli.tables import format_z
 from genentropy_cli.jobs.pairs import PairDifference
 
@@ -42,7 +42,7 @@ def class_table(result: ConditionalResult, model_path: str, scale_index: int = 0
     for item in sorted(result.classes, key=lambda entry: entry.ranks[scale_index]):
         estimate = item.estimates[scale_index]
         table.add_row(str(item.label), format_number(item.probability, 3), _entropy(estimate.entropy, estimate.stderr),
-                      format_error(estimate.stderr), format_number(estimate.std, 2), str(item.ranks[scale_index]))
+                      format_error(estimate.stderr), format_std(estimate.std, 2), str(item.ranks[scale_index]))
     return table
 
 

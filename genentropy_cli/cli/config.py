@@ -92,9 +92,13 @@ def read_config_file(path: str | Path, command_name: str | None = None) -> dict:
         if not isinstance(options, Mapping):
             raise InputError(f"{file}: configuration.options must be a mapping of option names to values, "
                              f"got a {type(options).__name__}")
-        return dict(options)
+        return {key: value for key, value in options.items() if normalise_key(key) not in RESULT_ONLY_OPTIONS}
     return dict(content)
 
+
+RESULT_ONLY_OPTIONS = ("output", "config")
+"""Options of a recorded run that a rerun from its result does not take: ``--output`` named the
+result file itself (the very file now read as ``--config``), so repeating it would overwrite it."""
 
 _KINDS = {bool: "boolean", int: "integer", float: "float", str: "text"}
 

@@ -134,17 +134,17 @@ class ModelFlags:
     classes: ClassesOption = None
     config_file: ConfigOption = None
 
+    def model_fields(self) -> dict:
+        """The flags as ``ModelOptions``' keyword arguments (also those of ``jobs.files``' functions)."""
+        return {item.name: getattr(self, item.name) for item in dataclasses.fields(self)
+                if item.name not in ("config_file", "call_kwarg")} \
+            | {"code_path": tuple(self.code_path or ()), "class_map": tuple(self.class_map or ()),
+               "call_kwargs": tuple(self.call_kwarg or ())}
+
     def model_options(self, path: str) -> ModelOptions:
         from genentropy_cli.models.resolve import ModelOptions
 
-        return ModelOptions(path, spec=self.spec, code_path=tuple(self.code_path or ()),
-                            trust_pickle=self.trust_pickle, select=self.select,
-                            class_map=tuple(self.class_map or ()), latent_dim=self.latent_dim,
-                            latent_shape=self.latent_shape, latent_distribution=self.latent_distribution,
-                            output_range=self.output_range, output_select=self.output_select,
-                            num_classes=self.num_classes, label_format=self.label_format, label_arg=self.label_arg,
-                            class_weights=self.class_weights, classes=self.classes, method=self.method,
-                            call_kwargs=tuple(self.call_kwarg or ()))
+        return ModelOptions(path, **self.model_fields())
 
 
 def check_paths(models: Sequence[str], source: ModelFlags, report: "OutputFlags", run: EstimateOptions | None = None,

@@ -106,14 +106,30 @@ def info(message: str) -> None:
     stderr_console.print(message, soft_wrap=True)
 
 
-@contextmanager
-def progress_bar(description: str, scales: Sequence[float], enabled: bool = True,
-                 conditional: bool = False) -> Iterator[ProgressCallback | None]:
-    """A Rich progress bar on stderr with ETA, samples/s and the running estimate (of a
-    conditional decoder: H(X|Y), the last statistics columns)."""
-    if not enabled:
-        yield None
-        return
+BAR_WIDTH, MIN_BAR_WIDTH = 40, 8
+"""The progress bar's widest and narrowest bar (characters)."""
+ETA_WIDTH = 7
+"""``0:01:23`` or ``-:--:--``."""
+
+
+def progress_layout(width: int, description: str, done: int, total: int, rate: str,
+                    running: Sequence[str]) -> tuple[int, str]:
+    """(bar width, running-estimate text) for a progress line ``width`` columns wide: the
+    description, count, percentage, rate and ETA are shown whole; the bar shrinks to
+    ``MIN_BAR_WIDTH``, then the running estimate keeps only its last scale, then goes."""
+    count = 2 * len(str(total)) + 1
+    fixed = len(description) + count + len("100%") + len(rate) + ETA_WIDTH + 6  # 6 spaces between 7 columns
+    for text in (", ".join(running), running[-1] if running else "", ""):
+        room = width - fixed - (len(text) + 1 if text else 0)
+        if room >= MIN_BAR_WIDTH or not text:
+            return max(MIN_BAR_WIDTH, min(BAR_WIDTH, room)), text
+    return MIN_BAR_WIDTH, ""
+
+
+def make_progress(console: Console) -> tuple[Any, Any]:
+    """The progress display on ``console`` and its bar column (whose width ``progress_layout``
+    sets): description, bar, count, percentage, samples/s, ETA, running estimate; no text
+    column wraps or is cut."""
     from rich.progress import (
         BarColumn,
         MofNCompleteColumn,
@@ -122,18 +138,33 @@ def progress_bar(description: str, scales: Sequence[float], enabled: bool = True
         TextColumn,
         TimeRemainingColumn,
     )
+    from rich.table import Column
 
+    bar = BarColumn(bar_width=BAR_WIDTH)
     progress = Progress(
-        TextColumn("{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TaskProgressColumn(),
-        TextColumn("{task.fields[rate]}"),
-        TimeRemainingColumn(),
-        TextColumn("{task.fields[running]}"),
-        console=stderr_console,
+        TextColumn("{task.description}", table_column=Column(no_wrap=True)),
+        bar,
+        MofNCompleteColumn(table_column=Column(no_wrap=True)),
+        TaskProgressColumn(table_column=Column(no_wrap=True)),
+        TextColumn("{task.fields[rate]}", table_column=Column(no_wrap=True)),
+        TimeRemainingColumn(table_column=Column(no_wrap=True)),
+        TextColumn("{task.fields[running]}", table_column=Column(no_wrap=True)),
+        console=console,
         transient=True,
     )
+    return progress, bar
+
+
+@contextmanager
+def progress_bar(description: str, scales: Sequence[float], enabled: bool = True,
+                 conditional: bool = False) -> Iterator[ProgressCallback | None]:
+    """A Rich progress bar on stderr with ETA, samples/s and the running estimate (of a
+    conditional decoder: H(X|Y), the last statistics columns). On a narrow terminal the bar
+    and then the running estimate give way (``progress_layout``): the count and ETA stay whole."""
+    if not enabled:
+        yield None
+        return
+    progress, bar = make_progress(stderr_console)
     task = progress.add_task(description, total=None, rate="", running="")
 
     def update(done: int, total: int, running: Sequence[float]) -> None:
@@ -141,7 +172,8 @@ def progress_bar(description: str, scales: Sequence[float], enabled: bool = True
         rate = f"{done / elapsed:,.0f} samples/s" if elapsed > 0 else ""
         values = running[len(running) - len(scales):] if conditional else running
         name = "H(X|Y)" if conditional else "H"
-        shown = ", ".join(f"{name}({scale:.0e})={value:.4f}" for scale, value in zip(scales, values))
+        texts = [f"{name}({scale:.0e})={value:.4f}" for scale, value in zip(scales, values)]
+        bar.bar_width, shown = progress_layout(stderr_console.width, description, done, total, rate, texts)
         progress.update(task, completed=done, total=total, rate=rate, running=shown)
 
     with progress:

@@ -8,6 +8,7 @@ from typing import Sequence
 
 from rich.table import Table
 
+from genentropy_cli.cli.fitting import Narrowing, narrowing
 from genentropy_cli.core.labels import LabelSpec
 from genentropy_cli.run.results import EntropyResult
 from genentropy_cli.run.stopping import STOP_REASONS
@@ -41,6 +42,17 @@ def format_error(value: float | None) -> str:
     return f"{value:.2g}" if value < 1e-3 or value >= 1e3 else f"{value:.{max(0, 1 - math.floor(math.log10(value)))}f}"
 
 
+def format_std(value: float | None, digits: int = 4) -> str:
+    """A per-sample std to ``digits`` decimals, or to two significant figures where those
+    decimals would show fewer than two (``0.0000`` beside ``Std. error 2.6e-07`` hides that the
+    terms vary at all)."""
+    if value is None or not math.isfinite(value):
+        return "-"
+    if 0 < abs(value) < 10.0 ** (2 - digits):
+        return format_error(value)
+    return format_number(value, digits)
+
+
 def latent_label(result: EntropyResult) -> str:
     return result.latent.describe()
 
@@ -50,16 +62,14 @@ def estimate_table(result: EntropyResult, model_path: str) -> Table:
     latent, time and throughput in the title and caption."""
     probe = result.precision_probe or {}
     shifts = probe.get("difference_in_stderr")
+    caption = (f"latent {latent_label(result)}, D = {result.output_dim}; {result.settings['device']}, "
+               f"{result.settings['dtype']}, seed {result.settings['seed']}; "
+               f"{result.elapsed_seconds:.1f} s, {result.samples_per_second:,.0f} samples/s. "
+               "Entropy in nats; Std = per-sample std; Std. error = Std / sqrt(N).")
     table = Table(
         title=f"Entropy of {model_path}" + (" [bold red]PARTIAL (interrupted)[/bold red]" if result.partial else ""),
-        caption=(
-            f"latent {latent_label(result)}, D = {result.output_dim}; {result.settings['device']}, "
-            f"{result.settings['dtype']}, seed {result.settings['seed']}; "
-            f"{result.elapsed_seconds:.1f} s, {result.samples_per_second:,.0f} samples/s. "
-            "Entropy in nats; Std = per-sample std; Std. error = Std / sqrt(N)."
-            + (f" Last column: mean change of h_i with --dtype {probe['dtype']} instead of float64 "
-               f"(first {probe['num_samples']} samples), in standard errors." if shifts else "")
-        ),
+        caption=caption + (f" Last column: mean change of h_i with --dtype {probe['dtype']} instead of float64 "
+                           f"(first {probe['num_samples']} samples), in standard errors." if shifts else ""),
     )
     headers = ["Scale s", "Entropy", "Std. error", "Std", "95% CI", "N"]
     for header in headers + (["dtype shift"] if shifts else []):
@@ -70,14 +80,16 @@ def estimate_table(result: EntropyResult, model_path: str) -> Table:
             f"{item.scale:.0e}",
             format_number(item.entropy, digits),
             format_error(item.stderr),
-            format_number(item.std),
+            format_std(item.std),
             f"{format_number(item.ci95[0], digits)} to {format_number(item.ci95[1], digits)}",
             str(item.num_samples),
         ]
         if shifts:
             row.append(format_shift(shifts[index], probe["threshold_in_stderr"]))
         table.add_row(*row)
-    return table
+    return narrowing(table, Narrowing(
+        short={"Std. error": "SE"}, optional=("dtype shift",) if shifts else (), legend="SE = Std. error.",
+        dropped_caption=f"{caption} SE = Std. error. The dtype's shifts are under Diagnostics (precision probe)."))
 
 
 def format_shift(value: float, threshold: float) -> str:

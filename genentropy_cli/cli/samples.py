@@ -74,7 +74,7 @@ def samples(model: ModelArgument, *, source: ModelFlags, lowest: LowestOption = 
         title = f"{loaded.path}: lowest and highest entropy terms" + (" per class" if conditional else "")
         try:
             document["grid"] = (save_class_extremes_grid if conditional else save_extremes_grid)(result, grid, title)
-            sink.info(f"wrote {document['grid']}")
+            sink.info(f"wrote image grid to {document['grid']}")
         except OSError as error:  # the scan is done: its result is still shown, and the exit status says 1
             document["grid"] = None
             sink.lost(f"could not write the image grid {grid} ({error.strerror or error}); the result follows")

@@ -55,6 +55,7 @@ def sweep_scale_command(model: ModelArgument, *, source: ModelFlags, reference: 
     if plot and sink.speaks:
         try:
             plotting.plot_sweep(sweep, plot, title=title)
+            sink.info(f"wrote plot to {plot}")
         except OSError as error:  # the sweep is done: its result is still shown, and the exit status says 1
             sink.lost(f"could not write the plot {plot} ({error.strerror or error}); the result follows")
     for message in getattr(sweep.result, "warnings", []):

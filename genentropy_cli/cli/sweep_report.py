@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import math
+from typing import Any
 
 from rich.console import Group
+from rich.measure import Measurement
 from rich.table import Table
 from rich.text import Text
 
@@ -12,7 +14,11 @@ from genentropy_cli.cli.reporting import entropy_digits, format_error, format_nu
 from genentropy_cli.jobs.sweep import Comparison, SweepResult, format_stderrs
 
 BAR_WIDTH = 32
-"""Characters of the longest convergence bar."""
+"""Characters of the longest convergence bar (on a console wide enough: 77 columns)."""
+MIN_BAR_WIDTH = 8
+"""The shortest a bar axis gets on a narrow console (the rest of a line takes 45 columns)."""
+BAR_LINE_EXTRA = 45
+"""Columns of a bar line besides the bar: the scale, the difference, the standard errors, the word."""
 
 
 def format_difference(value: float) -> str:
@@ -92,7 +98,22 @@ def bar(stderrs: float, axis_max: float, tolerance_se: float, width: int = BAR_W
     return "".join(cells), length
 
 
-def convergence_bars(sweep: SweepResult) -> Group:
+class ConvergenceBars:
+    """``convergence_bars`` drawn as wide as the console allows (a line never wraps: the bar's
+    axis shrinks from ``BAR_WIDTH`` down to ``MIN_BAR_WIDTH``)."""
+
+    def __init__(self, sweep: SweepResult):
+        self.sweep = sweep
+
+    def __rich_console__(self, console: Any, options: Any) -> Any:
+        width = max(MIN_BAR_WIDTH, min(BAR_WIDTH, options.max_width - BAR_LINE_EXTRA))
+        yield convergence_bars(self.sweep, width)
+
+    def __rich_measure__(self, console: Any, options: Any) -> Measurement:
+        return Measurement(MIN_BAR_WIDTH + BAR_LINE_EXTRA, BAR_WIDTH + BAR_LINE_EXTRA)
+
+
+def convergence_bars(sweep: SweepResult, width: int = BAR_WIDTH) -> Group:
     """One bar per scale: its distance to the smallest-scale estimate in combined standard
     errors, on a log axis; green within the tolerance (the ┆ tick), red beyond it. Converged
     sweeps end in short green bars."""
@@ -103,16 +124,18 @@ def convergence_bars(sweep: SweepResult) -> Group:
     lines = [Text(f"Distance to the s = {convergence.smallest_scale:.0e} estimate, in standard errors "
                   f"(log axis; ┆ = {tolerance:g} se, the agreement limit):", style="bold")]
     for item in convergence.to_smallest:
-        drawn, _ = bar(item.stderrs, axis_max, tolerance)
+        drawn, _ = bar(item.stderrs, axis_max, tolerance, width)
         agrees = item.agrees(tolerance)
         lines.append(Text.assemble(
             f"  {scale_header(item.scale):>10}  ", (drawn, "green" if agrees else "red"),
             f"  {format_difference(item.difference):>9}  {format_stderrs(item.stderrs):>6} se  ",
             ("agrees" if agrees else "differs", "green" if agrees else "red"),
         ))
-    drawn, _ = bar(0.0, axis_max, tolerance)
+    drawn, _ = bar(0.0, axis_max, tolerance, width)
     lines.append(Text.assemble(f"  {scale_header(convergence.smallest_scale):>10}  ", (drawn, "green"),
                                "  (the smallest scale)"))
+    for line in lines[1:]:
+        line.no_wrap = True
     return Group(*lines)
 
 
@@ -128,6 +151,6 @@ def render_sweep(sweep: SweepResult, model_path: str) -> Group:
     """Everything ``sweep-scale`` prints on stdout without ``--json``."""
     parts: list = [sweep_table(sweep, model_path)]
     if sweep.convergence.to_smallest:
-        parts += [Text(""), convergence_bars(sweep)]
+        parts += [Text(""), ConvergenceBars(sweep)]
     parts += [Text(""), verdict_line(sweep)]
     return Group(*parts)

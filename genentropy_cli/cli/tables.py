@@ -2,25 +2,17 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-from typing import TYPE_CHECKING, Sequence
+from typing import TYPE_CHECKING
 
 from rich import box
 from rich.table import Table
 
-from genentropy_cli.cli.reporting import entropy_digits, format_error, format_number
+from genentropy_cli.cli.fitting import Narrowing, narrowing
+from genentropy_cli.cli.reporting import entropy_digits, format_error, format_number, format_std
 
 if TYPE_CHECKING:  # annotations only
     from genentropy_cli.jobs.compare import ComparisonResult
     from genentropy_cli.jobs.samples import ExtremeSamples
-
-
-def model_names(paths: Sequence[str]) -> list[str]:
-    """File stems (``vae`` for sample_models/vae.safetensors), the full paths where stems repeat."""
-    stems = [Path(path).stem for path in paths]
-    if len(set(stems)) == len(stems):
-        return stems
-    return [str(path) for path in paths]
 
 
 def models_table(result: ComparisonResult, scale_index: int = 0) -> Table:
@@ -42,8 +34,8 @@ def models_table(result: ComparisonResult, scale_index: int = 0) -> Table:
         estimate = model.estimates[scale_index]
         entropy = format_number(estimate.entropy, entropy_digits(estimate.stderr, 2))
         table.add_row(model.name, model.latent.describe(), entropy, format_error(estimate.stderr),
-                      format_number(estimate.std, 2), str(model.ranks[scale_index]))
-    return table
+                      format_std(estimate.std, 2), str(model.ranks[scale_index]))
+    return narrowing(table, Narrowing(short={"Std. error": "SE"}, legend="SE = Std. error."))
 
 
 def pairs_table(result: ComparisonResult, scale_index: int = 0) -> Table:
@@ -83,7 +75,9 @@ def pairs_table(result: ComparisonResult, scale_index: int = 0) -> Table:
             f"{oriented.p_holm:.0e}" if oriented.p_holm == oriented.p_holm else "-",
             oriented.mark,
         )
-    return table
+    return narrowing(table, Narrowing(short={"Paired SE": "SE", "Unpaired SE": "unp. SE", "p Holm": "p"},
+                                      optional=("Corr", "z"),
+                                      legend="Short headers: SE = Paired SE; unp. SE = Unpaired SE; p = p Holm."))
 
 
 def format_z(value: float) -> str:

@@ -3,7 +3,6 @@ every change between consecutive checkpoints with its paired standard error and 
 
 from __future__ import annotations
 
-import glob
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, List
 
@@ -11,6 +10,7 @@ import typer
 from rich import box
 from rich.table import Table
 
+from genentropy_cli.cli.fitting import Narrowing, narrowing
 from genentropy_cli.cli.guard import command
 from genentropy_cli.cli.options import (
     ModelFlags,
@@ -19,11 +19,9 @@ from genentropy_cli.cli.options import (
     RunFlags,
     ScaleOption,
     estimate_options,
-    open_model,
 )
 from genentropy_cli.cli.output import Sink
 from genentropy_cli.defaults import CONFIDENCE_Z_95
-from genentropy_cli.errors import InputError
 
 if TYPE_CHECKING:  # the jobs layer imports torch: the command imports it when it runs
     from genentropy_cli.jobs.track import TrackResult
@@ -33,63 +31,25 @@ CheckpointsArgument = Annotated[List[str], typer.Argument(
          "ordered by the step in their names or metadata.", show_default=False)]
 KeepOrderOption = Annotated[bool, typer.Option(
     "--keep-order", help="Keep the checkpoints in the order given instead of sorting them by step.")]
-GLOB_CHARACTERS = "*?["
-
-
-def expand_checkpoints(patterns: list[str]) -> list[str]:
-    """Every path, each glob pattern replaced by its matches (sorted); a pattern matching nothing
-    is an error, and so is a file named twice."""
-    paths: list[str] = []
-    for pattern in patterns:
-        if any(character in pattern for character in GLOB_CHARACTERS) and not Path(pattern).exists():
-            matches = sorted(glob.glob(pattern))
-            if not matches:
-                raise InputError(f"no checkpoint matches {pattern!r}")
-            paths.extend(matches)
-        else:
-            paths.append(pattern)
-    repeated = sorted({path for path in paths if paths.count(path) > 1})
-    if repeated:
-        raise InputError(f"{repeated[0]} is given more than once; name each checkpoint once")
-    return paths
-
-
-def checkpoint_names(paths: list[str]) -> list[str]:
-    """File names without the folder (with it where two names repeat)."""
-    names = [Path(path).name for path in paths]
-    return names if len(set(names)) == len(names) else list(paths)
-
-
 @command
 def track(checkpoints: CheckpointsArgument, *, source: ModelFlags, scale: ScaleOption = None,
           keep_order: KeepOrderOption = False, run: RunFlags, plot: PlotOption = None, report: OutputFlags) -> None:
     """Estimate a training run's checkpoints on common latents: entropy by step, each change tested."""
     from genentropy_cli.cli import plotting
-    from genentropy_cli.jobs.track import checkpoint_step, order_by_step, track_checkpoints
+    from genentropy_cli.jobs.files import track_files
 
     sink = Sink.of(report)
     options = estimate_options(run, scale)
-    paths = expand_checkpoints(checkpoints)
-    if len(paths) < 2:
-        raise InputError(f"track needs at least two checkpoints, got {len(paths)}")
     if plot:
         plotting.check_plot_target(plot)  # before the estimate, not after it
-    loaded = [open_model(source, path, sink.warn, sink.info) for path in paths]
-    found = [checkpoint_step(item.path, item.metadata, item.loaded.spec) for item in loaded]
-    order = order_by_step(paths, found, keep_order)
-    loaded, found = [loaded[index] for index in order], [found[index] for index in order]
-    steps = [item[0] if item else position + 1 for position, item in enumerate(found)]
-    step_sources = [item[1] if item else "order given" for item in found]
     with sink.progress("tracking", options.scales) as progress:
-        result = track_checkpoints([item.decoder for item in loaded], [item.latent for item in loaded], steps,
-                                   names=checkpoint_names([item.path for item in loaded]), options=options,
-                                   step_sources=step_sources, progress=progress, log=sink.warn)
-    for summary, item in zip(result.comparison.models, loaded):
-        summary.info.update(item.describe())
+        result = track_files(checkpoints, keep_order=keep_order, options=options, progress=progress, log=sink.warn,
+                             **source.model_fields())
     for message in result.comparison.warnings:
         sink.warn(message)
     if plot and sink.speaks:
         plot_track(result, plot)
+        sink.info(f"wrote plot to {plot}")
     sink.emit(result.to_dict(), lambda: [track_table(result, index) for index in range(len(options.scales))])
     sink.exit_if_partial(result)
 
@@ -129,7 +89,14 @@ def track_table(result: TrackResult, scale_index: int = 0) -> Table:
                     "-" if change.z_score != change.z_score else f"{change.z_score:.1f}",
                     f"{change.p_holm:.0e}" if change.p_holm == change.p_holm else "-", change.mark]
         table.add_row(*row)
-    return table
+    return narrowing(table, TRACK_NARROWING)
+
+
+TRACK_NARROWING = Narrowing(
+    short={"Std. error": "SE", "Change": "Δ", "Paired SE": "Δ SE", "Unpaired SE": "unp. SE", "p Holm": "p"},
+    optional=("Unpaired SE", "z"),
+    legend="Short headers: SE = Std. error; Δ = Change; Δ SE = its Paired SE; unp. SE = Unpaired SE; p = p Holm.")
+"""At 80 columns: short headers, then without the unpaired SE and z (``--json`` has every value)."""
 
 
 def plot_track(result: TrackResult, path: str) -> Path:

@@ -136,11 +136,12 @@ class ConditionalResult(DecoderRunRecord):
     def to_dict(self, command: str = "estimate", model: dict | None = None) -> dict:
         """JSON: the model (with its label), settings, classes, class pairs, H(X|Y), H(Y), mixture bounds."""
         labels = {index: item.label for index, item in enumerate(self.classes)}
+        model = (self.model_record if model is None else model) or {}
         return envelope(command, {
-            "model": {**(model or {}), "latent_shape": list(self.latent.shape),
+            "model": {**model, "latent_shape": list(self.latent.shape),
                       "latent_distribution": distribution_label(self.latent.distribution),
                       "output_dim": self.output_dim, "output_shape": list(self.output_shape),
-                      "label": {**(model or {}).get("label", {}), **self.label.to_dict(),
+                      "label": {**model.get("label", {}), **self.label.to_dict(),
                                 "probabilities": list(self.label.probabilities)}},
             "settings": dict(self.settings),
             "classes": [item.to_dict() for item in self.classes],

@@ -49,7 +49,8 @@ from genentropy_cli.jobs.estimate import estimate_entropy
 from genentropy_cli.run.options import EstimateOptions, options_from
 from genentropy_cli.run.results import EntropyResult, ScaleEstimate
 
-__all__ = ["EntropyChange", "EntropyMetric", "MetricResult", "scalar_name", "summary_writer", "write_scalars"]
+__all__ = ["EntropyChange", "EntropyMetric", "MetricResult", "options_for_generator", "scalar_name", "summary_writer",
+           "write_scalars"]
 
 
 @dataclass
@@ -177,10 +178,15 @@ class EntropyMetric:
         self.calls, self._terms, self._latest = 0, None, None
 
     def _options_for(self, decoder: Any) -> EstimateOptions:
-        if self.options.device != DEFAULT_DEVICE or not isinstance(decoder, torch.nn.Module):
-            return self.options
-        tensor = next(chain(decoder.parameters(), decoder.buffers()), None)
-        return self.options if tensor is None else self.options.replace(device=str(tensor.device))
+        return options_for_generator(self.options, decoder)
+
+
+def options_for_generator(options: EstimateOptions, decoder: Any) -> EstimateOptions:
+    """``options`` with the automatic device made the device of the generator's parameters."""
+    if options.device != DEFAULT_DEVICE or not isinstance(decoder, torch.nn.Module):
+        return options
+    tensor = next(chain(decoder.parameters(), decoder.buffers()), None)
+    return options if tensor is None else options.replace(device=str(tensor.device))
 
 
 def paired_changes(now: np.ndarray, before: np.ndarray, estimates_now: Sequence[ScaleEstimate],

@@ -10,7 +10,7 @@ conditional decoder's classes are scanned on the same latents, each keeping its 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Sequence
 
 import numpy as np
@@ -60,8 +60,11 @@ class ExtremeSamples:
     stop_reason: str = "num_samples"
     num_scanned: int | None = None
     """Finite samples the extremes were chosen from."""
+    model_record: dict | None = field(default=None, repr=False)
+    """The model's file record where the scan was of a file (as ``EntropyResult.model_record``)."""
 
     def model_dict(self, model: dict | None = None) -> dict:
+        model = self.model_record if model is None else model
         return {**(model or {}), "latent_shape": list(self.latent.shape),
                 "latent_distribution": distribution_label(self.latent.distribution),
                 "output_shape": list(self.output_shape)}
@@ -99,6 +102,8 @@ class ConditionalExtremes:
     settings: dict
     elapsed_seconds: float
     num_nonfinite: int = 0
+    model_record: dict | None = field(default=None, repr=False)
+    """The model's file record where the scan was of a file (as ``EntropyResult.model_record``)."""
 
     @property
     def scale(self) -> float:
@@ -125,6 +130,7 @@ class ConditionalExtremes:
         return self.classes[0].num_scanned
 
     def to_dict(self, model: dict | None = None) -> dict:
+        model = self.model_record if model is None else model
         return envelope("samples", {
             "model": {**self.classes[0].model_dict(model), "label": {**(model or {}).get("label", {}),
                                                                      **self.label.to_dict()}},

@@ -139,13 +139,48 @@ def _hub_error(url: str, error: Exception, cache: str | None, offline: bool) -> 
                       "set HF_HUB_OFFLINE=1")
 
 
-def _repository_files(hub: Any, reference: HubReference, cache: str | None, offline: bool) -> list[str]:
+REACH_TIMEOUT_SECONDS = 3.0
+"""How long the Hub's host may take to accept a connection before it counts as out of reach:
+without this check huggingface_hub retries an unreachable host for about 30 s before failing."""
+
+
+class HubUnreachable(ConnectionError):
+    """The Hub's host did not accept a connection within ``REACH_TIMEOUT_SECONDS``."""
+
+
+def hub_endpoint() -> str:
+    return os.environ.get("HF_ENDPOINT", "https://huggingface.co").rstrip("/")
+
+
+def check_hub_reachable(timeout: float = REACH_TIMEOUT_SECONDS) -> None:
+    """Raise ``HubUnreachable`` unless the Hub's host (``HF_ENDPOINT``, else huggingface.co) takes
+    a TCP connection within ``timeout`` seconds (a proxy in the environment is trusted instead)."""
+    import socket
+    from urllib.parse import urlsplit
+
+    endpoint = urlsplit(hub_endpoint())
+    if any(os.environ.get(name) for name in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy")):
+        return  # the proxy, not this machine, reaches the host
+    port = endpoint.port or (443 if endpoint.scheme == "https" else 80)
+    try:
+        socket.create_connection((endpoint.hostname or "", port), timeout=timeout).close()
+    except OSError as error:
+        raise HubUnreachable(f"{endpoint.hostname}: {error.strerror or error}") from None
+
+
+def _repository_files(hub: Any, reference: HubReference, cache: str | None,
+                      offline: bool) -> tuple[list[str], bool]:
     """The repository's file names: asked of the Hub, else (offline, or the Hub out of reach) read
-    from the cached snapshot."""
+    from the cached snapshot; and whether the files must come from the cache alone."""
     unreachable: Exception | None = None
     if not offline:
         try:
-            return list(hub.HfApi().list_repo_files(reference.repo_id, revision=reference.revision))
+            check_hub_reachable()
+        except HubUnreachable as error:
+            unreachable, offline = error, True
+    if not offline:
+        try:
+            return list(hub.HfApi().list_repo_files(reference.repo_id, revision=reference.revision)), False
         except Exception as error:
             if type(error).__name__ in ("RepositoryNotFoundError", "RevisionNotFoundError", "GatedRepoError"):
                 raise
@@ -157,7 +192,7 @@ def _repository_files(hub: Any, reference: HubReference, cache: str | None, offl
         if unreachable is not None:
             raise unreachable from None
         raise
-    return sorted(path.relative_to(folder).as_posix() for path in folder.rglob("*") if path.is_file())
+    return sorted(path.relative_to(folder).as_posix() for path in folder.rglob("*") if path.is_file()), True
 
 
 def _choose_file(files: list[str], url: str) -> str:
@@ -178,17 +213,17 @@ def fetch_hub_model(url: str) -> HubModel:
     hub = _import_hub(url)
     cache, offline = hub_settings()
     try:
-        files = _repository_files(hub, reference, cache, offline)
+        files, cached_only = _repository_files(hub, reference, cache, offline)
         folder = _model_folder(files, reference.filename)
         if folder is not None:
-            return _fetch_folder(hub, reference, folder, files, cache, offline, url)
+            return _fetch_folder(hub, reference, folder, files, cache, cached_only, url)
         filename = reference.filename or _choose_file(files, url)
         if filename not in files:
             raise InputError(f"{url}: the repository has no file {filename}; it holds {', '.join(files[:10])}")
 
         def fetch(name: str) -> Path:
             return Path(hub.hf_hub_download(reference.repo_id, name, revision=reference.revision, cache_dir=cache,
-                                            local_files_only=offline))
+                                            local_files_only=cached_only))
 
         file = fetch(filename)
         sidecar = PurePosixPath(filename).with_suffix(".yaml").as_posix()

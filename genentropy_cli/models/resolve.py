@@ -114,6 +114,51 @@ def _resolve_transform(loaded: LoadedModel, output_range: Any, output_select: An
     return transform, origin
 
 
+RECORDED_BY = {"spec": "the spec file records", "architecture": "the architecture records",
+               "program": "the model's program takes"}
+"""How a warning names where a recorded value came from (anything else: "the file records")."""
+
+
+def _recorded(loaded: LoadedModel, key: str) -> tuple[Any, str] | None:
+    """The value ``loaded`` records for ``key`` and who records it, or None."""
+    value = loaded.metadata.get(key)
+    if value is None:
+        return None
+    return value, RECORDED_BY.get(loaded.origins.get(key, "metadata"), "the file records")
+
+
+def contradiction_warnings(loaded: LoadedModel, latent: LatentSpec, options: ModelOptions) -> list[str]:
+    """A flag that contradicts what the model's files record is allowed (flags win), but said:
+    a uniform latent read as normal moves the estimate by tens of nats, silently otherwise."""
+    from genentropy_cli.core.latents import distribution_label, parse_distribution
+
+    messages = []
+    shape = _recorded(loaded, "latent_shape")
+    if shape is not None and (options.latent_dim is not None or options.latent_shape is not None):
+        recorded = tuple(int(size) for size in shape[0])
+        if recorded != tuple(latent.shape):
+            flag = (f"--latent-dim {options.latent_dim}" if options.latent_dim is not None
+                    else f"--latent-shape {'x'.join(str(size) for size in latent.shape)}")
+            messages.append(f"{flag}: {shape[1]} {'x'.join(str(size) for size in recorded)}; using the flag's value")
+    distribution = _recorded(loaded, "latent_distribution")
+    if distribution is not None and options.latent_distribution is not None:
+        recorded_label = distribution_label(parse_distribution(distribution[0]))
+        if recorded_label != distribution_label(latent.distribution):
+            messages.append(f"--latent-distribution {options.latent_distribution}: {distribution[1]} {recorded_label}; "
+                            "using the flag's value (the entropy depends on it)")
+    for key, flag in (("output_range", options.output_range), ("output_select", options.output_select)):
+        recorded_value = _recorded(loaded, key)
+        if recorded_value is None or flag is None:
+            continue
+        parse = parse_output_range if key == "output_range" else parse_output_select
+        wanted, recorded_parsed = parse(flag), parse(recorded_value[0])
+        if wanted != recorded_parsed:
+            shown = ("none" if recorded_parsed is None else ",".join(f"{bound:g}" for bound in recorded_parsed)
+                     if key == "output_range" else str(recorded_parsed))
+            messages.append(f"--{key.replace('_', '-')} {flag}: {recorded_value[1]} {shown}; using the flag's value")
+    return messages
+
+
 def resolve_model(options: ModelOptions) -> ResolvedModel:
     """Load the model and settle its latent spec, label spec and output transform (flags win)."""
     loaded = load_model(options.path, spec=options.spec, code_path=tuple(options.code_path),
@@ -124,6 +169,7 @@ def resolve_model(options: ModelOptions) -> ResolvedModel:
     latent, latent_origin = resolve_latent_spec(
         loaded, options.latent_dim, tuple(shape) if shape is not None else None, options.latent_distribution)
     transform, transform_origin = _resolve_transform(loaded, options.output_range, options.output_select)
+    loaded.warnings.extend(contradiction_warnings(loaded, latent, options))
     label, label_origin = resolve_label_spec(loaded, num_classes=options.num_classes, label_format=options.label_format,
                                              label_arg=options.label_arg, class_weights=options.class_weights,
                                              classes=options.classes)

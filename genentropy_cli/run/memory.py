@@ -141,7 +141,8 @@ def peak_memory(device: torch.device) -> dict:
 def device_name(device: torch.device) -> str:
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
-    return f"CPU {platform.machine()} ({torch.get_num_threads()} threads)"
+    threads = torch.get_num_threads()
+    return f"CPU {platform.machine()} ({threads} thread{'' if threads == 1 else 's'})"
 
 
 def memory_in_use(device: torch.device) -> int:

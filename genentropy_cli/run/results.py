@@ -60,6 +60,9 @@ class DecoderRunRecord(RunRecord):
     """The float64 check of the decoder dtype (``precision.PrecisionProbe.report``); None in float64."""
     samples_computed: int | None = None
     """Samples this call computed (less than N after a resume, more after an adaptive stop)."""
+    model_record: dict | None = field(default=None, repr=False)
+    """The model's file record (``ResolvedModel.describe()``) where the run was of a file (the
+    ``*_file`` functions): ``to_dict()`` then needs no ``model`` and equals the CLI's document."""
 
     @property
     def samples_per_second(self) -> float:
@@ -103,7 +106,7 @@ class EntropyResult(DecoderRunRecord):
     def to_dict(self, command: str = "estimate", model: dict | None = None) -> dict:
         """The JSON document described in docs/json.md (stable key names)."""
         return envelope(command, {
-            "model": {**(model or {}), **self.model_dict()},
+            "model": {**((self.model_record if model is None else model) or {}), **self.model_dict()},
             "settings": dict(self.settings),
             "estimates": [item.to_dict() for item in self.estimates],
             **self.run_dict(),
