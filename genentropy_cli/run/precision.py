@@ -157,8 +157,10 @@ def measure_precision(decoder: Any, prepared: PreparedDecoder, latents: torch.Te
         try:
             precise = prepare_decoder(decoder, prepared.latent, prepared.device, getattr(torch, reference))
         except InputError as error:  # e.g. a float32-only export: the check cannot run, the estimate can
+            why = str(error).split(" but runs in")[0].removeprefix(f"the decoder fails in {reference} ")
             return PrecisionProbe(dtype, int(latents.shape[0]),
-                                  skipped=f"the decoder does not run in {reference} ({error})")
+                                  skipped=f"the decoder runs only in {str(dtype).removeprefix('torch.')}, not in "
+                                          f"{reference} {why}: the estimate stands, unchecked against {reference}")
         try:
             batch, chunk = plan(precise) if plan is not None else (batch_size, tangent_chunk)
         except InputError as error:  # the memory cap leaves no room for the copy's batch
