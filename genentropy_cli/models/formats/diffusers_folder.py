@@ -64,7 +64,8 @@ def load_diffusers(source: ModelSource, request: LoadRequest) -> LoadedModel:
         warnings.simplefilter("ignore")
         logging.getLogger("diffusers").setLevel(logging.ERROR)
         try:
-            model = model_class.from_pretrained(str(folder), use_safetensors=True, local_files_only=True)
+            model = model_class.from_pretrained(str(folder), use_safetensors=True, local_files_only=True,
+                                                 low_cpu_mem_usage=False)
         except Exception as error:
             raise InputError(f"{folder}: diffusers could not build {class_name} from it ({first_line(error)})") from None
     loaded = LoadedModel(model, str(folder), "diffusers", convention="diffusers")
