@@ -116,6 +116,30 @@ samples of d = 16, D = 784) is split over the intra-op threads in numpy's arrang
 round trip costs 23-31 us here and one such sample ~34 us of CPU time, so each thread then has
 ~10 round trips of work; smaller batches run on the calling thread."""
 
+CHOLESKY_MIN_DIM: int = 65
+"""From this latent size on (above ``NUMPY_GRAM_MAX_DIM``: small d keeps numpy's fused Gram step and
+its eigenvalues, which cost less than the forward passes there) the log-determinant of most samples
+comes from a float64 Cholesky factorisation of J^T J + s^2 I (logdet = 2 sum_j log L_jj, d^3/3
+multiply-adds per scale) instead of the eigenvalues (LAPACK's syevd, ~4/3 d^3 in a memory-bound
+tridiagonal reduction, then the rest). Measured (2026-12-07, this project's 2-core AMD EPYC, loaded,
+torch 2.13 + MKL, best of 7): Cholesky / eigvalsh per matrix 0.10x at d = 32, 0.05x at 128, 0.12x
+at 512; the step only matters once the eigenvalues cost as much as the Gram product, d ~ D / 6
+(issue 22: 55 ms eigvalsh against 49 ms Gram product at d = 512, D = 3,072). ``benchmarks/run.py
+--section latents`` times both paths of the whole engine against the floor (benchmarks/RESULTS.md)."""
+
+CHOLESKY_MAX_SCALES: int = 3
+"""The Cholesky path runs when a run asks for at most this many scales: it factorises once per
+scale (S d^3/3), the eigenvalues serve every scale at once (~4/3 d^3 + the rest), and at d = 512
+one Cholesky took an eighth of one eigvalsh here, so up to 3 scales are clearly cheaper while a
+sweep (``sweep-scale``: 4 scales) keeps the eigenvalues."""
+
+EIGENVALUE_SUBSAMPLE_STRIDE: int = 16
+"""On the Cholesky path, samples whose index is a multiple of this also get the eigenvalues of
+J^T J: the diagnostics that need them (extreme singular values, collapsed directions, clipped
+eigenvalues) come from that subsample (1/16 of the samples, sample 0 always in it, whatever the
+batch size), and each such sample's Cholesky log-determinant is checked against its eigenvalues'
+(``log_det_check``). One eigvalsh per 16 samples adds ~1/2 of a Cholesky per sample at d = 512."""
+
 MALLOC_MMAP_THRESHOLD_BYTES: int = 32 * 1024**2
 """glibc's largest mmap threshold: smaller blocks come from the heap and are reused (allocator.py)."""
 

@@ -15,6 +15,7 @@ import numpy as np
 import torch
 
 from genentropy_cli.core.decoder import PreparedDecoder
+from genentropy_cli.core.logdet import eigenvalue_subsample
 from genentropy_cli.core.terms import SampleTerms, compute_sample_terms
 from genentropy_cli.errors import OutOfMemoryError
 from genentropy_cli.run.hooks import LogCallback
@@ -69,9 +70,10 @@ def compute_terms_retrying(prepared: PreparedDecoder, latents: torch.Tensor, ind
                            scales: Sequence[float], sizes: AdaptiveSizes, log: LogCallback) -> SampleTerms:
     """``compute_sample_terms`` for a batch; an out-of-memory error halves the batch (then the
     tangent chunk), computes the same samples again, and keeps the smaller size for later
-    batches. Nothing is skipped: the terms are those of every sample of the batch."""
+    batches. Nothing is skipped: the terms are those of every sample of the batch. On the
+    Cholesky log-det path the eigenvalues are taken for ``eigenvalue_subsample(indices)``."""
     try:
-        return compute_sample_terms(prepared, latents, scales, sizes.chunk)
+        return compute_sample_terms(prepared, latents, scales, sizes.chunk, eigenvalue_subsample(indices))
     except RuntimeError as error:
         if not is_out_of_memory(error):
             raise
