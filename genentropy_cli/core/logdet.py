@@ -16,7 +16,7 @@ import math
 import os
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Callable, Hashable, Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 import torch
@@ -80,9 +80,9 @@ class Workspace:
     do not."""
 
     def __init__(self) -> None:
-        self._buffers: dict[Hashable, torch.Tensor] = {}
+        self._buffers: dict[int, torch.Tensor] = {}
 
-    def take(self, shape: tuple[int, ...], device: torch.device, part: Hashable = 0) -> torch.Tensor:
+    def take(self, shape: tuple[int, ...], device: torch.device, part: int = 0) -> torch.Tensor:
         size = math.prod(shape)
         buffer = self._buffers.get(part)
         if buffer is None or buffer.numel() < size or buffer.device != device:

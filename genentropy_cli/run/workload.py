@@ -106,10 +106,10 @@ class DecoderWork:
         return torch.cat([self.stream.block(block)[start:stop] for block, start, stop in segments])
 
     def terms(self, latents: torch.Tensor, indices: np.ndarray, scales: Sequence[float],
-              log: LogCallback) -> SampleTerms:
+              log: LogCallback, every_eigenvalue: bool = False) -> SampleTerms:
         """h_i's pieces for these samples (an out-of-memory error halves the batch, nothing skipped)."""
         try:
-            return compute_terms_retrying(self.prepared, latents, indices, scales, self.sizes, log)
+            return compute_terms_retrying(self.prepared, latents, indices, scales, self.sizes, log, every_eigenvalue)
         except RuntimeError as error:
             who = self.name or "the decoder"
             raise EstimationError(f"{who} failed on samples {indices[0]}..{indices[-1]} ({first_line(error)})") from error
@@ -146,6 +146,9 @@ class Workload:
     """More settings a checkpoint must share (compare: names, shared latents)."""
     combinations: tuple[tuple[float, ...], ...] = ()
     """Weights of the members' weighted sums, columns after the pairs' (``PairedRows``)."""
+    every_eigenvalue: bool = False
+    """Take every sample's eigenvalues (the ``eigenvalues`` log-det path): for callers that need
+    each row's collapsed counts (``sweep-scale``); else the Cholesky path where it pays."""
 
     @property
     def names(self) -> tuple[str, ...]:
@@ -175,7 +178,8 @@ class Workload:
 
     def log_det_path(self) -> str | list[str]:
         """The log-determinant path (``logdet.log_det_path``): one, or one per decoder where they differ."""
-        paths = [log_det_path(member.spec.dim, self.scales) for member in self.members]
+        paths = ["eigenvalues" if self.every_eigenvalue else log_det_path(member.spec.dim, self.scales)
+                 for member in self.members]
         return paths[0] if len(set(paths)) == 1 else paths
 
     def compute(self, segments: Segments, indices: np.ndarray, log: LogCallback,
@@ -185,7 +189,7 @@ class Workload:
         parts, clipped, tally = [], 0, LogDetTally()
         for member in self.members:
             latents = member.latents(segments)
-            terms = member.terms(latents, indices, self.scales, log)
+            terms = member.terms(latents, indices, self.scales, log, self.every_eigenvalue)
             if on_batch is not None and not self.paired:
                 on_batch(indices, latents, terms)
             clipped += terms.clipped_eigenvalues
