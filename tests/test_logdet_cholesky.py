@@ -213,3 +213,17 @@ def test_sweep_scale_keeps_every_samples_eigenvalues_for_its_collapsed_counts():
     assert sweep.result.diagnostics["log_det"]["path"] == "eigenvalues"
     assert sweep.result.diagnostics["singular_value_samples"] == 20
     assert sweep.result.diagnostics["log_det"]["eigenvalue_samples"] == 20
+
+
+def test_the_cost_model_counts_what_docs_performance_states():
+    """docs/performance.md, Cost model: d + 1 rows, 2 d^2 D Gram FLOPs, S d^3/3 Cholesky FLOPs plus
+    4/3 d^3 on every 16th sample; 4/3 d^3 on the eigenvalue path."""
+    from genentropy_cli.run.planning import sample_cost
+
+    large = sample_cost(512, 3072, 2)
+    assert large.log_det_path == "cholesky" and large.forward_rows == 513
+    assert large.gram_flops == 2 * 512 * 512 * 3072
+    assert large.log_det_flops == pytest.approx(2 * 512**3 / 3 + 4 / 3 * 512**3 / EIGENVALUE_SUBSAMPLE_STRIDE)
+    small = sample_cost(16, 784)
+    assert small.log_det_path == "eigenvalues" and small.log_det_flops == pytest.approx(4 / 3 * 16**3)
+    assert large.seconds(1e-3, 1e9, 1e9) == pytest.approx(0.513 + (large.gram_flops + large.log_det_flops) / 1e9)
