@@ -227,3 +227,31 @@ def test_the_cost_model_counts_what_docs_performance_states():
     small = sample_cost(16, 784)
     assert small.log_det_path == "eigenvalues" and small.log_det_flops == pytest.approx(4 / 3 * 16**3)
     assert large.seconds(1e-3, 1e9, 1e9) == pytest.approx(0.513 + (large.gram_flops + large.log_det_flops) / 1e9)
+
+
+def test_the_cli_records_the_path_and_marks_the_rows_without_eigenvalues(run_cli, tmp_path):
+    """J = A with singular values 0.5..2 (none below s = 1e-4): a collapsed count of 0 on the
+    subsample (samples 0 and 16), -1 elsewhere; h_i - (-log p(z_i)) the closed form for every sample."""
+    from genentropy_cli.core.latents import make_latent_spec
+    from genentropy_cli.models.loading import save_torchscript
+
+    dim = CHOLESKY_MIN_DIM
+    singular_values = torch.linspace(0.5, 2.0, dim, dtype=torch.float64)
+    model, rows_path = tmp_path / "linear.pt", tmp_path / "rows.npy"
+    decoder = linear_decoder(singular_values, dim + 5)
+    save_torchscript(decoder, model, latent=make_latent_spec(dim))
+    result = run_cli("estimate", model, "-n", "20", "--batch-size", "7", "--probe-samples", "0", "--json",
+                     "--per-sample", rows_path)
+    assert result.exit_code == 0, result.stderr
+    document = result.json()
+    assert document["diagnostics"]["log_det"]["path"] == "cholesky"
+    assert document["diagnostics"]["singular_value_samples"] == 2
+    assert document["diagnostics"]["mean_collapsed_directions"] == {"0.0001": 0.0}
+    rows = np.load(rows_path)
+    expected_collapsed = np.where(np.arange(20) % EIGENVALUE_SUBSAMPLE_STRIDE == 0, 0, -1)
+    assert np.array_equal(rows["collapsed"][:, 0], expected_collapsed)
+    stored = torch.linalg.svdvals(decoder.matrix.double())
+    np.testing.assert_allclose(rows["h"][:, 0] - rows["neg_log_density"], float(closed_form(stored, [1e-4])[0]),
+                               rtol=1e-10)
+    table = run_cli("estimate", model, "-n", "20", "--probe-samples", "0")
+    assert table.exit_code == 0 and "Cholesky of J^T J + s^2 I" in table.stdout
