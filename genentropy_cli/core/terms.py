@@ -71,6 +71,7 @@ def compute_sample_terms(
     scales: Sequence[float],
     tangent_chunk: int | None = None,
     eigenvalues_for: torch.Tensor | None = None,
+    path: str | None = None,
 ) -> SampleTerms:
     """h_i's pieces for a batch of float64 CPU latents (B, d). ``eigenvalues_for`` (B,) bool: the
     samples whose eigenvalues are wanted (``logdet.eigenvalue_subsample`` of their indices); the
@@ -79,7 +80,7 @@ def compute_sample_terms(
     neg_log_density = -prepared.latent.distribution.log_density(flat_latents)
     columns, outputs = prepared.jacobian(flat_latents, tangent_chunk)
     output_finite = torch.isfinite(outputs).all(dim=1).cpu()
-    spectrum = gram_log_determinants(columns, scales, eigenvalues_for, workspace=prepared.workspace)
+    spectrum = gram_log_determinants(columns, scales, eigenvalues_for, workspace=prepared.workspace, path=path)
     del columns, outputs
     half_log_det = spectrum.half_log_det
     if not bool(output_finite.all()):  # a NaN/inf output makes the sample non-finite, reported
