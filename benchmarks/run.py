@@ -25,9 +25,8 @@ Sections (all by default; ``--quick``: MLP and infoGAN, fewer rounds, smaller ru
   at d = 16, 64, 256, 512 (``--latent-dims``): the engine as a run computes it (log-det path by
   ``logdet.log_det_path``, eigenvalues on the subsample), the same with the eigenvalues of every
   sample (the path before issue 22), the Cholesky path whatever d (the crossover), the best floor,
-  the float64 Gram product alone, and the
-  Cholesky factorisations and the eigenvalues alone on one engine batch; engine / floor and
-  engine / (floor + Gram product).
+  the float64 Gram product alone, and the Cholesky factorisations and the eigenvalues alone on one
+  engine batch; engine / floor and engine / (floor + Gram product).
 * ``memory``: the peak memory of one engine batch at the planned sizes next to the planner's
   model, and the whole CLI on the DCGAN generator under ``--max-memory`` (CPU: peak RSS of the
   process, VmHWM; CUDA: max_memory_allocated).

@@ -76,7 +76,7 @@ def compute_terms_retrying(prepared: PreparedDecoder, latents: torch.Tensor, ind
     every sample with ``every_eigenvalue``, the eigenvalue path)."""
     try:
         wanted = None if every_eigenvalue else eigenvalue_subsample(indices)
-        return compute_sample_terms(prepared, latents, scales, sizes.chunk, wanted)
+        return compute_sample_terms(prepared, latents, scales, sizes.chunk, eigenvalues_for=wanted)
     except RuntimeError as error:
         if not is_out_of_memory(error):
             raise
