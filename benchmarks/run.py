@@ -478,30 +478,40 @@ def latents_section(dims: list[int], output_dim: int, device: torch.device, roun
         best_floor = min(floors, key=lambda item: item.per_sample()[0])
         named = {item.name: item for item in alternatives}
         floor_ms, gram_ms = best_floor.per_sample()[0] * 1e3, named["Gram product alone"].per_sample()[0] * 1e3
+        floor_cpu = min(item.per_sample("cpu")[0] for item in floors) * 1e3
+        gram_cpu = named["Gram product alone"].per_sample("cpu")[0] * 1e3
         row = {"latent_dim": dim, "output_dim": output_dim, "batch": batch, "chunk": chunk, "path": path,
                "best_floor": best_floor.name, "rounds": rounds,
                "ms_per_sample": {item.name: item.per_sample()[0] * 1e3 for item in alternatives},
-               "median_ms_per_sample": {item.name: item.per_sample()[1] * 1e3 for item in alternatives}}
+               "median_ms_per_sample": {item.name: item.per_sample()[1] * 1e3 for item in alternatives},
+               "cpu_ms_per_sample": {item.name: item.per_sample("cpu")[0] * 1e3 for item in alternatives}}
         for name in ("engine", "engine, eigenvalues of every sample", "engine, Cholesky path"):
-            engine_ms = row["ms_per_sample"][name]
-            row[name] = {"x_floor": engine_ms / floor_ms, "x_floor_plus_gram": engine_ms / (floor_ms + gram_ms)}
+            engine_ms, engine_cpu = row["ms_per_sample"][name], row["cpu_ms_per_sample"][name]
+            row[name] = {"x_floor": engine_ms / floor_ms, "x_floor_plus_gram": engine_ms / (floor_ms + gram_ms),
+                         "x_floor_plus_gram_cpu_time": engine_cpu / (floor_cpu + gram_cpu)}
         results.append(row)
         print(f"\n### large latents: MLP d = {dim}, D = {output_dim}; batch {batch}, chunk {chunk}, {path} path\n")
-        print("| piece | setting | ms/sample (best) | median | x best floor |")
-        print("|---|---|---|---|---|")
+        print("| piece | setting | ms/sample (best) | median | x best floor | CPU ms/sample (best) |")
+        print("|---|---|---|---|---|---|")
         for item in alternatives:
             best, median = item.per_sample()
-            print(f"| {item.name} | {item.note} | {best * 1e3:.3f} | {median * 1e3:.3f} | {best * 1e3 / floor_ms:.3f} |")
+            print(f"| {item.name} | {item.note} | {best * 1e3:.3f} | {median * 1e3:.3f} | {best * 1e3 / floor_ms:.3f} | "
+                  f"{item.per_sample('cpu')[0] * 1e3:.3f} |")
         print(flush=True)
     print("\n### large latents: engine / floor and engine / (floor + float64 Gram product), same run\n")
     print("| d | path | engine / floor | engine / (floor + Gram) | before (eigenvalues of every sample) / floor "
-          "| before / (floor + Gram) | Cholesky path whatever d / floor |")
-    print("|---|---|---|---|---|---|---|")
+          "| before / (floor + Gram) | Cholesky path whatever d / floor | the same / (floor + Gram) "
+          "| engine / (floor + Gram), CPU time | before, CPU time |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     for row in results:
         now, before = row["engine"], row["engine, eigenvalues of every sample"]
         forced = row["engine, Cholesky path"]
         print(f"| {row['latent_dim']} | {row['path']} | {now['x_floor']:.2f} | **{now['x_floor_plus_gram']:.2f}** | "
-              f"{before['x_floor']:.2f} | {before['x_floor_plus_gram']:.2f} | {forced['x_floor']:.2f} |")
+              f"{before['x_floor']:.2f} | {before['x_floor_plus_gram']:.2f} | {forced['x_floor']:.2f} | "
+              f"{forced['x_floor_plus_gram']:.2f} | {now['x_floor_plus_gram_cpu_time']:.2f} | "
+              f"{before['x_floor_plus_gram_cpu_time']:.2f} |")
+    print("\n(best of the interleaved rounds, ms per sample; Gram: the float64 J^T J alone on one engine batch's "
+          "columns; CPU time: the process's, all threads)")
     print(flush=True)
     return results
 
