@@ -255,3 +255,32 @@ def test_the_cli_records_the_path_and_marks_the_rows_without_eigenvalues(run_cli
                                rtol=1e-10)
     table = run_cli("estimate", model, "-n", "20", "--probe-samples", "0")
     assert table.exit_code == 0 and "Cholesky of J^T J + s^2 I" in table.stdout
+
+
+@pytest.mark.parametrize("change, message", [
+    (lambda meta: meta["summary"].update(eigen_count=meta["summary"]["count"] + 1), "samples with eigenvalues"),
+    (lambda meta: meta["log_det"].update(cholesky_fallbacks=-1), "log-determinant counters"),
+    (lambda meta: meta["log_det"].update(max_check_difference=float("nan")), "log-determinant counters"),
+])
+def test_a_checkpoint_whose_log_det_counters_cannot_come_from_a_run_is_refused(change, message):
+    from genentropy_cli.run.ledger import RunLedger
+    from genentropy_cli.run.rows import SampleRows
+
+    def ledger() -> RunLedger:
+        return RunLedger(8, 4, [1e-4])
+
+    source = ledger()
+    rows = SampleRows(np.zeros((8, 1)), np.zeros(8), np.array([[0]] + [[-1]] * 7), np.full(8, np.nan), np.full(8, np.nan))
+    rows.sigma_min[0] = rows.sigma_max[0] = 1.0
+    source.record(0, 0, rows.slice(0, 4))
+    source.record(1, 0, rows.slice(4, 8))
+    list(source.advance())
+    source.log_det = LogDetTally(cholesky=8, checked=1, max_difference=1e-12)
+    meta, arrays = source.to_state()
+    assert meta["summary"]["eigen_count"] == 1  # only sample 0 had eigenvalues
+    restored = ledger()
+    restored.restore(meta, arrays)  # the state as written is accepted
+    assert restored.log_det == source.log_det and restored.summary.eigen_count == 1
+    change(meta)
+    with pytest.raises(ValueError, match=message):
+        ledger().restore(meta, arrays)
