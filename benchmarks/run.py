@@ -421,8 +421,9 @@ LATENT_OUTPUT_DIM = 3072
 LATENT_FLOOR_ROWS = (1024, 4096, 16384)
 
 
-def latents_section(dims: list[int], output_dim: int, device: torch.device, rounds: int) -> list[dict]:
-    """Per latent size d, an MLP decoder R^d -> R^D (hidden 256, 256): the engine against the best
+def latents_section(dims: list[int], output_dim: int, device: torch.device, rounds: int,
+                    hidden: tuple[int, ...] = (256, 256)) -> list[dict]:
+    """Per latent size d, an MLP decoder R^d -> R^D (``hidden`` layers): the engine against the best
     floor and against (best floor + the float64 Gram product J^T J alone), in interleaved rounds.
     The engine computes consecutive batches of a multiple of ``EIGENVALUE_SUBSAMPLE_STRIDE``
     samples from sample 0, so that its eigenvalue subsample is the share a run takes."""
@@ -432,7 +433,7 @@ def latents_section(dims: list[int], output_dim: int, device: torch.device, roun
         torch.manual_seed(0)
         spec = make_latent_spec((dim,))
         with strict_float32():
-            prepared = prepare_decoder(MLPDecoder(dim, output_dim), spec, device, torch.float32)
+            prepared = prepare_decoder(MLPDecoder(dim, output_dim, hidden), spec, device, torch.float32)
         batch, chunk = plan_for(prepared)
         stride = EIGENVALUE_SUBSAMPLE_STRIDE
         samples = max(batch, stride) if max(batch, stride) % stride == 0 else (max(batch, stride) // stride + 1) * stride
@@ -480,7 +481,7 @@ def latents_section(dims: list[int], output_dim: int, device: torch.device, roun
         floor_ms, gram_ms = best_floor.per_sample()[0] * 1e3, named["Gram product alone"].per_sample()[0] * 1e3
         floor_cpu = min(item.per_sample("cpu")[0] for item in floors) * 1e3
         gram_cpu = named["Gram product alone"].per_sample("cpu")[0] * 1e3
-        row = {"latent_dim": dim, "output_dim": output_dim, "batch": batch, "chunk": chunk, "path": path,
+        row = {"latent_dim": dim, "output_dim": output_dim, "hidden": list(hidden), "batch": batch, "chunk": chunk, "path": path,
                "best_floor": best_floor.name, "rounds": rounds,
                "ms_per_sample": {item.name: item.per_sample()[0] * 1e3 for item in alternatives},
                "median_ms_per_sample": {item.name: item.per_sample()[1] * 1e3 for item in alternatives},
@@ -490,7 +491,7 @@ def latents_section(dims: list[int], output_dim: int, device: torch.device, roun
             row[name] = {"x_floor": engine_ms / floor_ms, "x_floor_plus_gram": engine_ms / (floor_ms + gram_ms),
                          "x_floor_plus_gram_cpu_time": engine_cpu / (floor_cpu + gram_cpu)}
         results.append(row)
-        print(f"\n### large latents: MLP d = {dim}, D = {output_dim}; batch {batch}, chunk {chunk}, {path} path\n")
+        print(f"\n### large latents: MLP d = {dim}, D = {output_dim}, hidden {list(hidden)}; batch {batch}, chunk {chunk}, {path} path\n")
         print("| piece | setting | ms/sample (best) | median | x best floor | CPU ms/sample (best) |")
         print("|---|---|---|---|---|---|")
         for item in alternatives:
@@ -705,6 +706,8 @@ def main(argv: list[str] | None = None) -> dict:
                         help=f"latents section: the MLP's latent sizes (default {' '.join(map(str, LATENT_DIMS))})")
     parser.add_argument("--output-dim", type=int, default=LATENT_OUTPUT_DIM,
                         help=f"latents section: the MLP's output size (default {LATENT_OUTPUT_DIM})")
+    parser.add_argument("--hidden", type=int, nargs="+", default=[256, 256],
+                        help="latents section: the MLP's hidden widths (default 256 256)")
     parser.add_argument("--rounds", type=int, default=None, help="interleaved rounds (default 5; --quick 3)")
     parser.add_argument("--json", default=None, help="also write every figure to this JSON file")
     parser.add_argument("--child-batch-peak", default=None, help=argparse.SUPPRESS)
@@ -743,7 +746,7 @@ def main(argv: list[str] | None = None) -> dict:
         if "zoo" in sections:
             results["zoo"] = zoo.zoo_section(device, min(rounds, 3))
         if "latents" in sections:
-            results["latents"] = latents_section(args.latent_dims, args.output_dim, device, rounds)
+            results["latents"] = latents_section(args.latent_dims, args.output_dim, device, rounds, tuple(args.hidden))
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=2, default=str))
     return results
