@@ -242,6 +242,8 @@ class RunLedger:
                 or min(summary.num_nonfinite, self.clipped_eigenvalues) < 0:
             raise ValueError(f"its counters disagree: {merged} samples merged, {self.prefix.count} in the moments, "
                              f"{summary.count} + {summary.num_nonfinite} counted")
+        if summary.num_nonfinite and not self.skip_nonfinite:
+            raise ValueError("it counts non-finite samples, which this run (no --skip-nonfinite) would have refused")
         tally = self.log_det
         if min(tally.cholesky, tally.eigenvalues, tally.fallbacks, tally.checked) < 0 \
                 or not 0 <= tally.max_difference < float("inf"):
@@ -249,8 +251,6 @@ class RunLedger:
         for part in getattr(summary, "models", [summary]):
             if not 0 <= part.eigen_count <= part.count:
                 raise ValueError(f"it counts {part.eigen_count} samples with eigenvalues of {part.count}")
-        if summary.num_nonfinite and not self.skip_nonfinite:
-            raise ValueError("it counts non-finite samples, which this run (no --skip-nonfinite) would have refused")
         models = getattr(self.rows_template, "models", None)
         if models is not None and len(getattr(summary, "models", ())) != len(models):
             raise ValueError("its summaries do not match the models of this run")
