@@ -21,6 +21,12 @@ Sections (all by default; ``--quick``: MLP and infoGAN, fewer rounds, smaller ru
 * ``gram``: the float64 Gram step in pieces against the floor at the engine's rows per call: every
   arrangement of the whole step (the fastest is the Gram lower bound, ``gram_bound.py``), J^T J
   alone and the eigenvalues alone by torch and by numpy.
+* ``latents`` (not by default): large latents (issue 22), an MLP decoder with D = 3,072 (``--output-dim``)
+  at d = 16, 64, 256, 512 (``--latent-dims``): the engine as a run computes it (log-det path by
+  ``logdet.log_det_path``, eigenvalues on the subsample), the same with the eigenvalues of every
+  sample (the path before issue 22), the Cholesky path whatever d (the crossover), the best floor,
+  the float64 Gram product alone, and the Cholesky factorisations and the eigenvalues alone on one
+  engine batch; engine / floor and engine / (floor + Gram product).
 * ``memory``: the peak memory of one engine batch at the planned sizes next to the planner's
   model, and the whole CLI on the DCGAN generator under ``--max-memory`` (CPU: peak RSS of the
   process, VmHWM; CUDA: max_memory_allocated).
@@ -64,10 +70,18 @@ from genentropy_cli import estimate_entropy
 from genentropy_cli.core.decoder import prepare_decoder
 from genentropy_cli.core.device import resolve_device, strict_float32
 from genentropy_cli.core.latents import LatentStream, make_latent_spec
-from genentropy_cli.core.logdet import batched_eigvalsh, gram_arrangement, gram_eigenvalues, gram_matrices
+from genentropy_cli.core.logdet import (
+    batched_eigvalsh,
+    cholesky_half_log_det,
+    eigenvalue_subsample,
+    gram_arrangement,
+    gram_eigenvalues,
+    gram_matrices,
+    log_det_path,
+)
 from genentropy_cli.core.methods import JACOBIAN_METHODS
 from genentropy_cli.core.terms import compute_sample_terms
-from genentropy_cli.defaults import NUMPY_GRAM_MAX_DIM
+from genentropy_cli.defaults import EIGENVALUE_SUBSAMPLE_STRIDE, NUMPY_GRAM_MAX_DIM
 from genentropy_cli.models.architectures import DCGANGenerator, InfoGANGenerator, MLPDecoder
 from genentropy_cli.models.loading import load_model, save_torchscript
 from genentropy_cli.run.allocator import keep_freed_memory
@@ -400,6 +414,109 @@ def gram_section(names: list[str], device: torch.device, rounds: int) -> list[di
     return results
 
 
+# ----------------------------------------------------------------------------- large latents
+
+LATENT_DIMS = (16, 64, 256, 512)
+LATENT_OUTPUT_DIM = 3072
+LATENT_FLOOR_ROWS = (1024, 4096, 16384)
+
+
+def latents_section(dims: list[int], output_dim: int, device: torch.device, rounds: int,
+                    hidden: tuple[int, ...] = (256, 256)) -> list[dict]:
+    """Per latent size d, an MLP decoder R^d -> R^D (``hidden`` layers): the engine against the best
+    floor and against (best floor + the float64 Gram product J^T J alone), in interleaved rounds.
+    The engine computes consecutive batches of a multiple of ``EIGENVALUE_SUBSAMPLE_STRIDE``
+    samples from sample 0, so that its eigenvalue subsample is the share a run takes."""
+
+    results = []
+    for dim in dims:
+        torch.manual_seed(0)
+        spec = make_latent_spec((dim,))
+        with strict_float32():
+            prepared = prepare_decoder(MLPDecoder(dim, output_dim, hidden), spec, device, torch.float32)
+        batch, chunk = plan_for(prepared)
+        stride = EIGENVALUE_SUBSAMPLE_STRIDE
+        samples = max(batch, stride) if max(batch, stride) % stride == 0 else (max(batch, stride) // stride + 1) * stride
+        latents = LatentStream(spec, seed=0).range(0, samples)
+        starts = range(0, samples, batch)
+
+        def engine(every: bool = False, path: str | None = None) -> None:
+            for start in starts:
+                stop = min(samples, start + batch)
+                wanted = None if every else eigenvalue_subsample(range(start, stop))
+                compute_sample_terms(prepared, latents[start:stop], SCALE, chunk, wanted, path)
+
+        with strict_float32():
+            columns = JACOBIAN_METHODS[prepared.jacobian_method](prepared.flat(), latents[:batch].to(device=device, dtype=torch.float32),
+                                                               chunk)
+            gram = gram_matrices(columns, workspace=prepared.workspace).cpu()
+        alternatives = []
+        for rows in sorted({rows_per_call(batch, chunk), *LATENT_FLOOR_ROWS}):
+            inputs = LatentStream(spec, seed=1).range(0, rows).to(device=device, dtype=torch.float32)
+
+            def floor(inputs=inputs) -> None:
+                with torch.no_grad():
+                    prepared.function(inputs)
+
+            alternatives.append(Alternative(f"floor, {rows} rows per call", floor, rows, "(d + 1) forward rows per sample",
+                                            factor=dim + 1))
+        path = log_det_path(dim, SCALE)
+        alternatives += [
+            Alternative("engine", engine, samples, f"as a run: {path} path, batch {batch}, chunk {chunk}"),
+            Alternative("engine, eigenvalues of every sample", lambda: engine(every=True), samples,
+                        "the log-det path before issue 22"),
+            Alternative("engine, Cholesky path", lambda: engine(path="cholesky"), samples,
+                        "the Cholesky path whatever d (the crossover)"),
+            Alternative("Gram product alone", lambda: gram_matrices(columns, workspace=prepared.workspace), batch,
+                        "float64 copy + J^T J (gram_matrices)"),
+            Alternative("Cholesky alone", lambda: cholesky_half_log_det(gram, SCALE), batch,
+                        f"{len(SCALE)} scale(s), split over the threads"),
+            Alternative("eigenvalues alone", lambda: batched_eigvalsh(gram), batch, "split over the threads"),
+        ]
+        with strict_float32():
+            interleave(alternatives, rounds, device, f"latents d={dim}")
+        floors = [item for item in alternatives if item.name.startswith("floor")]
+        best_floor = min(floors, key=lambda item: item.per_sample()[0])
+        named = {item.name: item for item in alternatives}
+        floor_ms, gram_ms = best_floor.per_sample()[0] * 1e3, named["Gram product alone"].per_sample()[0] * 1e3
+        floor_cpu = min(item.per_sample("cpu")[0] for item in floors) * 1e3
+        gram_cpu = named["Gram product alone"].per_sample("cpu")[0] * 1e3
+        row = {"latent_dim": dim, "output_dim": output_dim, "hidden": list(hidden), "batch": batch, "chunk": chunk, "path": path,
+               "best_floor": best_floor.name, "rounds": rounds,
+               "ms_per_sample": {item.name: item.per_sample()[0] * 1e3 for item in alternatives},
+               "median_ms_per_sample": {item.name: item.per_sample()[1] * 1e3 for item in alternatives},
+               "cpu_ms_per_sample": {item.name: item.per_sample("cpu")[0] * 1e3 for item in alternatives}}
+        for name in ("engine", "engine, eigenvalues of every sample", "engine, Cholesky path"):
+            engine_ms, engine_cpu = row["ms_per_sample"][name], row["cpu_ms_per_sample"][name]
+            row[name] = {"x_floor": engine_ms / floor_ms, "x_floor_plus_gram": engine_ms / (floor_ms + gram_ms),
+                         "x_floor_plus_gram_cpu_time": engine_cpu / (floor_cpu + gram_cpu)}
+        results.append(row)
+        print(f"\n### large latents: MLP d = {dim}, D = {output_dim}, hidden {list(hidden)}; batch {batch}, chunk {chunk}, {path} path\n")
+        print("| piece | setting | ms/sample (best) | median | x best floor | CPU ms/sample (best) |")
+        print("|---|---|---|---|---|---|")
+        for item in alternatives:
+            best, median = item.per_sample()
+            print(f"| {item.name} | {item.note} | {best * 1e3:.3f} | {median * 1e3:.3f} | {best * 1e3 / floor_ms:.3f} | "
+                  f"{item.per_sample('cpu')[0] * 1e3:.3f} |")
+        print(flush=True)
+    print("\n### large latents: engine / floor and engine / (floor + float64 Gram product), same run\n")
+    print("| d | path | engine / floor | engine / (floor + Gram) | before (eigenvalues of every sample) / floor "
+          "| before / (floor + Gram) | Cholesky path whatever d / floor | the same / (floor + Gram) "
+          "| engine / (floor + Gram), CPU time | before, CPU time |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
+    for row in results:
+        now, before = row["engine"], row["engine, eigenvalues of every sample"]
+        forced = row["engine, Cholesky path"]
+        print(f"| {row['latent_dim']} | {row['path']} | {now['x_floor']:.2f} | **{now['x_floor_plus_gram']:.2f}** | "
+              f"{before['x_floor']:.2f} | {before['x_floor_plus_gram']:.2f} | {forced['x_floor']:.2f} | "
+              f"{forced['x_floor_plus_gram']:.2f} | {now['x_floor_plus_gram_cpu_time']:.2f} | "
+              f"{before['x_floor_plus_gram_cpu_time']:.2f} |")
+    print("\n(best of the interleaved rounds, ms per sample; Gram: the float64 J^T J alone on one engine batch's "
+          "columns; CPU time: the process's, all threads)")
+    print(flush=True)
+    return results
+
+
 # ----------------------------------------------------------------------------- memory
 
 
@@ -573,7 +690,7 @@ def cli_section(device: torch.device, quick: bool, workdir: Path) -> dict:
 
 # ----------------------------------------------------------------------------- main
 
-SECTIONS = ("speed", "memory", "scales", "cli", "startup", "rows", "gram", "zoo")
+SECTIONS = ("speed", "memory", "scales", "cli", "startup", "rows", "gram", "zoo", "latents")
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -582,8 +699,15 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--quick", action="store_true", help="MLP and infoGAN, fewer rounds, smaller runs")
     parser.add_argument("--arch", nargs="*", default=None, choices=list(ARCHITECTURES))
     parser.add_argument("--section", nargs="*", default=None, choices=SECTIONS,
-                        help="default: all but rows, gram and zoo (rows: the rows-per-call sweep, long; "
-                             "gram: the Gram step in pieces; zoo: every architecture and file format)")
+                        help="default: all but rows, gram, zoo and latents (rows: the rows-per-call sweep, long; "
+                             "gram: the Gram step in pieces; zoo: every architecture and file format; "
+                             "latents: the MLP at large d, --latent-dims)")
+    parser.add_argument("--latent-dims", type=int, nargs="+", default=list(LATENT_DIMS),
+                        help=f"latents section: the MLP's latent sizes (default {' '.join(map(str, LATENT_DIMS))})")
+    parser.add_argument("--output-dim", type=int, default=LATENT_OUTPUT_DIM,
+                        help=f"latents section: the MLP's output size (default {LATENT_OUTPUT_DIM})")
+    parser.add_argument("--hidden", type=int, nargs="+", default=[256, 256],
+                        help="latents section: the MLP's hidden widths (default 256 256)")
     parser.add_argument("--rounds", type=int, default=None, help="interleaved rounds (default 5; --quick 3)")
     parser.add_argument("--json", default=None, help="also write every figure to this JSON file")
     parser.add_argument("--child-batch-peak", default=None, help=argparse.SUPPRESS)
@@ -596,7 +720,7 @@ def main(argv: list[str] | None = None) -> dict:
     # that the floor and the peers run under the same allocator as the engine
     kept = keep_freed_memory()
     names = args.arch or (["mlp", "infogan-mnist"] if args.quick else list(ARCHITECTURES))
-    sections = args.section or [section for section in SECTIONS if section not in ("rows", "gram", "zoo")]
+    sections = args.section or [section for section in SECTIONS if section not in ("rows", "gram", "zoo", "latents")]
     rounds = args.rounds or (3 if args.quick else 5)
     header = {"torch": torch.__version__, "device": device_name(device), "threads": torch.get_num_threads(),
               "date": time.strftime("%Y-%m-%d"), "quick": args.quick, "keep_freed_memory": kept}
@@ -621,6 +745,8 @@ def main(argv: list[str] | None = None) -> dict:
             results["startup"] = startup_section(rounds, args.quick)
         if "zoo" in sections:
             results["zoo"] = zoo.zoo_section(device, min(rounds, 3))
+        if "latents" in sections:
+            results["latents"] = latents_section(args.latent_dims, args.output_dim, device, rounds, tuple(args.hidden))
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=2, default=str))
     return results

@@ -116,6 +116,32 @@ samples of d = 16, D = 784) is split over the intra-op threads in numpy's arrang
 round trip costs 23-31 us here and one such sample ~34 us of CPU time, so each thread then has
 ~10 round trips of work; smaller batches run on the calling thread."""
 
+CHOLESKY_MIN_DIM: int = 65
+"""From this latent size on (above ``NUMPY_GRAM_MAX_DIM``: small d keeps numpy's fused Gram step and
+its eigenvalues, and every sample's diagnostics) the log-determinant of most samples comes from a
+float64 Cholesky factorisation of J^T J + s^2 I (logdet = 2 sum_j log L_jj, d^3/3 FLOPs per scale)
+instead of the eigenvalues (LAPACK's syevd, ~4/3 d^3 in a memory-bound tridiagonal reduction, and
+more). Measured (2026-12-07, this project's 2 cores under a load average of ~15, torch 2.13 + MKL,
+``benchmarks/run.py --section latents``, MLP with D = 3,072, best of 7 interleaved rounds): one
+factorisation took 0.5x to 0.2x the time of one eigvalsh at d = 16 to 512; the whole engine on the
+Cholesky path against the eigenvalue path, x the floor: 1.23 against 1.34 at d = 16 (numpy's fused
+arrangement there; within the noise), 1.80 against 4.1-7.3 at d = 64, 2.85 against 3.70 at 256, 5.5
+against 8.2 at 512. Below 65 the fused arrangement and every sample's diagnostics are kept (the
+d = 64 figure says a lower threshold for large D would pay: not taken without a quiet measurement)."""
+
+CHOLESKY_MAX_SCALES: int = 3
+"""The Cholesky path runs when a run asks for at most this many scales: it factorises once per
+scale (S d^3/3), the eigenvalues serve every scale at once (~4/3 d^3 + the rest), and at d = 512
+one Cholesky took an eighth to a fifth of one eigvalsh here, so up to 3 scales are clearly cheaper,
+while a sweep (``sweep-scale``: 4 scales, and every sample's collapsed counts) keeps the eigenvalues."""
+
+EIGENVALUE_SUBSAMPLE_STRIDE: int = 16
+"""On the Cholesky path, samples whose index is a multiple of this also get the eigenvalues of
+J^T J: the diagnostics that need them (extreme singular values, collapsed directions, clipped
+eigenvalues) come from that subsample (1/16 of the samples, sample 0 always in it, whatever the
+batch size), and each such sample's Cholesky log-determinant is checked against its eigenvalues'
+(``log_det_check``). One eigvalsh per 16 samples adds ~1/2 of a Cholesky per sample at d = 512."""
+
 MALLOC_MMAP_THRESHOLD_BYTES: int = 32 * 1024**2
 """glibc's largest mmap threshold: smaller blocks come from the heap and are reused (allocator.py)."""
 

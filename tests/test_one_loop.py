@@ -39,11 +39,11 @@ def test_compare_survives_an_injected_out_of_memory_error(monkeypatch):
     """Every batch of 64 fails once per model: retried as 32 + 32, the comparison is unchanged."""
     original, failed = compute_module.compute_sample_terms, []
 
-    def fail_on_64(prepared, latents, scales, tangent_chunk=None):
+    def fail_on_64(prepared, latents, scales, tangent_chunk=None, **options):
         if latents.shape[0] == 64 and len(failed) < 2:
             failed.append(latents.shape[0])
             raise torch.OutOfMemoryError("CUDA out of memory (injected)")
-        return original(prepared, latents, scales, tangent_chunk)
+        return original(prepared, latents, scales, tangent_chunk, **options)
 
     kwargs = dict(scales=[1e-1, 1e-3], n_samples=300, batch_size=64, dtype="float64", device="cpu")
     decoders = [linear_decoder((3.0, 1.0, 0.5)), linear_decoder((2.0, 1.0, 0.1), seed=1)]

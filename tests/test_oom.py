@@ -47,10 +47,10 @@ def test_injected_oom_halves_the_batch_and_the_estimate_is_unchanged():
 def test_at_batch_one_the_tangent_chunk_halves(monkeypatch):
     original = runner.compute_sample_terms
 
-    def needs_small_chunk(prepared, latents, scales, tangent_chunk=None):
+    def needs_small_chunk(prepared, latents, scales, tangent_chunk=None, **options):
         if tangent_chunk > 1:
             raise torch.OutOfMemoryError("CUDA out of memory (injected)")
-        return original(prepared, latents, scales, tangent_chunk)
+        return original(prepared, latents, scales, tangent_chunk, **options)
 
     monkeypatch.setattr(runner, "compute_sample_terms", needs_small_chunk)
     messages: list[str] = []
@@ -77,11 +77,11 @@ def test_the_cli_reports_the_retry_on_stderr(monkeypatch, run_cli, tmp_path):
     original = runner.compute_sample_terms
     seen = []
 
-    def fail_first(prepared, latents, scales, tangent_chunk=None):
+    def fail_first(prepared, latents, scales, tangent_chunk=None, **options):
         if not seen:
             seen.append(latents.shape[0])
             raise torch.OutOfMemoryError("CUDA out of memory (injected)")
-        return original(prepared, latents, scales, tangent_chunk)
+        return original(prepared, latents, scales, tangent_chunk, **options)
 
     monkeypatch.setattr(runner, "compute_sample_terms", fail_first)
     model = save_small_mlp(tmp_path / "mlp.pt")

@@ -138,6 +138,18 @@ def method_text(diagnostics: dict) -> str:
     return f"{method} ({note})"
 
 
+def log_det_text(diagnostics: dict) -> str:
+    """The log-det path, and on the Cholesky path what the eigenvalue subsample checked."""
+    log_det = diagnostics.get("log_det") or {}
+    path = log_det.get("path", "eigenvalues")
+    if "cholesky" not in path:
+        return "eigenvalues of J^T J (every sample)"
+    return (f"Cholesky of J^T J + s^2 I; singular values and collapsed directions above from "
+            f"{diagnostics.get('singular_value_samples', '-')} samples (every 16th), where the two paths differed "
+            f"by at most {log_det.get('max_check_difference', 0.0):.2g} nats; "
+            f"{log_det.get('cholesky_fallbacks', 0)} fallback(s) to the eigenvalues")
+
+
 def diagnostics_table(result: EntropyResult) -> Table:
     """Under the estimate: why the run stopped, the Jacobians' spectrum, the machine."""
     diagnostics, settings = result.diagnostics, result.settings
@@ -158,6 +170,7 @@ def diagnostics_table(result: EntropyResult) -> Table:
     if (diagnostics.get("always_collapsed") or {}).get("radial"):
         table.add_row("always collapsed", collapse_text(diagnostics["always_collapsed"]))
     table.add_row("non-finite samples", f"{result.num_nonfinite}" + (" (skipped)" if result.num_nonfinite else ""))
+    table.add_row("log-determinant", log_det_text(diagnostics))
     table.add_row("device", f"{diagnostics.get('device_name', settings['device'])} ({settings['device']}), "
                   f"decoder {diagnostics.get('decoder_dtype', settings['dtype'])}, "
                   f"{diagnostics.get('world_size', 1)} process(es)")

@@ -1,7 +1,13 @@
-"""Regularised log-determinants from the eigenvalues of J^T J, all in float64.
+"""Regularised log-determinants of J^T J + s^2 I, all in float64, by one of two paths
+(``LOG_DET_PATHS``, chosen by ``log_det_path``):
 
-1/2 log det(J^T J + s^2 I) = 1/2 sum_j log(lambda_j + s^2), so one eigen-decomposition
-per sample serves every scale s.
+* ``eigenvalues``: 1/2 log det(J^T J + s^2 I) = 1/2 sum_j log(lambda_j + s^2), so one
+  eigen-decomposition per sample serves every scale s;
+* ``cholesky``: J^T J + s^2 I = L L^T, 1/2 log det = sum_j log L_jj, one factorisation per scale
+  (d^3/3 multiply-adds against syevd's ~4/3 d^3 memory-bound reduction and more): for large d and
+  a few scales. The eigenvalues are still taken where they are needed: on a subsample for the
+  diagnostics (``eigenvalue_subsample``), where that sample's two log-determinants are compared
+  (``LogDetTally.max_difference``), and for any sample whose factorisation fails.
 """
 
 from __future__ import annotations
@@ -17,7 +23,10 @@ import torch
 from numpy import linalg as numpy_linalg  # numpy 2 imports linalg on first use: here, not mid-run (Ctrl-C, threads)
 
 from genentropy_cli.defaults import (
+    CHOLESKY_MAX_SCALES,
+    CHOLESKY_MIN_DIM,
     CPU_GRAM_SLAB_BYTES,
+    EIGENVALUE_SUBSAMPLE_STRIDE,
     EIGVALSH_THREAD_MIN_WORK,
     GRAM_SLAB_BYTES,
     GRAM_THREAD_MIN_WORK,
@@ -30,17 +39,24 @@ from genentropy_cli.defaults import (
 
 __all__ = [
     "GRAM_ARRANGEMENTS",
+    "LOG_DET_PATHS",
+    "GramLogDet",
     "GramSpectrum",
+    "LogDetTally",
     "Workspace",
     "batched_eigvalsh",
+    "cholesky_half_log_det",
+    "eigenvalue_subsample",
     "collapsed_directions",
     "eigen_solver",
     "gram_arrangement",
     "gram_eigenvalues",
     "gram_layout",
+    "gram_log_determinants",
     "gram_matrices",
     "gram_product",
     "half_log_det_regularised",
+    "log_det_path",
 ]
 
 GRAM_ARRANGEMENTS = ("numpy", "torch")
@@ -269,3 +285,139 @@ def collapsed_directions(eigenvalues: torch.Tensor, scales: Sequence[float]) -> 
     """Per sample and scale, the number of directions with lambda < s^2: (B, S) int64."""
     squared = torch.tensor([float(s) ** 2 for s in scales], dtype=torch.float64, device=eigenvalues.device)
     return (eigenvalues.unsqueeze(-1) < squared).sum(dim=1)
+
+
+# ----------------------------------------------------------------------------- the Cholesky path
+
+LOG_DET_PATHS = ("eigenvalues", "cholesky")
+"""How the log-determinants of a run are taken (module doc); recorded as ``log_det.path``."""
+
+
+def log_det_path(dim: int, scales: Sequence[float]) -> str:
+    """``cholesky`` for d >= ``CHOLESKY_MIN_DIM`` and 1 to ``CHOLESKY_MAX_SCALES`` scales, all > 0
+    (J^T J + 0 I may be singular), else ``eigenvalues`` (defaults.py gives the measurements)."""
+    values = [float(scale) for scale in scales]
+    fits = dim >= CHOLESKY_MIN_DIM and 0 < len(values) <= CHOLESKY_MAX_SCALES and min(values) > 0
+    return "cholesky" if fits else "eigenvalues"
+
+
+def eigenvalue_subsample(indices: np.ndarray | Sequence[int]) -> torch.Tensor:
+    """(B,) bool: the samples (by their index in the run) whose eigenvalues the Cholesky path also
+    takes, every ``EIGENVALUE_SUBSAMPLE_STRIDE``-th from sample 0: the same samples whatever the
+    batch size, the rank or a resumption."""
+    return torch.from_numpy(np.asarray(indices, dtype=np.int64) % EIGENVALUE_SUBSAMPLE_STRIDE == 0)
+
+
+@dataclass
+class LogDetTally:
+    """Which path gave how many samples' log-determinants, summed over batches (``log_det`` in
+    the run's JSON). ``max_difference``: the largest |1/2 log det by Cholesky - by eigenvalues|
+    (nats, any scale) over the ``checked`` samples that had both."""
+
+    cholesky: int = 0
+    eigenvalues: int = 0
+    fallbacks: int = 0
+    checked: int = 0
+    max_difference: float = 0.0
+
+    def add(self, other: "LogDetTally") -> None:
+        self.cholesky += other.cholesky
+        self.eigenvalues += other.eigenvalues
+        self.fallbacks += other.fallbacks
+        self.checked += other.checked
+        self.max_difference = max(self.max_difference, other.max_difference)
+
+    def to_dict(self) -> dict:
+        return {"cholesky_samples": self.cholesky, "eigenvalue_samples": self.eigenvalues,
+                "cholesky_fallbacks": self.fallbacks, "checked_samples": self.checked,
+                "max_check_difference": self.max_difference}
+
+    @classmethod
+    def from_dict(cls, data: dict | None) -> "LogDetTally":
+        data = data or {}
+        return cls(int(data.get("cholesky_samples", 0)), int(data.get("eigenvalue_samples", 0)),
+                   int(data.get("cholesky_fallbacks", 0)), int(data.get("checked_samples", 0)),
+                   float(data.get("max_check_difference", 0.0)))
+
+
+@dataclass
+class GramLogDet:
+    """One batch's 1/2 log det(J^T J + s^2 I) per scale, and the eigenvalues where taken."""
+
+    half_log_det: torch.Tensor  # (B, S) float64
+    eigenvalues: torch.Tensor  # (B, d) float64, ascending, >= 0; NaN rows where not taken
+    has_eigenvalues: torch.Tensor  # (B,) bool
+    clipped_count: int
+    tally: LogDetTally
+
+
+def cholesky_half_log_det(gram: torch.Tensor, scales: Sequence[float]) -> tuple[torch.Tensor, torch.Tensor]:
+    """sum_j log L_jj = 1/2 log det(G + s^2 I) for CPU float64 G (B, d, d) and every scale, by
+    ``torch.linalg.cholesky_ex`` (LAPACK's potrf, the lower triangle); and (B,) bool, True where
+    every scale's factorisation succeeded (info == 0). A batch with enough work is split over the
+    intra-op threads, as ``batched_eigvalsh``. The shifted copy and the factor (2 B d^2 floats)
+    are freed on return, not kept in a ``Workspace``: the memory plan counts them in the Gram
+    step only (``planning.batch_peak_bytes``), not beside the next batch's decoder calls."""
+    batch, dim = gram.shape[0], gram.shape[-1]
+    result = gram.new_empty((batch, len(scales)))
+    succeeded = torch.ones(batch, dtype=torch.bool)
+
+    def factorise(first: int, last: int, part: int) -> None:
+        shifted, factor = torch.empty_like(gram[first:last]), torch.empty_like(gram[first:last])
+        info = torch.empty(last - first, dtype=torch.int32)
+        for column, scale in enumerate(scales):
+            shifted.copy_(gram[first:last])
+            shifted.diagonal(dim1=-2, dim2=-1).add_(float(scale) ** 2)
+            torch.linalg.cholesky_ex(shifted, out=(factor, info))
+            result[first:last, column] = factor.diagonal(dim1=-2, dim2=-1).log().sum(dim=-1)
+            succeeded[first:last] &= info == 0
+
+    _run_parts(factorise, batch, _split_parts(batch, batch * dim**3, EIGVALSH_THREAD_MIN_WORK))
+    return result, succeeded
+
+
+def gram_log_determinants(jacobian_columns: torch.Tensor, scales: Sequence[float],
+                          eigenvalues_for: torch.Tensor | None = None, workspace: Workspace | None = None,
+                          path: str | None = None) -> GramLogDet:
+    """1/2 log det(J^T J + s^2 I) per sample and scale from Jacobian columns (d, B, D), float64.
+
+    ``path`` (default ``log_det_path(d, scales)``): ``eigenvalues`` takes every sample's
+    eigenvalues (``gram_eigenvalues``), as does ``eigenvalues_for=None``. ``cholesky`` factorises
+    J^T J + s^2 I for every sample (``cholesky_half_log_det``) and takes the eigenvalues of the
+    samples marked in ``eigenvalues_for`` (B,) and of those whose factorisation failed or whose
+    J^T J is not finite; a failed sample's log-determinant is its eigenvalues' (a non-finite one
+    is NaN, reported as on the other path). So which path gives a sample's value depends only on
+    the sample, never on the batch it was computed in.
+    """
+    dim, batch = jacobian_columns.shape[0], jacobian_columns.shape[1]
+    path = path or log_det_path(dim, scales)
+    if path == "eigenvalues" or eigenvalues_for is None:
+        spectrum = gram_eigenvalues(jacobian_columns, workspace=workspace)
+        return GramLogDet(half_log_det_regularised(spectrum.eigenvalues, scales), spectrum.eigenvalues,
+                          torch.ones(batch, dtype=torch.bool), spectrum.clipped_count,
+                          LogDetTally(eigenvalues=batch))
+    gram = gram_matrices(jacobian_columns, workspace=workspace).cpu()
+    finite = torch.from_numpy(np.isfinite(gram.numpy()).all(axis=(1, 2)))
+    half_log_det, factorised = cholesky_half_log_det(gram, scales)
+    factorised &= finite
+    needed = eigenvalues_for.to(torch.bool).cpu() | ~factorised
+    eigenvalues = gram.new_full((batch, dim), math.nan)
+    chosen = needed.nonzero().squeeze(1)
+    clipped, checked, difference = 0, 0, 0.0
+    if chosen.numel():
+        values = batched_eigvalsh(gram[chosen])
+        negative = values < 0
+        clipped = int(negative.sum().item())
+        values = values.clamp_min(0.0) if clipped else values
+        eigenvalues[chosen] = values
+        by_eigenvalues = half_log_det_regularised(values, scales)
+        both = factorised[chosen]
+        checked = int(both.sum().item())
+        if checked:
+            gap = (half_log_det[chosen[both]] - by_eigenvalues[both]).abs()
+            difference = float(gap.max().item())
+        half_log_det[chosen[~both]] = by_eigenvalues[~both]
+    fallbacks = int((finite & ~factorised).sum().item())
+    tally = LogDetTally(cholesky=int(factorised.sum().item()), eigenvalues=batch - int(factorised.sum().item()),
+                        fallbacks=fallbacks, checked=checked, max_difference=difference)
+    return GramLogDet(half_log_det, eigenvalues, needed, clipped, tally)

@@ -175,12 +175,13 @@ def class_pairs(count: int) -> tuple[tuple[int, int], ...]:
 
 
 def conditional_workload(decoder: Any, spec: LatentSpec, label: LabelSpec, options: EstimateOptions,
-                         device: torch.device) -> Workload:
+                         device: torch.device, every_eigenvalue: bool = False) -> Workload:
     """Every chosen class on the latents of ``options.seed``; columns: each class's h_y, each pair's
-    difference, and w = sum_y p(y) h_y."""
+    difference, and w = sum_y p(y) h_y (``every_eigenvalue``: ``Workload.every_eigenvalue``)."""
     members = class_members(decoder, spec, label, options.seed, options, device)
     return Workload(members, options.scales, class_pairs(len(members)), paired=True,
-                    extra_identity={"label": label.to_dict()}, combinations=(label.probabilities,))
+                    extra_identity={"label": label.to_dict()}, combinations=(label.probabilities,),
+                    every_eigenvalue=every_eigenvalue)
 
 
 def check_conditional_run(label: LabelSpec, options: EstimateOptions) -> list[str]:

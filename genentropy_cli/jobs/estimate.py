@@ -36,6 +36,7 @@ def estimate_entropy(
     log: Callable[[str], None] | None = None,
     on_batch: BatchCallback | None = None,
     on_rows: RowsCallback | None = None,
+    every_eigenvalue: bool = False,
     **settings: Any,
 ) -> EntropyResult | ConditionalResult:
     """Estimate the differential entropy of ``decoder``'s output distribution (nats):
@@ -59,6 +60,11 @@ def estimate_entropy(
     ``on_batch(indices, latents, terms)`` sees each batch this process computes;
     ``on_rows(first_index, rows)`` every sample's rows in sample order, on every process.
 
+    ``every_eigenvalue``: take the eigenvalues of J^T J of every sample (the ``eigenvalues``
+    log-det path), so that each row's collapsed counts and singular values are known; by default a
+    run with d >= ``CHOLESKY_MIN_DIM`` and at most ``CHOLESKY_MAX_SCALES`` scales takes its
+    log-determinants by Cholesky and the eigenvalues on every 16th sample (docs/performance.md).
+
     ``labels`` (a ``LabelSpec``, or a class count) makes it a conditional decoder g(z, y): a
     module or any callable of (z, y) (or of z and a keyword label). Every chosen class is then
     estimated on the same latents and a ``ConditionalResult`` returned: H(X|y) per class, their
@@ -77,11 +83,13 @@ def estimate_entropy(
             raise InputError("on_batch sees one decoder's batches; a conditional run has one per class: use on_rows")
         label = as_label_spec(labels)
         notes = check_conditional_run(label, run_options)
-        outcome = run_loop(lambda device: conditional_workload(decoder, spec, label, run_options, device),
+        outcome = run_loop(lambda device: conditional_workload(decoder, spec, label, run_options, device,
+                                                               every_eigenvalue=every_eigenvalue),
                            run_options, hooks)
         return conditional_result(outcome, label, notes)
     outcome = run_loop(lambda device: Workload([DecoderWork.prepare(decoder, spec, run_options.seed, run_options, device)],
-                                               run_options.scales), run_options, hooks)
+                                               run_options.scales, every_eigenvalue=every_eigenvalue),
+                       run_options, hooks)
     return entropy_result(outcome)
 
 

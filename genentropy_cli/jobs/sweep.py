@@ -357,7 +357,7 @@ def sweep_scale(
     **estimate_options: Any,
 ) -> SweepResult:
     """Estimate H_s at every scale in ONE pass (one eigen-decomposition of J^T J per sample
-    serves all s), then compare the scales. ``estimate_options`` are ``estimate_entropy``'s
+    serves all s, and gives every sample's collapsed counts: ``every_eigenvalue``), then compare the scales. ``estimate_options`` are ``estimate_entropy``'s
     (n_samples, batch_size, device, dtype, seed, progress, latent_distribution, labels, ...);
     with ``labels`` the sweep is of H(X|Y) and of every class."""
     ordered = sweep_order(scales)
@@ -371,7 +371,8 @@ def sweep_scale(
         if user_on_rows is not None:
             user_on_rows(first_index, rows)
 
-    result = estimate_entropy(decoder, latent, scales=ordered, on_rows=on_rows, **estimate_options)
+    result = estimate_entropy(decoder, latent, scales=ordered, on_rows=on_rows, every_eigenvalue=True,
+                              **estimate_options)
     convergence = assess_convergence(result.estimates, tolerance_se)
     if not isinstance(result, ConditionalResult):
         return SweepResult(result, known, convergence, tuple(counter.counts))

@@ -15,6 +15,7 @@ import numpy as np
 import torch
 
 from genentropy_cli.core.decoder import PreparedDecoder
+from genentropy_cli.core.logdet import eigenvalue_subsample
 from genentropy_cli.core.terms import SampleTerms, compute_sample_terms
 from genentropy_cli.errors import OutOfMemoryError
 from genentropy_cli.run.hooks import LogCallback
@@ -66,12 +67,16 @@ def over_memory_cap(peak_bytes: int, max_memory: int | None) -> str | None:
 
 
 def compute_terms_retrying(prepared: PreparedDecoder, latents: torch.Tensor, indices: np.ndarray,
-                           scales: Sequence[float], sizes: AdaptiveSizes, log: LogCallback) -> SampleTerms:
+                           scales: Sequence[float], sizes: AdaptiveSizes, log: LogCallback,
+                           every_eigenvalue: bool = False) -> SampleTerms:
     """``compute_sample_terms`` for a batch; an out-of-memory error halves the batch (then the
     tangent chunk), computes the same samples again, and keeps the smaller size for later
-    batches. Nothing is skipped: the terms are those of every sample of the batch."""
+    batches. Nothing is skipped: the terms are those of every sample of the batch. On the
+    Cholesky log-det path the eigenvalues are taken for ``eigenvalue_subsample(indices)`` (for
+    every sample with ``every_eigenvalue``, the eigenvalue path)."""
     try:
-        return compute_sample_terms(prepared, latents, scales, sizes.chunk)
+        wanted = None if every_eigenvalue else eigenvalue_subsample(indices)
+        return compute_sample_terms(prepared, latents, scales, sizes.chunk, eigenvalues_for=wanted)
     except RuntimeError as error:
         if not is_out_of_memory(error):
             raise
@@ -84,12 +89,12 @@ def compute_terms_retrying(prepared: PreparedDecoder, latents: torch.Tensor, ind
         sizes.batch = min(sizes.batch, half)
         log(f"out of memory on {where}; retrying them in batches of {half}")
         return SampleTerms.concat([
-            compute_terms_retrying(prepared, latents[:half], indices[:half], scales, sizes, log),
-            compute_terms_retrying(prepared, latents[half:], indices[half:], scales, sizes, log),
+            compute_terms_retrying(prepared, latents[:half], indices[:half], scales, sizes, log, every_eigenvalue),
+            compute_terms_retrying(prepared, latents[half:], indices[half:], scales, sizes, log, every_eigenvalue),
         ])
     if sizes.chunk > 1:
         sizes.chunk = max(1, sizes.chunk // 2)
         log(f"out of memory on {where}; retrying with tangent chunk {sizes.chunk}")
-        return compute_terms_retrying(prepared, latents, indices, scales, sizes, log)
+        return compute_terms_retrying(prepared, latents, indices, scales, sizes, log, every_eigenvalue)
     raise OutOfMemoryError(f"out of memory on {where} even with batch size 1 and tangent chunk 1; "
                           "use a device with more memory, or --device cpu")

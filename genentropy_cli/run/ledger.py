@@ -23,6 +23,7 @@ from typing import Iterator, Sequence
 
 import numpy as np
 
+from genentropy_cli.core.logdet import LogDetTally
 from genentropy_cli.core.stats import RunningMoments
 from genentropy_cli.errors import NonFiniteSampleError
 from genentropy_cli.run.rows import PairedRows, PairedSummary, SampleRows, SampleSummary
@@ -59,6 +60,7 @@ class RunLedger:
         self.emitted = 0  # samples before this global index have been handed out
         self.stop_at: int | None = None  # samples used when the target was met
         self.clipped_eigenvalues = 0
+        self.log_det = LogDetTally()
         self.blocks: dict[int, SampleRows] = {}
 
     # ------------------------------------------------------------------ recording
@@ -182,7 +184,8 @@ class RunLedger:
         summary_meta, arrays = self.summary.to_state()
         meta = {
             "merged_blocks": self.merged_blocks, "emitted": self.emitted, "stop_at": self.stop_at,
-            "clipped_eigenvalues": self.clipped_eigenvalues, "prefix_count": self.prefix.count,
+            "clipped_eigenvalues": self.clipped_eigenvalues, "log_det": self.log_det.to_dict(),
+            "prefix_count": self.prefix.count,
             "summary": summary_meta, "blocks": sorted(self.blocks),
         }
         arrays = {**arrays, "prefix_mean": self.prefix.mean, "prefix_m2": self.prefix.m2}
@@ -195,6 +198,7 @@ class RunLedger:
         self.emitted = int(meta["emitted"])
         self.stop_at = None if meta["stop_at"] is None else int(meta["stop_at"])
         self.clipped_eigenvalues = int(meta["clipped_eigenvalues"])
+        self.log_det = LogDetTally.from_dict(meta.get("log_det"))  # absent from older checkpoints
         self.prefix = RunningMoments(int(meta["prefix_count"]), np.asarray(arrays["prefix_mean"], dtype=np.float64),
                                      np.asarray(arrays["prefix_m2"], dtype=np.float64))
         self.summary = self.rows_template.summary_from_state(len(self.scales), meta["summary"], arrays)
@@ -240,6 +244,13 @@ class RunLedger:
                              f"{summary.count} + {summary.num_nonfinite} counted")
         if summary.num_nonfinite and not self.skip_nonfinite:
             raise ValueError("it counts non-finite samples, which this run (no --skip-nonfinite) would have refused")
+        tally = self.log_det
+        if min(tally.cholesky, tally.eigenvalues, tally.fallbacks, tally.checked) < 0 \
+                or not 0 <= tally.max_difference < float("inf"):
+            raise ValueError("its log-determinant counters are negative or not finite")
+        for part in getattr(summary, "models", [summary]):
+            if not 0 <= part.eigen_count <= part.count:
+                raise ValueError(f"it counts {part.eigen_count} samples with eigenvalues of {part.count}")
         models = getattr(self.rows_template, "models", None)
         if models is not None and len(getattr(summary, "models", ())) != len(models):
             raise ValueError("its summaries do not match the models of this run")

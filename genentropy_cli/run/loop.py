@@ -25,6 +25,7 @@ import torch
 
 from genentropy_cli.core.device import resolve_device, strict_float32
 from genentropy_cli.core.latents import LatentStream
+from genentropy_cli.core.logdet import LogDetTally
 from genentropy_cli.core.stats import RunningMoments
 from genentropy_cli.errors import EstimationError, GenentropyError, InputError, first_line
 from genentropy_cli.run.allocator import reusing_freed_memory
@@ -62,6 +63,7 @@ class BatchMessage:
 
     records: list[tuple[int, int, Any]] = field(default_factory=list)
     clipped: int = 0
+    log_det: LogDetTally | None = None
     computed: int = 0
     done: bool = False
     interrupted: bool = False
@@ -194,7 +196,7 @@ class BatchLoop:
             def compute():
                 return workload.compute(segments, indices, self.log, self.hooks.on_batch)
 
-            rows, clipped = calibration.run(len(indices), compute) if calibration.active else compute()
+            rows, clipped, log_det = calibration.run(len(indices), compute) if calibration.active else compute()
             if calibration.calibrated is not None:
                 workload.limit_batch(calibration.calibrated)
         except GenentropyError as error:
@@ -205,7 +207,7 @@ class BatchLoop:
         for block, start, stop in segments:
             records.append((block, start, rows.slice(position, position + stop - start)))
             position += stop - start
-        return BatchMessage(records, clipped, len(indices), batcher.empty, self.interrupt.requested)
+        return BatchMessage(records, clipped, log_det, len(indices), batcher.empty, self.interrupt.requested)
 
     def apply(self, messages: Sequence[BatchMessage]) -> None:
         for message in messages:
@@ -215,6 +217,8 @@ class BatchLoop:
             for block, start, rows in message.records:
                 self.ledger.record(block, start, rows)
             self.ledger.clipped_eigenvalues += message.clipped
+            if message.log_det is not None:
+                self.ledger.log_det.add(message.log_det)
             self.computed += message.computed
         for emitted in self.ledger.advance():
             if self.hooks.on_rows is not None:
@@ -334,6 +338,7 @@ class BatchLoop:
         return {
             **decoder,
             "clipped_eigenvalues": self.ledger.clipped_eigenvalues,
+            "log_det": {"path": self.workload.log_det_path(), **self.ledger.log_det.to_dict()},
             **summary.diagnostics(self.scales),
             "num_nonfinite": summary.num_nonfinite,
             "latent_block_size": self.workload.block_size,

@@ -25,6 +25,7 @@ from typing import NamedTuple
 
 import torch
 
+from genentropy_cli.core.logdet import log_det_path
 from genentropy_cli.core.methods import jacobian_method
 from genentropy_cli.defaults import (
     ACTIVATION_SAFETY_FACTOR,
@@ -33,6 +34,7 @@ from genentropy_cli.defaults import (
     CUDA_CALL_BYTES,
     CUDA_MAX_ROWS_PER_CALL,
     DEFAULT_ACTIVATION_BYTES_PER_OUTPUT,
+    EIGENVALUE_SUBSAMPLE_STRIDE,
     GRAM_SLAB_BYTES,
     JACOBIAN_MEMORY_BUDGET_BYTES,
     MAX_AUTO_BATCH_SIZE,
@@ -190,6 +192,37 @@ def plan_batch(
             f"{format_bytes(memory_in_use + needed)}"
         )
     return BatchPlan(batch, chunk)
+
+
+class SampleCost(NamedTuple):
+    """The work of one sample (docs/performance.md, Cost model): ``forward_rows`` = d + 1 decoder
+    rows (the stacked method's rows, or d + 1 forward passes); ``gram_flops`` = 2 d^2 D for the
+    float64 J^T J (``torch.bmm``: the whole square); ``log_det_flops``: S d^3/3 for S Cholesky
+    factorisations plus 4/3 d^3 (syevd's tridiagonal reduction, eigenvalues only) on every
+    ``EIGENVALUE_SUBSAMPLE_STRIDE``-th sample, or 4/3 d^3 on the ``eigenvalues`` path."""
+
+    forward_rows: int
+    gram_flops: float
+    log_det_flops: float
+    log_det_path: str
+
+    def seconds(self, forward_seconds_per_row: float, gram_flops_per_second: float,
+                log_det_flops_per_second: float) -> float:
+        """Projected seconds per sample: (d + 1) t_row + Gram / its rate + log-det / its rate."""
+        return (self.forward_rows * forward_seconds_per_row + self.gram_flops / gram_flops_per_second
+                + self.log_det_flops / log_det_flops_per_second)
+
+
+def sample_cost(latent_dim: int, output_dim: int, num_scales: int = 1) -> SampleCost:
+    """``SampleCost`` of one sample of a decoder R^d -> R^D at ``num_scales`` scales (all > 0), on
+    the log-det path the run would take (``logdet.log_det_path``). A pure function of the sizes:
+    with a measured forward time per row (``inspect``'s ``forward_seconds_per_sample``) and the
+    device's float64 rates, ``SampleCost.seconds`` projects a run's time."""
+    dim = int(latent_dim)
+    path = log_det_path(dim, [1.0] * num_scales)
+    eigen = 4 / 3 * dim**3
+    log_det = (num_scales * dim**3 / 3 + eigen / EIGENVALUE_SUBSAMPLE_STRIDE) if path == "cholesky" else eigen
+    return SampleCost(dim + 1, 2.0 * dim * dim * output_dim, log_det, path)
 
 
 def resolve_work_sizes(latent_dim: int, output_dim: int, dtype: torch.dtype, device: torch.device,

@@ -20,6 +20,7 @@ import numpy as np
 import torch
 
 from genentropy_cli.core.decoder import PreparedDecoder, prepare_decoder
+from genentropy_cli.core.logdet import eigenvalue_subsample
 from genentropy_cli.core.terms import compute_sample_terms
 from genentropy_cli.defaults import PRECISION_PROBE_THRESHOLD, SUPPORTED_DTYPES
 from genentropy_cli.errors import InputError, first_line
@@ -135,7 +136,8 @@ def measure_precision(decoder: Any, prepared: PreparedDecoder, latents: torch.Te
         step = int(batch) if batch else count
 
         def compute(first: int, last: int) -> np.ndarray:
-            return compute_sample_terms(which, latents[first:last], scales, chunk).entropy_terms.numpy()
+            return compute_sample_terms(which, latents[first:last], scales, chunk,
+                                        eigenvalue_subsample(range(first, last))).entropy_terms.numpy()
 
         parts, first = [], 0
         measured = calibration(step) if calibration is not None else None

@@ -1,7 +1,9 @@
 """Per-sample rows: what a batch hands to the ledger, and what the ledger summarises.
 
 ``SampleRows`` are one decoder's rows: per sample, the entropy term h_i per scale, -log p(z_i),
-the collapsed-direction counts and the extreme singular values of J. ``PairedRows`` are several
+the collapsed-direction counts and the extreme singular values of J (on the Cholesky log-det
+path only for the eigenvalue subsample: elsewhere the counts are -1 and the singular values NaN,
+and the summary's diagnostics come from the subsample). ``PairedRows`` are several
 decoders' rows on the same sample indices (``compare``, or one conditional decoder's classes):
 the statistics' columns are every model's h_i per scale, then every pair's difference h_a - h_b
 per scale, then every weighted sum sum_m w_m h_m per scale (``combinations``: H(X|Y) =
@@ -46,8 +48,8 @@ class SampleRows:
 
     terms: np.ndarray  # (n, S) h_i per scale
     neg_log_density: np.ndarray  # (n,)   -log p(z_i)
-    collapsed: np.ndarray  # (n, S) directions with lambda < s^2
-    sigma_min: np.ndarray  # (n,)   smallest singular value of J
+    collapsed: np.ndarray  # (n, S) directions with lambda < s^2; -1 where no eigenvalues were taken
+    sigma_min: np.ndarray  # (n,)   smallest singular value of J; NaN where no eigenvalues were taken
     sigma_max: np.ndarray  # (n,)   largest singular value of J
 
     COLUMNS = ("terms", "neg_log_density", "collapsed", "sigma_min", "sigma_max")
@@ -56,12 +58,18 @@ class SampleRows:
     def from_terms(cls, terms, scales: Sequence[float]) -> "SampleRows":
         """From an ``engine.SampleTerms`` batch."""
         eigenvalues = terms.eigenvalues
+        collapsed = collapsed_directions(eigenvalues, scales).numpy().astype(np.int64)
+        sigma_min = np.sqrt(eigenvalues[:, 0].numpy()) if eigenvalues.shape[1] else np.zeros(len(eigenvalues))
+        sigma_max = np.sqrt(eigenvalues[:, -1].numpy()) if eigenvalues.shape[1] else np.zeros(len(eigenvalues))
+        missing = ~terms.eigenvalues_taken.numpy()
+        if missing.any():
+            collapsed[missing] = -1
+            sigma_min, sigma_max = sigma_min.copy(), sigma_max.copy()
+            sigma_min[missing] = sigma_max[missing] = np.nan
         return cls(
             terms.entropy_terms.numpy().astype(np.float64, copy=False),
             terms.neg_log_density.numpy().astype(np.float64, copy=False),
-            collapsed_directions(eigenvalues, scales).numpy().astype(np.int64),
-            np.sqrt(eigenvalues[:, 0].numpy()) if eigenvalues.shape[1] else np.zeros(len(eigenvalues)),
-            np.sqrt(eigenvalues[:, -1].numpy()) if eigenvalues.shape[1] else np.zeros(len(eigenvalues)),
+            collapsed, sigma_min, sigma_max,
         )
 
     @classmethod
@@ -109,11 +117,17 @@ class SampleRows:
     def finite(self) -> np.ndarray:
         return np.isfinite(self.terms).all(axis=1)
 
+    @property
+    def has_eigenvalues(self) -> np.ndarray:
+        """(n,) bool: the samples whose eigenvalues were taken (collapsed counts >= 0)."""
+        return (self.collapsed >= 0).all(axis=1)
+
 
 @dataclass
 class SampleSummary:
     """What the diagnostics report about the samples used: extreme singular values, collapsed
-    directions, non-finite samples."""
+    directions (over the ``eigen_count`` finite samples whose eigenvalues were taken: all of them,
+    or the eigenvalue subsample on the Cholesky path), non-finite samples."""
 
     num_scales: int
     count: int = 0
@@ -122,21 +136,26 @@ class SampleSummary:
     sigma_max: LogHistogram = field(default_factory=LogHistogram)
     num_nonfinite: int = 0
     nonfinite_indices: list[int] = field(default_factory=list)
+    eigen_count: int | None = None
 
     def __post_init__(self) -> None:
         if self.collapsed_sum is None:
             self.collapsed_sum = np.zeros(self.num_scales, dtype=np.int64)
+        if self.eigen_count is None:
+            self.eigen_count = self.count
 
     def add(self, rows: SampleRows, first_index: int) -> None:
         finite = rows.finite
         count_samples(self, finite, first_index)
-        self.collapsed_sum = self.collapsed_sum + rows.collapsed[finite].sum(axis=0)
-        self.sigma_min.add(rows.sigma_min[finite])
-        self.sigma_max.add(rows.sigma_max[finite])
+        known = finite & rows.has_eigenvalues
+        self.eigen_count += int(known.sum())
+        self.collapsed_sum = self.collapsed_sum + rows.collapsed[known].sum(axis=0)
+        self.sigma_min.add(rows.sigma_min[known])
+        self.sigma_max.add(rows.sigma_max[known])
 
     def copy(self) -> "SampleSummary":
         return SampleSummary(self.num_scales, self.count, self.collapsed_sum.copy(), self.sigma_min.copy(),
-                             self.sigma_max.copy(), self.num_nonfinite, list(self.nonfinite_indices))
+                             self.sigma_max.copy(), self.num_nonfinite, list(self.nonfinite_indices), self.eigen_count)
 
     def diagnostics(self, scales: Sequence[float]) -> dict:
         return {
@@ -145,13 +164,14 @@ class SampleSummary:
             "smallest_singular_value_quantiles": _quantiles(self.sigma_min),
             "largest_singular_value_quantiles": _quantiles(self.sigma_max),
             "mean_collapsed_directions": {
-                f"{scale:g}": (float(total) / self.count if self.count else None)
+                f"{scale:g}": (float(total) / self.eigen_count if self.eigen_count else None)
                 for scale, total in zip(scales, self.collapsed_sum)
             },
+            "singular_value_samples": self.eigen_count,
         }
 
     def to_state(self, prefix: str = "") -> tuple[dict, dict[str, np.ndarray]]:
-        meta = {"count": self.count, "num_nonfinite": self.num_nonfinite,
+        meta = {"count": self.count, "eigen_count": self.eigen_count, "num_nonfinite": self.num_nonfinite,
                 "nonfinite_indices": list(self.nonfinite_indices),
                 "sigma_extremes": [self.sigma_min.minimum, self.sigma_min.maximum,
                                    self.sigma_max.minimum, self.sigma_max.maximum]}
@@ -166,7 +186,8 @@ class SampleSummary:
                    np.asarray(arrays[f"{prefix}summary_collapsed_sum"], dtype=np.int64),
                    LogHistogram(np.asarray(arrays[f"{prefix}summary_sigma_min"], dtype=np.int64), low_min, low_max),
                    LogHistogram(np.asarray(arrays[f"{prefix}summary_sigma_max"], dtype=np.int64), high_min, high_max),
-                   int(meta["num_nonfinite"]), [int(index) for index in meta["nonfinite_indices"]])
+                   int(meta["num_nonfinite"]), [int(index) for index in meta["nonfinite_indices"]],
+                   int(meta.get("eigen_count", meta["count"])))
 
 
 def _quantiles(histogram: LogHistogram) -> dict | None:
@@ -285,7 +306,7 @@ class PairedSummary:
                            min(getattr(item, name).minimum for item in self.models),
                            max(getattr(item, name).maximum for item in self.models))
               for name in ("sigma_min", "sigma_max")),
-            self.num_nonfinite, list(self.nonfinite_indices))
+            self.num_nonfinite, list(self.nonfinite_indices), sum(item.eigen_count for item in self.models))
 
     def to_state(self) -> tuple[dict, dict[str, np.ndarray]]:
         metas, arrays = [], {}

@@ -19,6 +19,7 @@ from genentropy_cli.core.decoder import PreparedDecoder, prepare_decoder
 from genentropy_cli.core.device import resolve_dtype
 from genentropy_cli.core.invariance import radial_collapse
 from genentropy_cli.core.latents import LatentSpec, LatentStream, distribution_label
+from genentropy_cli.core.logdet import LogDetTally, log_det_path
 from genentropy_cli.core.terms import SampleTerms
 from genentropy_cli.defaults import INVARIANCE_PROBE_LATENTS
 from genentropy_cli.errors import EstimationError, first_line
@@ -105,10 +106,10 @@ class DecoderWork:
         return torch.cat([self.stream.block(block)[start:stop] for block, start, stop in segments])
 
     def terms(self, latents: torch.Tensor, indices: np.ndarray, scales: Sequence[float],
-              log: LogCallback) -> SampleTerms:
+              log: LogCallback, every_eigenvalue: bool = False) -> SampleTerms:
         """h_i's pieces for these samples (an out-of-memory error halves the batch, nothing skipped)."""
         try:
-            return compute_terms_retrying(self.prepared, latents, indices, scales, self.sizes, log)
+            return compute_terms_retrying(self.prepared, latents, indices, scales, self.sizes, log, every_eigenvalue)
         except RuntimeError as error:
             who = self.name or "the decoder"
             raise EstimationError(f"{who} failed on samples {indices[0]}..{indices[-1]} ({first_line(error)})") from error
@@ -145,6 +146,9 @@ class Workload:
     """More settings a checkpoint must share (compare: names, shared latents)."""
     combinations: tuple[tuple[float, ...], ...] = ()
     """Weights of the members' weighted sums, columns after the pairs' (``PairedRows``)."""
+    every_eigenvalue: bool = False
+    """Take every sample's eigenvalues (the ``eigenvalues`` log-det path): for callers that need
+    each row's collapsed counts (``sweep-scale``); else the Cholesky path where it pays."""
 
     @property
     def names(self) -> tuple[str, ...]:
@@ -172,20 +176,29 @@ class Workload:
             return PairedRows.empty(len(self.members), len(self.scales), self.pairs, self.names, self.combinations)
         return SampleRows.empty(len(self.scales))
 
+    def log_det_path(self) -> str | list[str]:
+        """The log-determinant path (``logdet.log_det_path``): one, or one per decoder where they differ."""
+        paths = ["eigenvalues" if self.every_eigenvalue else log_det_path(member.spec.dim, self.scales)
+                 for member in self.members]
+        return paths[0] if len(set(paths)) == 1 else paths
+
     def compute(self, segments: Segments, indices: np.ndarray, log: LogCallback,
-                on_batch: BatchCallback | None = None) -> tuple[SampleRows | PairedRows, int]:
-        """The rows of these samples and the count of eigenvalues clipped at zero."""
-        parts, clipped = [], 0
+                on_batch: BatchCallback | None = None) -> tuple[SampleRows | PairedRows, int, LogDetTally]:
+        """The rows of these samples, the count of eigenvalues clipped at zero and which
+        log-determinant path gave how many samples."""
+        parts, clipped, tally = [], 0, LogDetTally()
         for member in self.members:
             latents = member.latents(segments)
-            terms = member.terms(latents, indices, self.scales, log)
+            terms = member.terms(latents, indices, self.scales, log, self.every_eigenvalue)
             if on_batch is not None and not self.paired:
                 on_batch(indices, latents, terms)
             clipped += terms.clipped_eigenvalues
+            if terms.log_det is not None:
+                tally.add(terms.log_det)
             parts.append(SampleRows.from_terms(terms, self.scales))
         if not self.paired:
-            return parts[0], clipped
-        return PairedRows(tuple(parts), self.pairs, self.names, self.combinations), clipped
+            return parts[0], clipped, tally
+        return PairedRows(tuple(parts), self.pairs, self.names, self.combinations), clipped, tally
 
     def identity(self) -> dict:
         """The decoders' part of the settings a checkpoint must share with its resumption."""
