@@ -5,7 +5,7 @@ choice of Jacobian method: stacked where an independent AD reference agrees, els
 from __future__ import annotations
 
 import math
-from contextlib import nullcontext
+from contextlib import ExitStack, nullcontext
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -15,6 +15,7 @@ from genentropy_cli.core.activations import activation_bytes_per_row
 from genentropy_cli.core.jacobian import (
     DecoderFn,
     copy_with_fresh_torchscript,
+    differentiable_attention,
     flat_decoder,
     fresh_torchscript_copy,
     is_torchscript,
@@ -65,8 +66,15 @@ class PreparedDecoder:
     workspace: Workspace = field(default_factory=Workspace, repr=False)
     """The float64 buffer the Gram step reuses from batch to batch."""
 
-    def context(self):
-        return torchscript_safe() if self.torchscript else nullcontext()
+    def context(self, method: str | None = None):
+        """TorchScript without its optimising executor; for torch.func's methods (``method``, else
+        the chosen one) attention by its math backend (``differentiable_attention``)."""
+        stack = ExitStack()
+        if self.torchscript:
+            stack.enter_context(torchscript_safe())
+        if (method or self.jacobian_method) != "stacked":
+            stack.enter_context(differentiable_attention())
+        return stack
 
     def flat(self) -> DecoderFn:
         return flat_decoder(self.function, self.latent.shape)
@@ -89,7 +97,8 @@ class PreparedDecoder:
             except UnsupportedOperation as error:
                 self.jacobian_method = fallback_method(self)
                 self.method_note = f"stacked method left mid-run: {error}"
-                return JACOBIAN_METHODS[self.jacobian_method](self.flat(), inputs, tangent_chunk, with_outputs=True)
+        with self.context():
+            return JACOBIAN_METHODS[self.jacobian_method](self.flat(), inputs, tangent_chunk, with_outputs=True)
 
 
 def private_copy(decoder: Any, device: torch.device, dtype: torch.dtype) -> tuple[Any, bool]:
@@ -223,7 +232,7 @@ def _torch_func_method(prepared: PreparedDecoder, columns: int) -> tuple[str, to
     latents."""
     probe, flat = _probe_latents(prepared), prepared.flat()
     failure: Exception | None = None
-    with prepared.context():
+    with prepared.context(method="vmap"):
         for method in FALLBACK_ORDER:
             try:
                 return method, JACOBIAN_METHODS[method](flat, probe, tangent_chunk=columns, max_columns=columns)
@@ -254,7 +263,7 @@ def _choose_jacobian_method(prepared: PreparedDecoder) -> str:
     columns = min(prepared.latent.dim, STACKED_PROBE_COLUMNS)
     probe, flat = _probe_latents(prepared), prepared.flat()
     tolerance = stacked_tolerance(prepared.dtype)
-    with prepared.context():
+    with prepared.context(method="stacked"):
         try:
             stacked, _, row_bytes = stacked_jacobian_profiled(flat, probe, columns, max_columns=columns)
         except UnsupportedOperation as error:

@@ -80,6 +80,20 @@ def torchscript_safe() -> Iterator[None]:
         yield
 
 
+@contextmanager
+def differentiable_attention() -> Iterator[None]:
+    """``F.scaled_dot_product_attention`` by its math backend (matmuls and a softmax): the fused
+    kernels it picks otherwise (on a CPU, flash attention) have no forward-mode derivative, so
+    torch.func's methods fail on attention blocks such as diffusers' VAE mid-block."""
+    try:
+        from torch.nn.attention import SDPBackend, sdpa_kernel
+    except ImportError:  # torch without the switch: nothing to change
+        yield
+        return
+    with sdpa_kernel([SDPBackend.MATH]):
+        yield
+
+
 def flat_decoder(decoder: DecoderFn, latent_shape: tuple[int, ...]) -> DecoderFn:
     """Wrap ``decoder`` to map flat (B, d) latents to flat (B, D) outputs."""
 

@@ -90,7 +90,7 @@ def inspect_model(resolved: ResolvedModel, device: str = "auto", dtype: str = "f
             compute_sample_terms(prepared, stream.range(start, min(probe_latents, start + INSPECT_PROBE_BATCH)), [scale])
             for start in range(0, probe_latents, INSPECT_PROBE_BATCH)])
         per_sample = forward_seconds_per_sample(prepared, stream.range(0, timing_batch))
-        with prepared.context():
+        with prepared.context(method="forward-mode"):
             collapse = radial_collapse(prepared.flat(), stream.range(0, probe_latents).to(
                 device=torch_device, dtype=torch_dtype))
     singular_values = terms.eigenvalues.clamp_min(0.0).sqrt()  # (k, d), ascending

@@ -66,7 +66,7 @@ class DecoderWork:
         prepared = (prepare_decoder(decoder, spec, device, dtype) if computed is None
                     else prepare_decoder(computed, spec, device, dtype, copy=False))
         stream = LatentStream(spec, seed)
-        with prepared.context():
+        with prepared.context(method="forward-mode"):
             collapse = radial_collapse(prepared.flat(), stream.range(0, INVARIANCE_PROBE_LATENTS).to(
                 device=device, dtype=dtype))
         return cls(decoder, spec, int(seed), prepared, stream,
