@@ -29,6 +29,7 @@ import torch
 from genentropy_cli.core.stacked_operands import (
     StackedMode,
     UnsupportedOperation,
+    has_equal_blocks,
     has_equal_rows,
     is_discrete,
     only_first_stacked,
@@ -38,6 +39,7 @@ from genentropy_cli.core.stacked_operands import (
 )
 from genentropy_cli.core.stacked_operands import dim_index as _dim
 from genentropy_cli.core.stacked_operands import row_free as _row_free
+from genentropy_cli.core.stacked_rules_attention import ATTENTION_RULES
 from genentropy_cli.core.stacked_rules_folded import FOLDED_RULES, folded_convolution, is_folded
 from genentropy_cli.core.stacked_rules_index import INDEX_RULES
 from genentropy_cli.core.stacked_rules_norms import NORM_RULES
@@ -113,12 +115,14 @@ def _mm(mode, func, args, kwargs):
 
 def _bmm(mode, func, args, kwargs):
     """bmm with one constant operand that is the same matrix for every row (an expanded weight,
-    as matmul makes of (N, L, C) @ W): linear in the stacked one. Of two stacked operands (attention's
+    as matmul makes of (N, L, C) @ W), or the same m matrices for each stacked row carried in m
+    rows (a broadcast grid): linear in the stacked one. Of two stacked operands (attention's
     q k^T), the product rule as torch's jvp has it: d(A B) = dA B + A dB."""
     first, second = args[0], args[1]
     if mode.is_stacked(first) != mode.is_stacked(second):
-        constant = second if mode.is_stacked(first) else first
-        if _row_free(constant, 3):
+        constant, stacked = (second, first) if mode.is_stacked(first) else (first, second)
+        if _row_free(constant, 3) or (constant.shape[0] == stacked.shape[0] and has_equal_blocks(
+                constant, mode.primal_rows * (mode.slots + 1))):  # the same m matrices for every stacked row
             return mode.mark(func(first, second))
         raise UnsupportedOperation("bmm with a different matrix per row")
     if mode.multiplicity(first) != mode.multiplicity(second):
@@ -291,9 +295,9 @@ RULES: dict[Any, Callable] = {
     aten.add: takes(_linear_combination, discrete=True), aten.sub: takes(_linear_combination, discrete=True),
     aten.mul: takes(_scaling, discrete=True), aten.div: takes(_scaling, discrete=True),
     # nonlinear but row by row
-    aten._softmax: rowwise, aten._log_softmax: rowwise, aten.max_pool2d_with_indices: rowwise,
-    aten.constant_pad_nd: rowwise,
-    **NORM_RULES,  # layer and group norm in closed form
+    aten._softmax: rowwise, aten._log_softmax: rowwise, aten._safe_softmax: rowwise, aten.max_pool2d_with_indices: rowwise,
+    **NORM_RULES,  # layer and group norm in closed form, vector norms
+    **ATTENTION_RULES,  # fused scaled dot-product attention
     # new axes, selections, indexing, bin searches, fresh constants
     **INDEX_RULES, **FOLDED_RULES,
 }
