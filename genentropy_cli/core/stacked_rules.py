@@ -5,9 +5,10 @@
     y = A x + b (bias, eval-mode batch norm)        ->  A S, then + b on the primal rows only
     y = f(x, ...) pointwise                          ->  f(P) on the primal rows,
                                                          f'(P) * T_j on tangent slot j
-    y = g(x) row-wise (softmax, pool, pad)           ->  torch.func.jvp of g, slot by slot
-    y = layer or group norm of x                     ->  closed form, all slots at once
+    y = g(x) row-wise (softmax, pool)                ->  torch.func.jvp of g, slot by slot
+    y = layer or group norm of x, ||x||_p            ->  closed form, all slots at once
     y = A B, both stacked (attention's bmm)          ->  P_A P_B; T_A,j P_B + P_A T_B,j
+    y = softmax(scale Q K^T + M) V (fused attention) ->  closed form, all slots at once
 
 A rule is ``rule(mode, func, args, kwargs)``: ``mode`` (a ``StackedMode``) tells stacked tensors
 from constants and lays rows out; the rule returns the op's result with its stacked outputs
@@ -15,7 +16,8 @@ marked (``mode.mark``), or raises ``UnsupportedOperation`` where the op would mi
 an op is one entry in ``RULES`` (or a name in ``ELEMENTWISE`` for an activation torch does not
 tag pointwise). This module is the registry and holds the rules of linear maps and moves within
 rows; the others are by kind in ``stacked_rules_pointwise`` (elementwise, row-wise),
-``stacked_rules_norms`` (layer and group norm in closed form), ``stacked_rules_index`` (new axes,
+``stacked_rules_norms`` (layer and group norm, vector norms in closed form),
+``stacked_rules_attention`` (fused scaled dot-product attention), ``stacked_rules_index`` (new axes,
 indexing, gathers, writes, bin searches, fresh constants) and
 ``stacked_rules_folded`` (a batch folded into the channels: StyleGAN2's grouped convolution).
 """
@@ -73,7 +75,8 @@ def _structural(dim_positions: tuple[int, ...] = (), dim_lists: tuple[int, ...] 
         for position in dim_lists:
             dims = args[position] if position < len(args) else None
             if dims is None or (isinstance(dims, (list, tuple)) and not dims):
-                raise UnsupportedOperation(f"{name} over all dimensions")
+                raise UnsupportedOperation(f"{name} over all dimensions, the batch's included (it mixes the rows "
+                                           "of a batch)")
             if any(_dim(d, ndim) == 0 for d in ([dims] if isinstance(dims, int) else dims)):
                 raise UnsupportedOperation(f"{name} along the batch dimension")
         if any(isinstance(leaf, torch.Tensor) and not mode.is_stacked(leaf) for leaf in operand_leaves(args)):

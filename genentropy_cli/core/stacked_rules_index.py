@@ -1,6 +1,6 @@
 """The stacked-tangent rules of ops that move, pick or make values within rows (``stacked_rules``
-holds the registry): new axes, stacking, expanding, selecting, indexing, gathering, scattering,
-bin searches and fresh constants.
+holds the registry): new axes, stacking, expanding, repeating, selecting, indexing, gathering,
+scattering, constant padding, bin searches and fresh constants.
 
 All but the last two are linear in the values they move (y = A x with A fixed by the indices):
 applied to all rows they are exact forward-mode AD, provided the batch dimension stays one
@@ -8,7 +8,9 @@ dimension of its own and the indices are the same for every row of a sample. Ind
 from the latent (a spline's bin) are discrete stacked tensors, the primal's on every row
 (``stacked_operands``). A bin search (``searchsorted``, ``bucketize``) is piecewise constant:
 its result is the primal's, replicated, and its derivative is zero. A fresh constant
-(``zeros_like``, ``new_empty``) of stacked rows is stacked, its tangent rows zero.
+(``zeros_like``, ``new_empty``) of stacked rows is stacked, its tangent rows zero; so is a
+constant made for the whole stacked batch (all rows equal) once a stacked value is written into
+it (StyleGAN3's ``eye(3).repeat([batch, 1, 1])`` filled from the latent).
 
 These rules follow the batch dimension where leading dimensions were put before it
 (``torch.stack((k, k + 1))`` of bin indices, then ``expand`` and ``gather`` of the knots, then

@@ -16,9 +16,9 @@ where n = 0, as torch's jvp has it; other orders go through torch.func.jvp (``ro
 
 from __future__ import annotations
 
-import torch
-
 import math
+
+import torch
 
 from genentropy_cli.core.stacked_operands import StackedMode, UnsupportedOperation, only_first_stacked
 from genentropy_cli.core.stacked_operands import dim_index as _dim
