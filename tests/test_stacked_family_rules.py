@@ -101,6 +101,13 @@ def fourier_features(x: torch.Tensor) -> torch.Tensor:
     return torch.sin(features * 2.5)
 
 
+def conditional_norm(x: torch.Tensor) -> torch.Tensor:
+    """BigGAN's conditional batch norm: a feature map times a per-channel scale computed from the
+    same latent (a product of two stacked tensors, broadcast), plus an offset."""
+    features, scale = x[:, :12].view(-1, 3, 2, 2), x[:, 12:15].view(-1, 3, 1, 1)
+    return (torch.tanh(features) - 0.1) * (1 + scale) + scale * scale
+
+
 class Attention(nn.Module):
     """Self-attention with F.scaled_dot_product_attention (as diffusers' VAE mid-block calls it),
     optionally with a mask, causal, a scale, or a key and value fixed (cross-attention to a constant)."""
@@ -136,6 +143,7 @@ CASES = {
     "constant-pad": lambda: Lifted(5, (2, 3, 2), padded),
     "constant-pad-folded": lambda: Lifted(5, (2, 3, 2), folded_padded),
     "vector-norm": lambda: Lifted(5, (6,), normalised),
+    "product-of-stacked": lambda: Lifted(5, (15,), conditional_norm),
     "written-constant": lambda: Lifted(5, (4,), rotation_matrices),
     "bmm-broadcast-grid": lambda: Lifted(5, (8,), fourier_features),
     "attention": lambda: Lifted(6, (5, 4), Attention()),

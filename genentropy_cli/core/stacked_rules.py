@@ -224,6 +224,19 @@ def _linear_combination(mode, func, args, kwargs):
     return out
 
 
+def _product(mode: StackedMode, first: torch.Tensor, second: torch.Tensor) -> torch.Tensor:
+    """a * b, both stacked (BigGAN's conditional batch norm: x times a scale computed from z):
+    P_a P_b on the primal rows, T_a,j P_b + P_a T_b,j on slot j (the product rule, all slots at once)."""
+    left, right = mode.primal(first), mode.primal(second)
+    primal_out = left * right
+    out = primal_out.new_empty((primal_out.shape[0] * (mode.slots + 1), *primal_out.shape[1:]))
+    out[: primal_out.shape[0]] = primal_out
+    tangents = out[primal_out.shape[0]:].view(mode.slots, *primal_out.shape)
+    torch.mul(mode.tangents(first), right, out=tangents)
+    tangents.addcmul_(left, mode.tangents(second))
+    return mode.mark(out)
+
+
 def _scaling(mode, func, args, kwargs):
     """mul/div by a constant: linear in the stacked operand."""
     args = with_shared_rows(mode, args)
@@ -233,6 +246,9 @@ def _scaling(mode, func, args, kwargs):
     if mode.is_stacked(first) and not mode.is_stacked(second) and _row_free(second, first.dim()):
         if torch.broadcast_shapes(first.shape, getattr(second, "shape", ())) == first.shape:
             return mode.mark(func(*args, **kwargs))
+    if (func.overloadpacket is aten.mul and mode.is_stacked(first) and mode.is_stacked(second)
+            and mode.multiplicity(first) == mode.multiplicity(second) and first.dim() == second.dim()):
+        return _product(mode, first, second)
     if (func.overloadpacket is aten.mul and mode.is_stacked(second) and not mode.is_stacked(first)
             and _row_free(first, second.dim())
             and torch.broadcast_shapes(second.shape, getattr(first, "shape", ())) == second.shape):
