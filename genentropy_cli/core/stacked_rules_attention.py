@@ -70,10 +70,20 @@ def attention(mode: StackedMode, func, args, kwargs):
         raise UnsupportedOperation(f"{name} with a mask computed from the latent, or a constant that differs per row")
     if min(query.dim(), key.dim()) >= 4 and 1 not in (query.shape[-3], key.shape[-3]) and query.shape[-3] != key.shape[-3]:
         raise UnsupportedOperation(f"{name} with grouped-query heads")
-    primal = [mode.primal(tensor) if mode.is_stacked(tensor) else tensor for tensor in (query, key, value)]
-    result = func(*[mode.primal(arg) if mode.is_stacked(arg) else arg for arg in args], **kwargs)
+    width = mode.primal_rows * mode.multiplicity(stacked[0])
+
+    def at_primal(value: Any) -> Any:
+        """A stacked operand's primal rows; a constant expanded to every row, as many rows as they."""
+        if mode.is_stacked(value):
+            return mode.primal(value)
+        if isinstance(value, torch.Tensor) and value.dim() == ndim and value.shape[0] > 1:
+            return value[:1].expand(width, *value.shape[1:])
+        return value
+
+    result = func(*[at_primal(arg) for arg in args], **{key_: at_primal(arg) for key_, arg in kwargs.items()})
     primal_out = result[0]
-    q, k, v = primal
+    q, k, v = (at_primal(tensor) for tensor in (query, key, value))
+    mask = at_primal(mask)
     scale = options.get("scale") or q.shape[-1] ** -0.5
     scores = torch.matmul(q, k.transpose(-2, -1)).mul_(scale)
     additive = _scores_mask(mask, bool(options.get("is_causal")), q.shape[-2], k.shape[-2], scores)
