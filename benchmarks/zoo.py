@@ -393,16 +393,22 @@ BENCHMARK_BATCH = 256
 
 
 def measure(name: str, form: str, folder: Path, device: torch.device, rounds: int, batch: int | None = None) -> dict:
-    """One row of the zoo table: the method the engine chose (and why not stacked), its Jacobian's
-    ms per sample in float32 at the engine's planned batch, at most ``batch`` (default
-    ``BENCHMARK_BATCH``), and tangent chunk, and
-    its ratio to the floor: one plain forward pass of the same decoder over the (d + 1) B rows
-    the Jacobian needs."""
+    """One row of the zoo table: ``time_decoder`` of the architecture in ``form``."""
     row = {"architecture": name, "form": form}
     try:
         _, decoder, spec = produce(name, form, folder, torch.float32)
     except FormUnavailable as error:
         return {**row, "method": "form unavailable", "reason": str(error)}
+    return {**row, **time_decoder(decoder, spec, device, rounds, batch)[0]}
+
+
+def time_decoder(decoder, spec: LatentSpec, device: torch.device, rounds: int,
+                 batch: int | None = None) -> tuple[dict, "object", torch.Tensor]:
+    """The method the engine chose for ``decoder`` (and why not stacked), its Jacobian's ms per
+    sample in float32 at the engine's planned batch, at most ``batch`` (default
+    ``BENCHMARK_BATCH``), and tangent chunk, and its ratio to the floor: one plain forward pass of
+    the same decoder over the (d + 1) B rows the Jacobian needs. Also returns the prepared
+    decoder and the last Jacobian (d, B, D)."""
     with strict_float32():
         prepared = prepare_decoder(decoder, spec, device, torch.float32)
         plan = plan_for(prepared)
@@ -410,17 +416,22 @@ def measure(name: str, form: str, folder: Path, device: torch.device, rounds: in
         latents = LatentStream(spec, seed=0).range(0, batch)
         rows = torch.cat([latents] * (spec.dim + 1)).to(device=device, dtype=torch.float32)
         rows = rows.reshape(-1, *spec.shape)
+        last = {}
 
         def floor() -> None:
             with torch.no_grad(), prepared.context():
                 prepared.function(rows)
 
-        best = _best_seconds({"floor": floor, "engine": lambda: prepared.jacobian(latents, chunk)}, rounds, device)
-    (engine, engine_cpu), (floor_wall, floor_cpu) = best["engine"], best["floor"]
-    return {**row, "method": prepared.jacobian_method, "reason": prepared.method_note, "latent_dim": spec.dim,
-            "output_dim": prepared.output_dim, "batch": batch, "chunk": chunk, "ms_per_sample": engine * 1e3 / batch,
-            "floor_ms_per_sample": floor_wall * 1e3 / batch, "x_floor": engine / floor_wall,
-            "x_floor_cpu_time": engine_cpu / floor_cpu}
+        def engine() -> None:
+            last["columns"] = prepared.jacobian(latents, chunk)[0]
+
+        best = _best_seconds({"floor": floor, "engine": engine}, rounds, device)
+    (engine_wall, engine_cpu), (floor_wall, floor_cpu) = best["engine"], best["floor"]
+    return ({"method": prepared.jacobian_method, "reason": prepared.method_note, "latent_dim": spec.dim,
+             "output_dim": prepared.output_dim, "batch": batch, "chunk": chunk,
+             "ms_per_sample": engine_wall * 1e3 / batch, "floor_ms_per_sample": floor_wall * 1e3 / batch,
+             "x_floor": engine_wall / floor_wall, "x_floor_cpu_time": engine_cpu / floor_cpu},
+            prepared, last["columns"])
 
 
 def zoo_section(device: torch.device, rounds: int = 3, batch: int | None = None) -> dict:

@@ -18,6 +18,7 @@ from typing import Callable, Iterator
 
 import torch
 from torch.func import jvp, vmap
+from torch.nn.attention import SDPBackend, sdpa_kernel
 
 __all__ = [
     "DecoderFn",
@@ -177,10 +178,12 @@ def reverse_mode_columns(flat_fn: DecoderFn, latents: torch.Tensor, max_columns:
 
     Double-vjp identity: g(w) = J^T w is linear in w, so the vjp of g with cotangent e_j is
     J e_j. For a decoder that treats rows independently, one pass serves every row. Exact (the
-    same derivative formulas, by the chain rule); needs ops with double backward.
+    same derivative formulas, by the chain rule); needs ops with double backward. Fused attention
+    kernels (``F.scaled_dot_product_attention`` on a CPU: flash) have none, so attention runs in
+    its math form here: the same function, computed by another kernel.
     """
     inputs = latents.detach().requires_grad_(True)
-    with torch.enable_grad():
+    with torch.enable_grad(), sdpa_kernel(SDPBackend.MATH):
         outputs = flat_fn(inputs)
         weights = torch.zeros_like(outputs, requires_grad=True)
         # scalar objectives: an explicit grad_outputs tensor makes autograd import sympy (0.4 s)

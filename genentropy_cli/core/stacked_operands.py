@@ -25,7 +25,7 @@ from typing import Any, Callable, ContextManager, Protocol
 import torch
 
 __all__ = [
-    "StackedMode", "UnsupportedOperation", "dim_index", "has_equal_rows", "is_discrete", "only_first_stacked",
+    "StackedMode", "UnsupportedOperation", "dim_index", "has_equal_blocks", "has_equal_rows", "is_discrete", "only_first_stacked",
     "operand_leaves", "row_free", "shared_row", "takes", "with_shared_rows",
 ]
 
@@ -76,6 +76,14 @@ def row_free(value: Any, ndim: int) -> bool:
 def has_equal_rows(value: torch.Tensor) -> bool:
     """Every row of ``value`` (along dim 0) equals the first, by value."""
     return value.stride(0) == 0 or torch.equal(value, value[:1].expand_as(value))
+
+
+def has_equal_blocks(value: torch.Tensor, blocks: int) -> bool:
+    """A constant (1, N c, ...) or (N c, ...) whose N blocks of c are all equal (a weight or input
+    shared by every sample, folded like the batch; a constant broadcast against stacked rows
+    that carry each row in c consecutive rows, as matmul's broadcast makes of StyleGAN3's grid)."""
+    flat = value.reshape(blocks, -1)
+    return bool(flat.stride(0) == 0 or torch.equal(flat, flat[:1].expand_as(flat)))
 
 
 def shared_row(value: Any, rows: int) -> Any:

@@ -5,9 +5,10 @@
     y = A x + b (bias, eval-mode batch norm)        ->  A S, then + b on the primal rows only
     y = f(x, ...) pointwise                          ->  f(P) on the primal rows,
                                                          f'(P) * T_j on tangent slot j
-    y = g(x) row-wise (softmax, pool, pad)           ->  torch.func.jvp of g, slot by slot
-    y = layer or group norm of x                     ->  closed form, all slots at once
+    y = g(x) row-wise (softmax, pool)                ->  torch.func.jvp of g, slot by slot
+    y = layer or group norm of x, ||x||_p            ->  closed form, all slots at once
     y = A B, both stacked (attention's bmm)          ->  P_A P_B; T_A,j P_B + P_A T_B,j
+    y = softmax(scale Q K^T + M) V (fused attention) ->  closed form, all slots at once
 
 A rule is ``rule(mode, func, args, kwargs)``: ``mode`` (a ``StackedMode``) tells stacked tensors
 from constants and lays rows out; the rule returns the op's result with its stacked outputs
@@ -15,7 +16,8 @@ marked (``mode.mark``), or raises ``UnsupportedOperation`` where the op would mi
 an op is one entry in ``RULES`` (or a name in ``ELEMENTWISE`` for an activation torch does not
 tag pointwise). This module is the registry and holds the rules of linear maps and moves within
 rows; the others are by kind in ``stacked_rules_pointwise`` (elementwise, row-wise),
-``stacked_rules_norms`` (layer and group norm in closed form), ``stacked_rules_index`` (new axes,
+``stacked_rules_norms`` (layer and group norm, vector norms in closed form),
+``stacked_rules_attention`` (fused scaled dot-product attention), ``stacked_rules_index`` (new axes,
 indexing, gathers, writes, bin searches, fresh constants) and
 ``stacked_rules_folded`` (a batch folded into the channels: StyleGAN2's grouped convolution).
 """
@@ -29,6 +31,7 @@ import torch
 from genentropy_cli.core.stacked_operands import (
     StackedMode,
     UnsupportedOperation,
+    has_equal_blocks,
     has_equal_rows,
     is_discrete,
     only_first_stacked,
@@ -38,6 +41,7 @@ from genentropy_cli.core.stacked_operands import (
 )
 from genentropy_cli.core.stacked_operands import dim_index as _dim
 from genentropy_cli.core.stacked_operands import row_free as _row_free
+from genentropy_cli.core.stacked_rules_attention import ATTENTION_RULES
 from genentropy_cli.core.stacked_rules_folded import FOLDED_RULES, folded_convolution, is_folded
 from genentropy_cli.core.stacked_rules_index import INDEX_RULES
 from genentropy_cli.core.stacked_rules_norms import NORM_RULES
@@ -71,7 +75,8 @@ def _structural(dim_positions: tuple[int, ...] = (), dim_lists: tuple[int, ...] 
         for position in dim_lists:
             dims = args[position] if position < len(args) else None
             if dims is None or (isinstance(dims, (list, tuple)) and not dims):
-                raise UnsupportedOperation(f"{name} over all dimensions")
+                raise UnsupportedOperation(f"{name} over all dimensions, the batch's included (it mixes the rows "
+                                           "of a batch)")
             if any(_dim(d, ndim) == 0 for d in ([dims] if isinstance(dims, int) else dims)):
                 raise UnsupportedOperation(f"{name} along the batch dimension")
         if any(isinstance(leaf, torch.Tensor) and not mode.is_stacked(leaf) for leaf in operand_leaves(args)):
@@ -113,12 +118,14 @@ def _mm(mode, func, args, kwargs):
 
 def _bmm(mode, func, args, kwargs):
     """bmm with one constant operand that is the same matrix for every row (an expanded weight,
-    as matmul makes of (N, L, C) @ W): linear in the stacked one. Of two stacked operands (attention's
+    as matmul makes of (N, L, C) @ W), or the same m matrices for each stacked row carried in m
+    rows (a broadcast grid): linear in the stacked one. Of two stacked operands (attention's
     q k^T), the product rule as torch's jvp has it: d(A B) = dA B + A dB."""
     first, second = args[0], args[1]
     if mode.is_stacked(first) != mode.is_stacked(second):
-        constant = second if mode.is_stacked(first) else first
-        if _row_free(constant, 3):
+        constant, stacked = (second, first) if mode.is_stacked(first) else (first, second)
+        if _row_free(constant, 3) or (constant.shape[0] == stacked.shape[0] and has_equal_blocks(
+                constant, mode.primal_rows * (mode.slots + 1))):  # the same m matrices for every stacked row
             return mode.mark(func(first, second))
         raise UnsupportedOperation("bmm with a different matrix per row")
     if mode.multiplicity(first) != mode.multiplicity(second):
@@ -217,6 +224,19 @@ def _linear_combination(mode, func, args, kwargs):
     return out
 
 
+def _product(mode: StackedMode, first: torch.Tensor, second: torch.Tensor) -> torch.Tensor:
+    """a * b, both stacked (BigGAN's conditional batch norm: x times a scale computed from z):
+    P_a P_b on the primal rows, T_a,j P_b + P_a T_b,j on slot j (the product rule, all slots at once)."""
+    left, right = mode.primal(first), mode.primal(second)
+    primal_out = left * right
+    out = primal_out.new_empty((primal_out.shape[0] * (mode.slots + 1), *primal_out.shape[1:]))
+    out[: primal_out.shape[0]] = primal_out
+    tangents = out[primal_out.shape[0]:].view(mode.slots, *primal_out.shape)
+    torch.mul(mode.tangents(first), right, out=tangents)
+    tangents.addcmul_(left, mode.tangents(second))
+    return mode.mark(out)
+
+
 def _scaling(mode, func, args, kwargs):
     """mul/div by a constant: linear in the stacked operand."""
     args = with_shared_rows(mode, args)
@@ -226,6 +246,9 @@ def _scaling(mode, func, args, kwargs):
     if mode.is_stacked(first) and not mode.is_stacked(second) and _row_free(second, first.dim()):
         if torch.broadcast_shapes(first.shape, getattr(second, "shape", ())) == first.shape:
             return mode.mark(func(*args, **kwargs))
+    if (func.overloadpacket is aten.mul and mode.is_stacked(first) and mode.is_stacked(second)
+            and mode.multiplicity(first) == mode.multiplicity(second) and first.dim() == second.dim()):
+        return _product(mode, first, second)
     if (func.overloadpacket is aten.mul and mode.is_stacked(second) and not mode.is_stacked(first)
             and _row_free(first, second.dim())
             and torch.broadcast_shapes(second.shape, getattr(first, "shape", ())) == second.shape):
@@ -291,9 +314,9 @@ RULES: dict[Any, Callable] = {
     aten.add: takes(_linear_combination, discrete=True), aten.sub: takes(_linear_combination, discrete=True),
     aten.mul: takes(_scaling, discrete=True), aten.div: takes(_scaling, discrete=True),
     # nonlinear but row by row
-    aten._softmax: rowwise, aten._log_softmax: rowwise, aten.max_pool2d_with_indices: rowwise,
-    aten.constant_pad_nd: rowwise,
-    **NORM_RULES,  # layer and group norm in closed form
+    aten._softmax: rowwise, aten._log_softmax: rowwise, aten._safe_softmax: rowwise, aten.max_pool2d_with_indices: rowwise,
+    **NORM_RULES,  # layer and group norm in closed form, vector norms
+    **ATTENTION_RULES,  # fused scaled dot-product attention
     # new axes, selections, indexing, bin searches, fresh constants
     **INDEX_RULES, **FOLDED_RULES,
 }

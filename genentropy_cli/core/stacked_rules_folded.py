@@ -18,7 +18,7 @@ from typing import Any, Callable
 
 import torch
 
-from genentropy_cli.core.stacked_operands import StackedMode, UnsupportedOperation, takes
+from genentropy_cli.core.stacked_operands import StackedMode, UnsupportedOperation, has_equal_blocks, takes
 
 __all__ = ["FOLDED_RULES", "folded_convolution", "is_folded"]
 
@@ -48,13 +48,6 @@ def _reshape(mode: StackedMode, func, args, kwargs):
     return mode.mark(result, position)
 
 
-def _equal_blocks(value: torch.Tensor, blocks: int) -> bool:
-    """A constant (1, N c, ...) or (N c, ...) whose N blocks of c are all equal (a weight or input
-    shared by every sample, folded like the batch)."""
-    flat = value.reshape(blocks, -1)
-    return bool(flat.stride(0) == 0 or torch.equal(flat, flat[:1].expand_as(flat)))
-
-
 def folded_convolution(mode: StackedMode, func, args, kwargs):
     """A grouped convolution of a folded input (1, N C, ...) with per-row weights (N O, C/g, ...)
     in N g groups (or one of the two shared by every row): the product rule, group by group."""
@@ -65,9 +58,9 @@ def folded_convolution(mode: StackedMode, func, args, kwargs):
     if mode.is_stacked(bias) or groups % rows or (mode.is_stacked(source) and (
             source.shape[0] != 1 or mode.lead(source) != 1)) or (mode.is_stacked(weight) and mode.lead(weight)):
         raise UnsupportedOperation("convolution with a stacked weight other than a grouped one over a folded batch")
-    if not mode.is_stacked(source) and not (source.shape[0] == 1 and _equal_blocks(source, rows)):
+    if not mode.is_stacked(source) and not (source.shape[0] == 1 and has_equal_blocks(source, rows)):
         raise UnsupportedOperation("convolution of a constant input that differs per row")
-    if not all(_equal_blocks(value, rows) for value in (weight, bias) if value is not None and not mode.is_stacked(value)):
+    if not all(has_equal_blocks(value, rows) for value in (weight, bias) if value is not None and not mode.is_stacked(value)):
         raise UnsupportedOperation("convolution with a folded weight or bias that differs per row")
     primal_groups, slots = groups // rows * mode.primal_rows, mode.slots
     rest = list(args[3:])

@@ -1,6 +1,6 @@
 """The stacked-tangent rules of ops that move, pick or make values within rows (``stacked_rules``
-holds the registry): new axes, stacking, expanding, selecting, indexing, gathering, scattering,
-bin searches and fresh constants.
+holds the registry): new axes, stacking, expanding, repeating, selecting, indexing, gathering,
+scattering, constant padding, bin searches and fresh constants.
 
 All but the last two are linear in the values they move (y = A x with A fixed by the indices):
 applied to all rows they are exact forward-mode AD, provided the batch dimension stays one
@@ -8,7 +8,9 @@ dimension of its own and the indices are the same for every row of a sample. Ind
 from the latent (a spline's bin) are discrete stacked tensors, the primal's on every row
 (``stacked_operands``). A bin search (``searchsorted``, ``bucketize``) is piecewise constant:
 its result is the primal's, replicated, and its derivative is zero. A fresh constant
-(``zeros_like``, ``new_empty``) of stacked rows is stacked, its tangent rows zero.
+(``zeros_like``, ``new_empty``) of stacked rows is stacked, its tangent rows zero; so is a
+constant made for the whole stacked batch (all rows equal) once a stacked value is written into
+it (StyleGAN3's ``eye(3).repeat([batch, 1, 1])`` filled from the latent).
 
 These rules follow the batch dimension where leading dimensions were put before it
 (``torch.stack((k, k + 1))`` of bin indices, then ``expand`` and ``gather`` of the knots, then
@@ -116,6 +118,15 @@ def _expand_lead(mode, func, args, lead: int) -> int:
     return lead + extra
 
 
+def _repeat_lead(mode, func, args, lead: int) -> int:
+    """repeat: tiles within rows (new leading dimensions allowed), never along the batch dimension."""
+    source, repeats = args[0], list(args[1])
+    extra = len(repeats) - source.dim()
+    if extra < 0 or repeats[extra + lead] != 1:
+        raise _batch_dim_error(func)
+    return lead + extra
+
+
 def _same_lead(mode, func, args, lead: int) -> int:
     return lead
 
@@ -210,13 +221,33 @@ def _primal_search(mode, func, args, kwargs):
     return mode.replicate(mode.mark(out))
 
 
+def _adopted(mode: StackedMode, target: torch.Tensor) -> bool:
+    """Make a constant that a stacked value is written into stacked, where that is exact: a float
+    tensor made for the whole stacked batch, one row per stacked row and all rows equal (StyleGAN3's
+    ``eye(3).repeat([batch, 1, 1])``, then ``m[:, 0, 0] = t[:, 0]``), written through a view that
+    keeps its rows. Its tangent rows become zeros (a constant has no derivative) before the write."""
+    base = target if target._base is None else target._base
+    rows = mode.primal_rows * (mode.slots + 1)
+    if not (target.is_floating_point() and base.dtype == target.dtype and target.dim() and base.dim()
+            and target.shape[0] == base.shape[0] == rows and target.stride(0) == base.stride(0)
+            and 0 <= target.storage_offset() - base.storage_offset() < base.stride(0) and has_equal_rows(base)):
+        return False
+    mode.zero_tangents(mode.mark(base))
+    mode.mark(target)
+    return True
+
+
 def _write(mode, func, args, kwargs):
     """fill_ / zero_ / copy_ into stacked rows: a stacked source (laid out alike) on every row; a
-    constant on the primal rows, zeros (no derivative) on the tangent rows."""
+    constant on the primal rows, zeros (no derivative) on the tangent rows. A stacked source
+    written into a constant made for the whole batch makes it stacked (``_adopted``)."""
     target = args[0]
+    source = args[1] if len(args) > 1 else None
+    if (not mode.is_stacked(target) and mode.is_stacked(source) and not mode.lead(source)
+            and mode.multiplicity(source) == 1 and _adopted(mode, target)):
+        return func(*args, **kwargs)
     if not mode.is_stacked(target) or mode.lead(target):
         raise UnsupportedOperation(f"{func.overloadpacket.__name__} into a constant")
-    source = args[1] if len(args) > 1 else None
     if mode.is_stacked(source):
         if (mode.lead(source), mode.multiplicity(source), is_discrete(source)) != (0, mode.multiplicity(target),
                                                                                   is_discrete(target)):
@@ -228,6 +259,21 @@ def _write(mode, func, args, kwargs):
         return func(*args, **kwargs)
     func(target[: mode.primal_rows * mode.multiplicity(target)], *args[1:], **kwargs)
     return mode.zero_tangents(target)
+
+
+def _constant_pad(mode, func, args, kwargs):
+    """constant_pad_nd(x, pad, value) off the batch dimension: x's values moved within rows (linear),
+    plus ``value`` in the border on the primal rows only (the border's tangent is zero)."""
+    source = args[0]
+    pad, value = list(args[1]), args[2] if len(args) > 2 else kwargs.get("value", 0)
+    lead = mode.lead(source)
+    if is_discrete(source) or source.dim() - len(pad) // 2 <= lead:
+        raise UnsupportedOperation("constant_pad_nd along the batch dimension, or of an integer tensor")
+    out = mode.mark(func(source, pad, 0), lead)
+    if value:
+        width = mode.primal_rows * mode.multiplicity(source)
+        out.narrow(lead, 0, width).copy_(func(source.narrow(lead, 0, width), pad, value))
+    return out
 
 
 _RANDOM = frozenset({"rand_like", "randn_like", "randint_like"})
@@ -251,6 +297,7 @@ INDEX_RULES: dict[Any, Callable] = {
     aten.unsqueeze: _relaid(_unsqueeze_lead), aten.squeeze: _relaid(_squeeze_lead),
     aten.select: _relaid(_drop_lead), aten.unbind: _relaid(_drop_lead), aten.slice: _relaid(_slice_lead),
     aten.stack: _relaid(_stack_lead), aten.expand: _relaid(_expand_lead),
+    aten.repeat: _relaid(_repeat_lead), aten.constant_pad_nd: takes(_constant_pad, moved=True),
     aten.alias: _relaid(_same_lead), aten.detach: _relaid(_same_lead), aten.clone: _relaid(_same_lead),
     aten.index: takes(_index, discrete=True), aten.index_select: takes(_index_select, discrete=True),
     aten.gather: takes(_gather, discrete=True, moved=True),

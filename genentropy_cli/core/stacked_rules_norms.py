@@ -8,15 +8,23 @@ x_hat = (x - mean(x)) * rstd, and torch's forward-mode formula is
 
 then times the weight (the bias has no tangent). The primal's mean and rstd are the op's own
 outputs on the primal rows, returned as they are.
+
+A vector norm n = ||x||_p over dims within a row (StyleGAN3's rotation, n = ||t[:, :2]||) has,
+for a finite p >= 1, dn = sum(|x|^(p - 1) sign(x) t) / n^(p - 1) (p = 2: <x, t> / n), and 0
+where n = 0, as torch's jvp has it; other orders go through torch.func.jvp (``rowwise``).
 """
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 from genentropy_cli.core.stacked_operands import StackedMode, UnsupportedOperation, only_first_stacked
+from genentropy_cli.core.stacked_operands import dim_index as _dim
+from genentropy_cli.core.stacked_rules_pointwise import rowwise
 
-__all__ = ["NORM_RULES", "group_norm", "layer_norm"]
+__all__ = ["NORM_RULES", "group_norm", "layer_norm", "vector_norm"]
 
 aten = torch.ops.aten
 
@@ -77,5 +85,33 @@ def group_norm(mode: StackedMode, func, args, kwargs):
     return mode.mark(out), mean, rstd
 
 
-NORM_RULES = {aten.native_layer_norm: layer_norm, aten.native_group_norm: group_norm}
+def vector_norm(mode: StackedMode, func, args, kwargs):
+    """aten.linalg_vector_norm(x, ord, dim, keepdim, dtype) over dims off the batch dimension:
+    the module doc's closed form for a finite ord >= 1, else ``rowwise``."""
+    source = only_first_stacked(mode, args, kwargs, "vector norm")
+    order = float(args[1]) if len(args) > 1 else float(kwargs.get("ord", 2))
+    dims = args[2] if len(args) > 2 else kwargs.get("dim")
+    keepdim = args[3] if len(args) > 3 else kwargs.get("keepdim", False)
+    dims = [dims] if isinstance(dims, int) else dims
+    if not dims or any(_dim(dim, source.dim()) == 0 for dim in dims):
+        raise UnsupportedOperation("vector norm over the batch dimension")
+    if not (math.isfinite(order) and order >= 1):
+        return rowwise(mode, func, args, kwargs)
+    dims = [_dim(dim, source.dim()) - source.dim() for dim in dims]  # negative: the same on the (k, ...) tangents
+    primal = mode.primal(source)
+    primal_out = func(primal, *args[1:], **kwargs)
+    norm = primal_out if keepdim else primal_out.reshape(
+        [1 if index - primal.dim() in dims else size for index, size in enumerate(primal.shape)])
+    factor = primal.sign() if order == 1 else primal.abs().pow(order - 1).mul_(primal.sign()).div_(
+        norm.pow(order - 1).to(primal.dtype))
+    tangents = (mode.tangents(source) * factor).sum(dims, keepdim=keepdim).to(primal_out.dtype)
+    if order != 1:
+        tangents.masked_fill_(primal_out == 0, 0)
+    out, tangent_out = _stacked_output(mode, primal_out)
+    tangent_out.copy_(tangents)
+    return mode.mark(out)
+
+
+NORM_RULES = {aten.native_layer_norm: layer_norm, aten.native_group_norm: group_norm,
+              aten.linalg_vector_norm: vector_norm}
 """Rules by op, merged into ``stacked_rules.RULES``."""

@@ -188,7 +188,7 @@ def rowwise(mode: StackedMode, func, args, kwargs):
     torch.func.jvp of the op at the primal, vmapped over the k slots (layer and group norm have
     closed forms in ``stacked_rules_norms``)."""
     source = only_first_stacked(mode, args, kwargs, func.overloadpacket.__name__)
-    if func.overloadpacket in (aten._softmax, aten._log_softmax) and _dim(args[1], source.dim()) == 0:
+    if func.overloadpacket in (aten._softmax, aten._log_softmax, aten._safe_softmax) and _dim(args[1], source.dim()) == 0:
         raise UnsupportedOperation("softmax over the batch dimension")
     rest = args[1:]
 
