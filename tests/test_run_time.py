@@ -78,3 +78,18 @@ def test_no_note_with_the_real_threshold():
     estimate_entropy(torch.nn.Linear(3, 5).double(), make_latent_spec(3), n_samples=64, batch_size=8,
                      dtype="float64", log=notes.append)
     assert not [note for note in notes if note.startswith("expected run time")]
+
+
+@pytest.mark.parametrize("name, passes", [("mlp_small.safetensors", 1), ("cvae.safetensors", 10)])
+def test_inspect_predicts_the_default_run_from_the_forward_time(run_cli, name, passes):
+    report = run_cli("inspect", f"sample_models/{name}", "--probe-latents", "2", "--json").json()
+    predicted, dim = report["predicted_run_time"], report["model"]["latent_dim"]
+    method = report["jacobian_probe"]["jacobian_method"]
+    assert predicted["num_samples"] == 50_000 and predicted["passes"] == passes  # a conditional decoder: per class
+    floor = predicted_seconds_per_sample(report["forward_seconds_per_sample"], dim, method)
+    assert floor < predicted["seconds_per_sample"]  # plus the Gram step, measured apart
+    assert predicted["seconds"] == pytest.approx(predicted["seconds_per_sample"] * passes * 50_000)
+    assert (predicted["note"] is None) == (predicted["seconds"] <= LONG_RUN_SECONDS)
+    table = run_cli("inspect", f"sample_models/{name}", "--probe-latents", "2")
+    assert "predicted time for 50,000 samples" in table.stdout
+    assert ("estimate with the default -n: expected run time" in table.stderr) == (predicted["note"] is not None)
