@@ -1,7 +1,7 @@
 """Time to the first batch and whole wall time of ``genentropy estimate MODEL -n 200`` on each
 bundled model, two checkouts against each other in one interleaved run (issue 24).
 
-    python benchmarks/first_batch.py --before /work/main [--after .] [--rounds 1] [-n 200] [--json FILE]
+    python benchmarks/first_batch.py --before /work/main [--after .] [--rounds 1] [-n 200] [--threads T] [--json FILE]
 
 Each round runs ``python -c "import torch"`` (the reference) and, per model, both checkouts in
 fresh processes (``python -m genentropy_cli`` with PYTHONPATH set to the checkout; the order of
@@ -9,7 +9,8 @@ the two alternates from model to model and round to round, so a drift in the mac
 hits both alike). ``GENENTROPY_TRACE_STARTUP=1`` makes a run write the unix time its first batch
 starts (``genentropy_cli/run/trace.py``); "first batch" is that moment less the launch. One file
 per loader and architecture: the Table 3 VAEs (``vae-le-*``) are ``vae.safetensors``'s
-architecture and loader. A figure is the median over rounds.
+architecture and loader. A figure is the median over rounds. ``--threads``: OMP_NUM_THREADS for
+every process (on a machine other processes load, 1 avoids threads waiting on each other).
 """
 
 from __future__ import annotations
@@ -35,9 +36,9 @@ def models() -> list[str]:
                   if path.suffix in {".pt", ".pt2", ".pth", ".safetensors"} and not path.name.startswith("vae-le-"))
 
 
-def launch(arguments: list[str], pythonpath: str | None) -> tuple[float, float | None]:
+def launch(arguments: list[str], pythonpath: str | None, threads: str | None) -> tuple[float, float | None]:
     """(wall seconds, seconds from launch to the first batch or None) of one fresh process."""
-    environment = {**os.environ, "GENENTROPY_TRACE_STARTUP": "1"}
+    environment = {**os.environ, "GENENTROPY_TRACE_STARTUP": "1", **({"OMP_NUM_THREADS": threads} if threads else {})}
     if pythonpath is not None:
         environment["PYTHONPATH"] = pythonpath
     launched, started = time.time(), time.perf_counter()
@@ -56,18 +57,19 @@ def main() -> None:
     parser.add_argument("--after", default=str(ROOT), help="this checkout by default")
     parser.add_argument("--rounds", type=int, default=1)
     parser.add_argument("-n", default="200")
+    parser.add_argument("--threads", help="OMP_NUM_THREADS for every process")
     parser.add_argument("--json", help="also write the figures here")
     arguments = parser.parse_args()
     checkouts = {"before": arguments.before, "after": arguments.after}
     figures: dict = {"import torch": [], **{model: {name: [] for name in checkouts} for model in models()}}
     for number in range(arguments.rounds):
-        figures["import torch"].append(launch(["-c", "import torch"], None)[0])
+        figures["import torch"].append(launch(["-c", "import torch"], None, arguments.threads)[0])
         for position, model in enumerate(models()):
             order = list(checkouts) if (position + number) % 2 == 0 else list(reversed(checkouts))
             for name in order:
                 command = ["-m", "genentropy_cli", "estimate", f"sample_models/{model}", "-n", arguments.n,
                            "--quiet", *OPTIONS.get(model, [])]
-                figures[model][name].append(launch(command, checkouts[name]))
+                figures[model][name].append(launch(command, checkouts[name], arguments.threads))
                 print(f"  [{number + 1}] {model} {name}: {figures[model][name][-1]}", file=sys.stderr, flush=True)
     torch_seconds = statistics.median(figures["import torch"])
     print(f"\n`python -c \"import torch\"`: {torch_seconds:.2f} s (median of {arguments.rounds})\n")

@@ -93,3 +93,28 @@ def test_inspect_predicts_the_default_run_from_the_forward_time(run_cli, name, p
     table = run_cli("inspect", f"sample_models/{name}", "--probe-latents", "2")
     assert "predicted time for 50,000 samples" in table.stdout
     assert ("estimate with the default -n: expected run time" in table.stderr) == (predicted["note"] is not None)
+
+
+def test_the_run_names_its_stages_before_the_first_count():
+    """The progress bar shows what the run does from the first second: its stages, then the count
+    with its total (no "0/?" while the decoder is checked)."""
+    events: list[tuple] = []
+
+    def progress(done: int, total: int, running) -> None:
+        events.append(("count", done, total))
+
+    progress.stage = lambda text: events.append(("stage", text))
+    estimate_entropy(torch.nn.Linear(3, 5).double(), make_latent_spec(3), n_samples=32, batch_size=8,
+                     dtype="float64", log=lambda message: None, progress=progress)
+    stages = [event[1] for event in events if event[0] == "stage"]
+    assert stages == ["checking the decoder", "float64 precision probe", "first batch"]
+    assert all(event[0] == "stage" for event in events[:3])
+    counts = events[3:]
+    assert [event[1] for event in counts] == [8, 16, 24, 32] and {event[2] for event in counts} == {32}
+
+
+def test_a_plain_progress_callback_still_works():
+    counts: list[int] = []
+    estimate_entropy(torch.nn.Linear(3, 5).double(), make_latent_spec(3), n_samples=16, batch_size=8,
+                     dtype="float64", log=lambda message: None, progress=lambda done, total, running: counts.append(done))
+    assert counts == [8, 16]

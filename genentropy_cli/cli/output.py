@@ -108,25 +108,21 @@ def info(message: str) -> None:
 
 @contextmanager
 def progress_bar(description: str, scales: Sequence[float], enabled: bool = True,
-                 conditional: bool = False) -> Iterator[ProgressCallback | None]:
+                 stage: str = "starting") -> Iterator[ProgressCallback | None]:
     """A Rich progress bar on stderr with ETA, samples/s and the running estimate (of a
-    conditional decoder: H(X|Y), the last statistics columns)."""
+    conditional decoder, whose running values hold more than one per scale: H(X|Y), the last
+    ones). Until the first count it names the ``stage`` the command is in, which the run updates
+    through ``update.stage`` (``run.hooks.ProgressCallback``): the decoder's checks, the precision
+    probe; the count and its total replace it from the first batch on."""
     if not enabled:
         yield None
         return
-    from rich.progress import (
-        BarColumn,
-        MofNCompleteColumn,
-        Progress,
-        TaskProgressColumn,
-        TextColumn,
-        TimeRemainingColumn,
-    )
+    from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, TimeRemainingColumn
 
     progress = Progress(
         TextColumn("{task.description}"),
         BarColumn(),
-        MofNCompleteColumn(),
+        TextColumn("{task.fields[count]}"),
         TaskProgressColumn(),
         TextColumn("{task.fields[rate]}"),
         TimeRemainingColumn(),
@@ -134,16 +130,18 @@ def progress_bar(description: str, scales: Sequence[float], enabled: bool = True
         console=stderr_console,
         transient=True,
     )
-    task = progress.add_task(description, total=None, rate="", running="")
+    task = progress.add_task(stage, total=None, rate="", running="", count="")
 
     def update(done: int, total: int, running: Sequence[float]) -> None:
         elapsed = progress.tasks[task].elapsed or 0.0
         rate = f"{done / elapsed:,.0f} samples/s" if elapsed > 0 else ""
-        values = running[len(running) - len(scales):] if conditional else running
-        name = "H(X|Y)" if conditional else "H"
+        values = running[len(running) - len(scales):]
+        name = "H(X|Y)" if len(running) > len(scales) else "H"
         shown = ", ".join(f"{name}({scale:.0e})={value:.4f}" for scale, value in zip(scales, values))
-        progress.update(task, completed=done, total=total, rate=rate, running=shown)
+        progress.update(task, description=description, completed=done, total=total, count=f"{done:,}/{total:,}",
+                        rate=rate, running=shown)
 
+    update.stage = lambda text: progress.update(task, description=text)  # type: ignore[attr-defined]
     with progress:
         yield update
 
@@ -183,11 +181,12 @@ class Sink:
         if self.speaks and not self.quiet:
             info(message)
 
-    def progress(self, description: str, scales: Sequence[float] = (), conditional: bool = False):
+    def progress(self, description: str, scales: Sequence[float] = (), stage: str = "starting"):
         """A progress bar on stderr (none with --quiet, nor where stderr is a file or a pipe, whose
-        reader wants the notes, not a bar's last frame): a context giving the progress callback."""
+        reader wants the notes, not a bar's last frame): a context giving the progress callback,
+        whose bar names ``stage`` until the run names its own."""
         return progress_bar(description, scales, enabled=self.speaks and not self.quiet and stderr_console.is_terminal,
-                            conditional=conditional)
+                            stage=stage)
 
     def lost(self, message: str) -> None:
         """An output asked for that could not be written (a warning; the command then exits 1)."""

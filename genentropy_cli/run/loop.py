@@ -302,8 +302,10 @@ class BatchLoop:
         started = time.perf_counter()
         reset_peak_memory(self.workload.device)
         offset = self.resume()
+        announce_stage(self.hooks, "float64 precision probe")
         self.measure_precision()
         self.open_writer(offset)
+        announce_stage(self.hooks, "first batch")
         try:
             self.loop(started)
             elapsed = time.perf_counter() - started
@@ -384,6 +386,14 @@ class BatchLoop:
         }
 
 
+def announce_stage(hooks: RunHooks, stage: str) -> None:
+    """Name the stage a run is in before its first count, where the progress callback takes it
+    (``ProgressCallback``'s optional ``stage``: the command line's bar shows it)."""
+    stage_callback = getattr(hooks.progress, "stage", None)
+    if stage_callback is not None:
+        stage_callback(stage)
+
+
 def run_loop(make_workload: Callable[[torch.device], Workload], options: EstimateOptions,
              hooks: RunHooks) -> LoopOutcome:
     """Join the process group (under torchrun), build the workload on this rank's device and
@@ -400,6 +410,7 @@ def run_loop(make_workload: Callable[[torch.device], Workload], options: Estimat
         with strict_float32(), reusing_freed_memory(), \
                 graceful_interrupts(options.handle_signals, hooks.notify) as interrupt:
             started = time.perf_counter()
+            announce_stage(hooks, "checking the decoder")  # the Jacobian method's probe, row independence
             workload = make_workload(torch_device)
             return BatchLoop(workload, options, hooks, group, interrupt, started).execute()
     finally:
