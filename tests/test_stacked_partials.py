@@ -108,3 +108,21 @@ def test_the_half_sphere_decoder_runs_without_torch_dynamo():
                               env={**os.environ, "PYTHONPATH": str(ROOT)})
     assert finished.returncode == 0, finished.stderr
     assert finished.stdout.split() == ["False"]
+
+
+def test_broadcast_shape_is_torchs_rule():
+    """``broadcast_shape`` stands in for ``torch.broadcast_shapes`` (which imports sympy): the same
+    shapes, the same refusals."""
+    from itertools import product
+
+    from genentropy_cli.core.stacked_operands import broadcast_shape
+
+    shapes = [(), (1,), (3,), (2, 1), (2, 3), (1, 3), (4, 1, 1), (4, 2, 3), (0,), (2, 0)]
+    for first, second in product(shapes, repeat=2):
+        try:
+            expected = tuple(torch.broadcast_shapes(first, second))
+        except RuntimeError:
+            with pytest.raises(RuntimeError):
+                broadcast_shape(first, second)
+        else:
+            assert broadcast_shape(first, second) == expected, (first, second)
