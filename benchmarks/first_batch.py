@@ -22,13 +22,17 @@ import re
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 STAMP = re.compile(r"at unix time ([0-9.]+)")
 OPTIONS = {"mlp_small_pickled.pth": ["--trust-pickle"],
-           "tiny_decoder.safetensors": ["--code-path", "sample_models/user_code"]}
+           "tiny_decoder.safetensors": ["--code-path", str(ROOT / "sample_models" / "user_code")]}
+NEUTRAL = tempfile.mkdtemp(prefix="first_batch_")
+"""The processes' working directory: ``python -m`` puts it first on sys.path, so from a checkout's
+root every run would import that checkout's package, whatever PYTHONPATH says."""
 
 
 def models() -> list[str]:
@@ -42,7 +46,7 @@ def launch(arguments: list[str], pythonpath: str | None, threads: str | None) ->
     if pythonpath is not None:
         environment["PYTHONPATH"] = pythonpath
     launched, started = time.time(), time.perf_counter()
-    finished = subprocess.run([sys.executable, *arguments], cwd=ROOT, env=environment, stdout=subprocess.DEVNULL,
+    finished = subprocess.run([sys.executable, *arguments], cwd=NEUTRAL, env=environment, stdout=subprocess.DEVNULL,
                               stderr=subprocess.PIPE, text=True)
     wall = time.perf_counter() - started
     if finished.returncode != 0:
@@ -60,14 +64,14 @@ def main() -> None:
     parser.add_argument("--threads", help="OMP_NUM_THREADS for every process")
     parser.add_argument("--json", help="also write the figures here")
     arguments = parser.parse_args()
-    checkouts = {"before": arguments.before, "after": arguments.after}
+    checkouts = {"before": str(Path(arguments.before).resolve()), "after": str(Path(arguments.after).resolve())}
     figures: dict = {"import torch": [], **{model: {name: [] for name in checkouts} for model in models()}}
     for number in range(arguments.rounds):
         figures["import torch"].append(launch(["-c", "import torch"], None, arguments.threads)[0])
         for position, model in enumerate(models()):
             order = list(checkouts) if (position + number) % 2 == 0 else list(reversed(checkouts))
             for name in order:
-                command = ["-m", "genentropy_cli", "estimate", f"sample_models/{model}", "-n", arguments.n,
+                command = ["-m", "genentropy_cli", "estimate", str(ROOT / "sample_models" / model), "-n", arguments.n,
                            "--quiet", *OPTIONS.get(model, [])]
                 figures[model][name].append(launch(command, checkouts[name], arguments.threads))
                 print(f"  [{number + 1}] {model} {name}: {figures[model][name][-1]}", file=sys.stderr, flush=True)
