@@ -13,6 +13,24 @@ DEFAULT_AGREEMENT_SE: float = 3.0
 standard errors, sqrt(se_a^2 + se_b^2)."""
 
 DEFAULT_NUM_SAMPLES: int = 50_000
+
+LONG_RUN_SECONDS: float = 120.0
+"""A run expected to take longer than this gets a one-line note on stderr after its first batches
+(and in ``inspect``): the ``-n`` and ``--target-stderr`` that would finish in about
+``QUICK_RUN_SECONDS``, and the standard error that gives (``planning.run_time_note``)."""
+
+QUICK_RUN_SECONDS: float = 60.0
+"""The run time the long-run note suggests options for."""
+
+FORESIGHT_SECONDS: float = 2.0
+"""The long-run note is decided after the first batch and then this many seconds of batches (or
+as many samples again as the first batch had, if that comes first): the rate it extrapolates."""
+
+JACOBIAN_COST_FACTORS: dict[str, float] = {"stacked": 1.0, "vmap": 2.0, "replicated": 4.0}
+"""A sample's Jacobian by each method, in forward passes of one row per column (d + 1 rows):
+stacked pushes d + 1 plain rows, torch.func about twice that, replicated recomputes the primal
+per direction (``core.methods``). A rough model for ``inspect``'s prediction; a run's own note
+uses its measured rate."""
 DEFAULT_SEED: int = 0
 DEFAULT_DEVICE: str = "auto"
 DEFAULT_DTYPE: str = "float32"

@@ -124,7 +124,7 @@ def test_the_progress_bar_shows_the_running_estimate_on_stderr(run_cli, tmp_path
     assert result.exit_code == 0, result.stderr
     document = result.json()  # stdout still carries the result alone
     last_frame = frames.getvalue().split("\r")[-2]
-    assert last_frame.split()[0].endswith("estimating") and "3000/3000" in last_frame and "samples/s" in last_frame
+    assert last_frame.split()[0].endswith("estimating") and "3,000/3,000" in last_frame and "samples/s" in last_frame
     running = ", ".join(f"H({item['scale']:.0e})={item['entropy']:.4f}" for item in document["estimates"])
     assert running in last_frame, last_frame
     quiet = io.StringIO()

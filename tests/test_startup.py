@@ -149,3 +149,63 @@ def test_the_first_batch_trace(value, traced):
         assert before <= stamp <= after
         if sys.platform.startswith("linux"):
             assert "s after the process started" in lines[0]
+
+
+NO_DYNAMO_CHILD = r"""
+import contextlib, io, json, sys
+from genentropy_cli.__main__ import main
+report = []
+for arguments in {runs!r}:
+    sys.argv = ["genentropy", "estimate", *arguments, "-n", "8", "--quiet"]
+    with contextlib.redirect_stdout(io.StringIO()):
+        try:
+            main()
+            code = 0
+        except SystemExit as stop:
+            code = stop.code
+    report.append([arguments[0], code, [name for name in ("torch._dynamo", "sympy") if name in sys.modules]])
+print(json.dumps(report))
+"""
+
+MODEL_OPTIONS = {"mlp_small_pickled.pth": ["--trust-pickle"],
+                 "tiny_decoder.safetensors": ["--code-path", "sample_models/user_code"],
+                 "cvae.safetensors": ["--classes", "0"]}  # one class of ten: the same code path, 1/10 the time
+
+
+def _bundled_model_runs(every_file: bool) -> list[list[str]]:
+    """``estimate`` arguments for the bundled models; without ``every_file``, one file per loader
+    and architecture (the Table 3 VAEs ``vae-le-*`` are ``vae.safetensors``'s architecture and
+    loader). The .pt2 file last: torch's own loader of that format (``torch._export.serde``)
+    imports torch._dynamo."""
+    files = sorted(path.name for path in (ROOT / "sample_models").iterdir()
+                   if path.suffix in {".pt", ".pt2", ".pth", ".safetensors"})
+    if not every_file:
+        files = [name for name in files if not name.startswith("vae-le-")]
+    files.sort(key=lambda name: name.endswith(".pt2"))
+    return [[f"sample_models/{name}", *MODEL_OPTIONS.get(name, [])] for name in files]
+
+
+def _check_no_dynamo(runs: list[list[str]]) -> None:
+    finished = run_child(NO_DYNAMO_CHILD.format(runs=runs))
+    assert finished.returncode == 0, finished.stderr
+    report = json.loads(finished.stdout)
+    assert [model for model, _, _ in report] == [arguments[0] for arguments in runs]
+    assert all(code == 0 for _, code, _ in report), report
+    importing = [(model, heavy) for model, _, heavy in report if heavy and not model.endswith(".pt2")]
+    assert not importing, f"imported: {importing[:1]}"
+
+
+def test_no_bundled_model_imports_torch_dynamo():
+    """``torch._dynamo`` (forward-mode AD of ``a * b``) and sympy (``torch.broadcast_shapes``, and
+    torch._dynamo) cost seconds of start-up on 2 cores; an estimate on each bundled model
+    (architecture and loader) runs without them, in one process, model after model: the first to
+    import one is named."""
+    runs = _bundled_model_runs(every_file=False)
+    assert len(runs) >= 12
+    _check_no_dynamo(runs)
+
+
+@pytest.mark.slow
+def test_no_bundled_file_imports_torch_dynamo():
+    """The same over every file of sample_models/ (the 19 Table 3 VAEs too)."""
+    _check_no_dynamo(_bundled_model_runs(every_file=True))

@@ -153,12 +153,12 @@ def test_the_progress_line_keeps_its_count_and_eta_whole(width):
     progress, bar = make_progress(console)
     running = ["H(1e-01)=1.9067", "H(1e-04)=1.8379"]
     bar.bar_width, shown = progress_layout(width, "estimating", 12000, 20000, "3,123 samples/s", running)
-    task = progress.add_task("estimating", total=20000, rate="3,123 samples/s", running=shown)
+    task = progress.add_task("estimating", total=20000, rate="3,123 samples/s", running=shown, count="12,000/20,000")
     progress.update(task, completed=12000)
     console.print(progress.make_tasks_table(progress.tasks))
     line = console.export_text().rstrip("\n")
     assert "\n" not in line and len(line) <= width and "…" not in line, line
-    for part in ("estimating", "12000/20000", "60%", "3,123 samples/s", "-:--:--"):
+    for part in ("estimating", "12,000/20,000", "60%", "3,123 samples/s", "-:--:--"):
         assert part in line, (width, line)
     if width >= 80:  # at 60 the running estimate gives way to the count and ETA
         assert running[-1] in line, line

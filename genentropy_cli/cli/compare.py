@@ -41,9 +41,9 @@ def compare(models: ModelsArgument, *, source: ModelFlags, scale: ScaleOption = 
     sink = Sink.of(report)
     options = estimate_options(run, scale)
     check_paths(models, source, report, options)
-    loaded = [open_model(source, path, sink.warn, sink.info) for path in models]
-    labels = [item.label for item in loaded]
-    with sink.progress("comparing", options.scales) as progress:
+    with sink.progress("comparing", options.scales, stage="loading the models") as progress:
+        loaded = [open_model(source, path, sink.warn, sink.info) for path in models]
+        labels = [item.label for item in loaded]
         result = compare_models([item.decoder for item in loaded], [item.latent for item in loaded],
                                 names=model_names(models), options=options, shared_latents=not independent_latents,
                                 labels=labels if any(label is not None for label in labels) else None,

@@ -31,8 +31,8 @@ def estimate(model: ModelArgument, *, source: ModelFlags, scale: ScaleOption = N
     sink = Sink.of(report)
     options = estimate_options(run, scale)
     check_paths([model], source, report, options)
-    loaded = open_model(source, model, sink.warn, sink.info)
-    with sink.progress("estimating", options.scales, conditional=loaded.label is not None) as progress:
+    with sink.progress("estimating", options.scales, stage="loading the model") as progress:
+        loaded = open_model(source, model, sink.warn, sink.info)
         result = estimate_entropy(loaded.decoder, loaded.latent, options=options, labels=loaded.label,
                                   progress=progress, log=sink.warn)
     from genentropy_cli.cli import conditional_tables, reporting  # after the run: nothing delays its first batch

@@ -48,6 +48,8 @@ def inspect(model: ModelArgument, *, source: ModelFlags, probe_latents: ProbeLat
         return
     document = inspect_model(resolved, device=machine.device, dtype=machine.dtype, probe_latents=probe_latents,
                              scale=validate_scales([scale])[0], seed=machine.seed, checkpoint=contents)
+    if document["predicted_run_time"]["note"]:  # a default-length run would be long: what would take a minute
+        sink.info(f"estimate with the default -n: {document['predicted_run_time']['note']}")
     several = contents is not None and (len(contents["candidates"]) > 1 or contents["other_entries"])
     sink.emit(document, lambda: [reporting.inspect_table(document)]
               + (reporting.checkpoint_tables(contents, model) if several else []))

@@ -117,7 +117,7 @@ def progress_layout(width: int, description: str, done: int, total: int, rate: s
     """(bar width, running-estimate text) for a progress line ``width`` columns wide: the
     description, count, percentage, rate and ETA are shown whole; the bar shrinks to
     ``MIN_BAR_WIDTH``, then the running estimate keeps only its last scale, then goes."""
-    count = 2 * len(str(total)) + 1
+    count = 2 * len(f"{total:,}") + 1
     fixed = len(description) + count + len("100%") + len(rate) + ETA_WIDTH + 6  # 6 spaces between 7 columns
     for text in (", ".join(running), running[-1] if running else "", ""):
         room = width - fixed - (len(text) + 1 if text else 0)
@@ -132,7 +132,6 @@ def make_progress(console: Console) -> tuple[Any, Any]:
     column wraps or is cut."""
     from rich.progress import (
         BarColumn,
-        MofNCompleteColumn,
         Progress,
         TaskProgressColumn,
         TextColumn,
@@ -144,7 +143,7 @@ def make_progress(console: Console) -> tuple[Any, Any]:
     progress = Progress(
         TextColumn("{task.description}", table_column=Column(no_wrap=True)),
         bar,
-        MofNCompleteColumn(table_column=Column(no_wrap=True)),
+        TextColumn("{task.fields[count]}", table_column=Column(no_wrap=True)),
         TaskProgressColumn(table_column=Column(no_wrap=True)),
         TextColumn("{task.fields[rate]}", table_column=Column(no_wrap=True)),
         TimeRemainingColumn(table_column=Column(no_wrap=True)),
@@ -157,25 +156,31 @@ def make_progress(console: Console) -> tuple[Any, Any]:
 
 @contextmanager
 def progress_bar(description: str, scales: Sequence[float], enabled: bool = True,
-                 conditional: bool = False) -> Iterator[ProgressCallback | None]:
+                 stage: str = "starting") -> Iterator[ProgressCallback | None]:
     """A Rich progress bar on stderr with ETA, samples/s and the running estimate (of a
-    conditional decoder: H(X|Y), the last statistics columns). On a narrow terminal the bar
-    and then the running estimate give way (``progress_layout``): the count and ETA stay whole."""
+    conditional decoder, whose running values hold more than one per scale: H(X|Y), the last
+    ones). Until the first count it names the ``stage`` the command is in, which the run updates
+    through ``update.stage`` (``run.hooks.ProgressCallback``): the decoder's checks, the precision
+    probe; the count and its total replace it from the first batch on. On a narrow terminal the
+    bar and then the running estimate give way (``progress_layout``): the count and ETA stay whole."""
     if not enabled:
         yield None
         return
     progress, bar = make_progress(stderr_console)
-    task = progress.add_task(description, total=None, rate="", running="")
+    task = progress.add_task(stage, total=None, rate="", running="", count="")
 
     def update(done: int, total: int, running: Sequence[float]) -> None:
         elapsed = progress.tasks[task].elapsed or 0.0
         rate = f"{done / elapsed:,.0f} samples/s" if elapsed > 0 else ""
-        values = running[len(running) - len(scales):] if conditional else running
+        conditional = len(running) > len(scales)
+        values = running[len(running) - len(scales):]
         name = "H(X|Y)" if conditional else "H"
         texts = [f"{name}({scale:.0e})={value:.4f}" for scale, value in zip(scales, values)]
         bar.bar_width, shown = progress_layout(stderr_console.width, description, done, total, rate, texts)
-        progress.update(task, completed=done, total=total, rate=rate, running=shown)
+        progress.update(task, description=description, completed=done, total=total, count=f"{done:,}/{total:,}",
+                        rate=rate, running=shown)
 
+    update.stage = lambda text: progress.update(task, description=text)  # type: ignore[attr-defined]
     with progress:
         yield update
 
@@ -215,11 +220,12 @@ class Sink:
         if self.speaks and not self.quiet:
             info(message)
 
-    def progress(self, description: str, scales: Sequence[float] = (), conditional: bool = False):
+    def progress(self, description: str, scales: Sequence[float] = (), stage: str = "starting"):
         """A progress bar on stderr (none with --quiet, nor where stderr is a file or a pipe, whose
-        reader wants the notes, not a bar's last frame): a context giving the progress callback."""
+        reader wants the notes, not a bar's last frame): a context giving the progress callback,
+        whose bar names ``stage`` until the run names its own."""
         return progress_bar(description, scales, enabled=self.speaks and not self.quiet and stderr_console.is_terminal,
-                            conditional=conditional)
+                            stage=stage)
 
     def lost(self, message: str) -> None:
         """An output asked for that could not be written (a warning; the command then exits 1)."""

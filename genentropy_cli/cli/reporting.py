@@ -10,6 +10,7 @@ from rich.table import Table
 
 from genentropy_cli.cli.fitting import Narrowing, narrowing
 from genentropy_cli.core.labels import LabelSpec
+from genentropy_cli.run.planning import format_duration
 from genentropy_cli.run.results import EntropyResult
 from genentropy_cli.run.stopping import STOP_REASONS
 
@@ -275,6 +276,9 @@ def inspect_table(report: dict) -> Table:
         *([("convention", model["convention"])] if model.get("convention") else []),
         ("forward time", f"{report['forward_seconds_per_sample'] * 1e6:,.1f} us/sample "
                          f"({report['timing']['device']}, {report['timing']['dtype']}, batch {report['timing']['batch']})"),
+        *([(f"predicted time for {report['predicted_run_time']['num_samples']:,} samples",
+            f"about {format_duration(report['predicted_run_time']['seconds'])} on this machine")]
+          if report.get("predicted_run_time") else []),
         ("singular values", f"{probe['smallest_singular_value']:.3g} to {probe['largest_singular_value']:.3g} "
                             f"over {probe['num_latents']} latents"),
         (f"rank at s = {probe['scale']:g}", f"{min(ranks)} to {max(ranks)} of d = {probe['latent_dim']}"),

@@ -46,9 +46,9 @@ def sweep_scale_command(model: ModelArgument, *, source: ModelFlags, reference: 
     check_paths([model], source, report, options, {"--plot": plot})
     if plot:
         plotting.check_plot_target(plot)  # before the estimate, not after it
-    loaded = open_model(source, model, sink.warn, sink.info)
-    known = parse_reference(reference, loaded.metadata) if reference is not None else None
-    with sink.progress("sweeping", sorted(options.scales, reverse=True), loaded.label is not None) as progress:
+    with sink.progress("sweeping", sorted(options.scales, reverse=True), stage="loading the model") as progress:
+        loaded = open_model(source, model, sink.warn, sink.info)
+        known = parse_reference(reference, loaded.metadata) if reference is not None else None
         sweep = sweep_scale(loaded.decoder, loaded.latent, options.scales, reference=known, tolerance_se=tolerance_se,
                             options=options, labels=loaded.label, progress=progress, log=sink.warn)
     title = f"H(X|Y) of {loaded.path}" if sweep.conditional else loaded.path

@@ -20,12 +20,13 @@ bin lookup does); only rules that say so (``takes(moved=True)``) accept those.
 
 from __future__ import annotations
 
-from typing import Any, Callable, ContextManager, Protocol
+from typing import Any, Callable, ContextManager, Protocol, Sequence
 
 import torch
 
 __all__ = [
-    "StackedMode", "UnsupportedOperation", "dim_index", "has_equal_blocks", "has_equal_rows", "is_discrete", "only_first_stacked",
+    "StackedMode", "UnsupportedOperation", "broadcast_shape", "dim_index", "has_equal_blocks", "has_equal_rows",
+    "is_discrete", "only_first_stacked",
     "operand_leaves", "row_free", "shared_row", "takes", "with_shared_rows",
 ]
 
@@ -151,3 +152,19 @@ class StackedMode(Protocol):
     def transforms_enabled(self) -> ContextManager:
         """The caller's dispatch keys back, for rules that take derivatives with torch.func."""
         ...
+
+
+def broadcast_shape(*shapes: Sequence[int]) -> tuple[int, ...]:
+    """The shape the shapes broadcast to (numpy's rule), as ``torch.broadcast_shapes`` gives it,
+    which imports torch's symbolic shapes and sympy on its first call (seconds of start-up)."""
+    result: list[int] = []
+    for shape in shapes:
+        shape = tuple(shape)
+        if len(shape) > len(result):
+            result = [1] * (len(shape) - len(result)) + result
+        for offset, size in enumerate(shape, start=len(result) - len(shape)):
+            if size != result[offset] and result[offset] != 1 and size != 1:
+                raise RuntimeError(f"shapes {shapes} cannot be broadcast together")
+            if result[offset] == 1:
+                result[offset] = size
+    return tuple(result)

@@ -31,6 +31,7 @@ import torch
 from genentropy_cli.core.stacked_operands import (
     StackedMode,
     UnsupportedOperation,
+    broadcast_shape,
     has_equal_blocks,
     has_equal_rows,
     is_discrete,
@@ -211,7 +212,7 @@ def _linear_combination(mode, func, args, kwargs):
             return pointwise(mode, func, args, kwargs)
         return mode.mark(func(*args, **kwargs))
     stacked, constant = (first, second) if mode.is_stacked(first) else (second, first)
-    if not _row_free(constant, stacked.dim()) or torch.broadcast_shapes(
+    if not _row_free(constant, stacked.dim()) or broadcast_shape(
             stacked.shape, getattr(constant, "shape", ())) != stacked.shape:
         return pointwise(mode, func, args, kwargs)
     sign = -1 if func.overloadpacket is aten.sub else 1
@@ -244,14 +245,14 @@ def _scaling(mode, func, args, kwargs):
     if kwargs.get("rounding_mode") is not None or is_discrete(first) or is_discrete(second):  # piecewise constant
         return pointwise(mode, func, args, kwargs)
     if mode.is_stacked(first) and not mode.is_stacked(second) and _row_free(second, first.dim()):
-        if torch.broadcast_shapes(first.shape, getattr(second, "shape", ())) == first.shape:
+        if broadcast_shape(first.shape, getattr(second, "shape", ())) == first.shape:
             return mode.mark(func(*args, **kwargs))
     if (func.overloadpacket is aten.mul and mode.is_stacked(first) and mode.is_stacked(second)
             and mode.multiplicity(first) == mode.multiplicity(second) and first.dim() == second.dim()):
         return _product(mode, first, second)
     if (func.overloadpacket is aten.mul and mode.is_stacked(second) and not mode.is_stacked(first)
             and _row_free(first, second.dim())
-            and torch.broadcast_shapes(second.shape, getattr(first, "shape", ())) == second.shape):
+            and broadcast_shape(second.shape, getattr(first, "shape", ())) == second.shape):
         return mode.mark(func(*args, **kwargs))
     return pointwise(mode, func, args, kwargs)
 

@@ -29,6 +29,7 @@ from genentropy_cli.core.stacked_operands import (
     with_shared_rows,
 )
 from genentropy_cli.core.stacked_operands import dim_index as _dim
+from genentropy_cli.core.stacked_partials import closed_form_partials
 
 __all__ = ["ELEMENTWISE", "pointwise", "rowwise"]
 
@@ -73,7 +74,7 @@ _DERIVATIVES: dict[str, Callable[..., torch.Tensor]] = {
     "gelu": _gelu_derivative,
 }
 """f'(x) from the input x and output y (and the op's other arguments, positional and keyword),
-as torch's own derivative formulas have them; every other pointwise op is differentiated by jvp."""
+as torch's own derivative formulas have them; every other pointwise op by ``stacked_partials``, else jvp."""
 
 ELEMENTWISE = frozenset(_DERIVATIVES) | {
     "elu", "celu", "selu", "gelu", "silu", "mish", "softplus", "hardtanh", "hardswish", "hardsigmoid", "threshold",
@@ -160,7 +161,8 @@ def pointwise(mode: StackedMode, func, args, kwargs):
 
     try:
         with mode.transforms_enabled():
-            pairs = [partial(index) for index in positions]
+            pairs = (closed_form_partials(name, positions, primals, kwargs, compute)  # no jvp (torch._dynamo)
+                     or [partial(index) for index in positions])
     except Exception as error:  # no derivative to take
         raise UnsupportedOperation(f"{name}: {error}") from None
     primal_out = pairs[0][0]

@@ -24,8 +24,10 @@ from genentropy_cli.core.device import resolve_device, resolve_dtype, strict_flo
 from genentropy_cli.core.invariance import radial_collapse
 from genentropy_cli.core.labels import bind_class
 from genentropy_cli.core.latents import LatentStream, distribution_label
+from genentropy_cli.core.logdet import batched_eigvalsh, gram_matrices
 from genentropy_cli.core.terms import SampleTerms, compute_sample_terms
 from genentropy_cli.defaults import (
+    DEFAULT_NUM_SAMPLES,
     DEFAULT_SCALES,
     DEFAULT_SEED,
     INSPECT_MAX_PROBE_LATENTS,
@@ -38,6 +40,11 @@ from genentropy_cli.envelope import envelope
 from genentropy_cli.errors import InputError
 from genentropy_cli.models.loading import FORMATS_RUNNING_CODE
 from genentropy_cli.models.resolve import ResolvedModel
+from genentropy_cli.run.planning import predicted_seconds_per_sample, run_time_note
+
+GRAM_TIMING_BYTES = 64 * 1024**2
+"""At most this many bytes of random Jacobian columns are timed for the Gram step's cost; a larger
+output is timed on a slice of its D and scaled up (the product is linear in D)."""
 
 
 def parameter_summary(decoder: Any) -> dict:
@@ -62,6 +69,30 @@ def forward_seconds_per_sample(prepared, latents: torch.Tensor, repeats: int = I
             torch.cuda.synchronize(prepared.device)
         best = min(best, time.perf_counter() - started)
     return best / latents.shape[0]
+
+
+def gram_seconds_per_sample(dim: int, output_dim: int, dtype: torch.dtype, device: torch.device,
+                            samples: int = 4) -> float:
+    """One sample's float64 Gram step (J^T J, its eigenvalues) as a run does it, timed on random
+    columns: J^T J costs d^2 D, linear in D, so an output over ``GRAM_TIMING_BYTES`` is timed on a
+    slice and scaled; the eigenvalues (d^3) are timed as they are."""
+    width = max(1, min(output_dim, GRAM_TIMING_BYTES // max(1, dim * samples * 8)))
+    columns = torch.randn(dim, samples, width, dtype=dtype, device=device)
+    gram_matrices(columns)  # warm-up (thread pool, workspaces)
+    started = time.perf_counter()
+    gram = gram_matrices(columns)
+    product = time.perf_counter() - started
+    started = time.perf_counter()
+    batched_eigvalsh(gram)
+    eigen = time.perf_counter() - started
+    return (product * output_dim / width + eigen) / samples
+
+
+def run_time_prediction(seconds_per_sample: float, passes: int, num_samples: int = DEFAULT_NUM_SAMPLES) -> dict:
+    """Inspect's prediction for ``num_samples`` (the default -n), with the long-run note where it is long."""
+    return {"num_samples": num_samples, "seconds": seconds_per_sample * passes * num_samples,
+            "seconds_per_sample": seconds_per_sample, "passes": passes,
+            "note": run_time_note(num_samples, seconds_per_sample, passes=passes)}
 
 
 def checkpoint_report(contents: dict, error: Exception) -> dict:
@@ -93,6 +124,8 @@ def inspect_model(resolved: ResolvedModel, device: str = "auto", dtype: str = "f
         with prepared.context(method="forward-mode"):
             collapse = radial_collapse(prepared.flat(), stream.range(0, probe_latents).to(
                 device=torch_device, dtype=torch_dtype))
+        gram = gram_seconds_per_sample(latent.dim, prepared.output_dim, prepared.dtype, prepared.device)
+    predicted = predicted_seconds_per_sample(per_sample, latent.dim, prepared.jacobian_method, gram)
     singular_values = terms.eigenvalues.clamp_min(0.0).sqrt()  # (k, d), ascending
     ranks = (singular_values > scale).sum(dim=1).tolist()
     spec = resolved.loaded.spec or {}
@@ -109,6 +142,7 @@ def inspect_model(resolved: ResolvedModel, device: str = "auto", dtype: str = "f
         },
         "parameters": parameter_summary(resolved.loaded.decoder),
         "forward_seconds_per_sample": per_sample,
+        "predicted_run_time": run_time_prediction(predicted, 1 if label is None else len(label.chosen)),
         "timing": {"batch": timing_batch, "repeats": INSPECT_TIMING_REPEATS, "device": str(torch_device),
                    "dtype": str(torch_dtype).removeprefix("torch.")},
         "jacobian_probe": {

@@ -12,7 +12,9 @@ import torch
 from genentropy_cli.core.terms import SampleTerms
 
 ProgressCallback = Callable[[int, int, Sequence[float]], None]
-"""progress(samples_done, samples_total, running_entropy_per_scale)."""
+"""progress(samples_done, samples_total, running_entropy_per_scale). A callback may also have a
+``stage(text)`` attribute: the run calls it with what it does before its first count ("checking
+the decoder", "float64 precision probe", "first batch"; ``loop.announce_stage``)."""
 
 LogCallback = Callable[[str], None]
 """log(note): out-of-memory retries, the precision warning, a peak over --max-memory."""

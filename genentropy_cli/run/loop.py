@@ -27,6 +27,7 @@ from genentropy_cli.core.device import resolve_device, strict_float32
 from genentropy_cli.core.latents import LatentStream
 from genentropy_cli.core.logdet import LogDetTally
 from genentropy_cli.core.stats import RunningMoments
+from genentropy_cli.defaults import FORESIGHT_SECONDS
 from genentropy_cli.errors import EstimationError, GenentropyError, InputError, first_line
 from genentropy_cli.run.allocator import reusing_freed_memory
 from genentropy_cli.run.batches import SpanBatcher
@@ -48,6 +49,7 @@ from genentropy_cli.run.ledger import RunLedger
 from genentropy_cli.run.memory import FirstBatchCalibration, device_name, peak_memory, reset_peak_memory
 from genentropy_cli.run.options import EstimateOptions
 from genentropy_cli.run.per_sample import PerSampleWriter, output_files
+from genentropy_cli.run.planning import run_time_note
 from genentropy_cli.run.precision import PrecisionProbe, dtype_name, probe_warning
 from genentropy_cli.run.rows import PairedSummary, SampleSummary
 from genentropy_cli.run.stopping import STOP_INTERRUPTED, STOP_NUM_SAMPLES, STOP_TARGET_STDERR
@@ -109,6 +111,8 @@ class BatchLoop:
         self.checkpoint_failed = False
         self.per_sample_error: str | None = None
         self.calibration: FirstBatchCalibration | None = None
+        self.first_batch: tuple[float, int] | None = None  # (when it ended, samples computed by then)
+        self.foreseen = False
         self._defining_settings: dict | None = None
         self.setup_seconds = time.perf_counter() - setup_started  # decoder copies, probes, batch planning
 
@@ -249,6 +253,7 @@ class BatchLoop:
         spans = deal_round_robin(self.ledger.remaining_spans(), self.group.rank, self.group.world_size)
         batcher = SpanBatcher(spans)
         last_save = time.monotonic()
+        loop_started = time.perf_counter()
         trace_first_batch()  # GENENTROPY_TRACE_STARTUP: when the first batch starts (benchmarks/startup.py)
         while not self.ledger.finished:
             messages = self.group.exchange(self.next_message(batcher))
@@ -256,6 +261,7 @@ class BatchLoop:
             if self.progress is not None:
                 done = min(self.num_samples, self.resumed_from + self.computed)
                 self.progress(done, self.num_samples, self.ledger.running_mean().tolist())
+            self.foresee(loop_started)
             if any(message.interrupted for message in messages):
                 self.interrupted = not self.ledger.finished
                 break
@@ -264,6 +270,33 @@ class BatchLoop:
             if time.monotonic() - last_save >= self.options.checkpoint_every:
                 self.save(time.perf_counter() - started)
                 last_save = time.monotonic()
+
+    def foresee(self, loop_started: float) -> None:
+        """Once, after the first batches: where the run is expected to take over
+        ``LONG_RUN_SECONDS``, a note with the ``-n`` or ``--target-stderr`` that would finish in
+        about a minute (``planning.run_time_note``). The rate is measured after the first batch
+        (which pays one-off costs: page faults, caches) over ``FORESIGHT_SECONDS`` or as many
+        samples again, or on the first batch alone where that took ``FORESIGHT_SECONDS`` or more.
+        Rank 0 alone; not with --target-stderr (the run already stops in time)."""
+        if self.foreseen or not self.group.is_main or self.options.target_stderr is not None:
+            return
+        now = time.perf_counter()
+        if self.first_batch is None:
+            self.first_batch = (now, self.computed)
+            if now - loop_started < FORESIGHT_SECONDS:
+                return
+            since, computed = loop_started, self.computed
+        else:
+            since, computed = self.first_batch[0], self.computed - self.first_batch[1]
+            if computed <= 0 or (now - since < FORESIGHT_SECONDS and computed < self.first_batch[1]):
+                return
+        self.foreseen = True
+        remaining = self.num_samples - min(self.num_samples, self.resumed_from + self.computed)
+        moments = self.ledger.snapshot()[0]
+        std = float(np.nanmax(moments.std)) if moments.count >= 2 else None
+        note = run_time_note(remaining, (now - since) / computed, std)
+        if note is not None:
+            self.log(note)
 
     def open_writer(self, offset: int | None) -> None:
         if self.options.per_sample is None or not self.group.is_main:
@@ -278,8 +311,10 @@ class BatchLoop:
         started = time.perf_counter()
         reset_peak_memory(self.workload.device)
         offset = self.resume()
+        announce_stage(self.hooks, "float64 precision probe")
         self.measure_precision()
         self.open_writer(offset)
+        announce_stage(self.hooks, "first batch")
         try:
             self.loop(started)
             elapsed = time.perf_counter() - started
@@ -361,6 +396,14 @@ class BatchLoop:
         }
 
 
+def announce_stage(hooks: RunHooks, stage: str) -> None:
+    """Name the stage a run is in before its first count, where the progress callback takes it
+    (``ProgressCallback``'s optional ``stage``: the command line's bar shows it)."""
+    stage_callback = getattr(hooks.progress, "stage", None)
+    if stage_callback is not None:
+        stage_callback(stage)
+
+
 def run_loop(make_workload: Callable[[torch.device], Workload], options: EstimateOptions,
              hooks: RunHooks) -> LoopOutcome:
     """Join the process group (under torchrun), build the workload on this rank's device and
@@ -377,6 +420,7 @@ def run_loop(make_workload: Callable[[torch.device], Workload], options: Estimat
         with strict_float32(), reusing_freed_memory(), \
                 graceful_interrupts(options.handle_signals, hooks.notify) as interrupt:
             started = time.perf_counter()
+            announce_stage(hooks, "checking the decoder")  # the Jacobian method's probe, row independence
             workload = make_workload(torch_device)
             return BatchLoop(workload, options, hooks, group, interrupt, started).execute()
     finally:

@@ -36,8 +36,11 @@ from genentropy_cli.defaults import (
     DEFAULT_ACTIVATION_BYTES_PER_OUTPUT,
     EIGENVALUE_SUBSAMPLE_STRIDE,
     GRAM_SLAB_BYTES,
+    JACOBIAN_COST_FACTORS,
     JACOBIAN_MEMORY_BUDGET_BYTES,
+    LONG_RUN_SECONDS,
     MAX_AUTO_BATCH_SIZE,
+    QUICK_RUN_SECONDS,
 )
 from genentropy_cli.errors import InputError
 
@@ -234,3 +237,43 @@ def resolve_work_sizes(latent_dim: int, output_dim: int, dtype: torch.dtype, dev
     plan = plan_batch(latent_dim, output_dim, dtype, device, None, working_memory=device_memory_budget(device),
                       batch_size=batch_size, tangent_chunk=tangent_chunk)
     return plan.batch_size, plan.tangent_chunk
+
+
+# ---------------------------------------------------------------------- run time
+
+
+def predicted_seconds_per_sample(forward_seconds_per_sample: float, latent_dim: int, method: str,
+                                 gram_seconds_per_sample: float = 0.0) -> float:
+    """A sample's cost from a plain forward pass's: its Jacobian is d + 1 rows of forward passes
+    times the method's factor (``JACOBIAN_COST_FACTORS``), plus the float64 Gram and eigenvalue
+    step (measured apart: it does not scale with the decoder)."""
+    return forward_seconds_per_sample * (latent_dim + 1) * JACOBIAN_COST_FACTORS[method] + gram_seconds_per_sample
+
+
+def format_duration(seconds: float) -> str:
+    """'45 s', '3.5 min', '2.1 h'."""
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    if seconds < 5400:
+        return f"{seconds / 60:.1f} min"
+    return f"{seconds / 3600:.1f} h"
+
+
+def run_time_note(remaining_samples: int, seconds_per_sample: float, std: float | None = None,
+                  passes: int = 1, long_seconds: float = LONG_RUN_SECONDS,
+                  quick_seconds: float = QUICK_RUN_SECONDS) -> str | None:
+    """The one-line note for a run expected to take over ``long_seconds``, else None: its expected
+    time, the ``-n`` that would finish in about ``quick_seconds`` and, given the per-sample std,
+    the standard error std / sqrt(n) that gives and the matching ``--target-stderr``. ``passes``:
+    runs over the samples (one per class of a conditional decoder)."""
+    per_sample = seconds_per_sample * passes
+    expected = remaining_samples * per_sample
+    if not expected > long_seconds or per_sample <= 0:
+        return None
+    quick = max(2, int(quick_seconds / per_sample))
+    note = (f"expected run time about {format_duration(expected)} ({remaining_samples:,} samples at "
+            f"{1 / per_sample:,.1f}/s); -n {quick} would finish in about {format_duration(quick_seconds)}")
+    if std is not None and math.isfinite(std) and std > 0:
+        stderr = std / math.sqrt(quick)
+        note += f" with standard error about {stderr:.2g} (or stop there: --target-stderr {stderr:.2g})"
+    return note
