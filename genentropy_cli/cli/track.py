@@ -1,11 +1,15 @@
 """``genentropy track``: the checkpoints of a training run on common latents, entropy by step,
-every change between consecutive checkpoints with its paired standard error and significance."""
+every change between consecutive checkpoints with its paired standard error and significance.
+
+The checkpoints are opened one at a time, in step order (``jobs.track.track_stream``); every
+output (``--output``, ``--plot``, ``--checkpoint``) is checked before the first is estimated, as
+every command does."""
 
 from __future__ import annotations
 
 import glob
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any, List
+from typing import TYPE_CHECKING, Annotated, Any, Callable, List
 
 import typer
 from rich import box
@@ -18,6 +22,7 @@ from genentropy_cli.cli.options import (
     PlotOption,
     RunFlags,
     ScaleOption,
+    check_paths,
     estimate_options,
     open_model,
 )
@@ -65,33 +70,53 @@ def track(checkpoints: CheckpointsArgument, *, source: ModelFlags, scale: ScaleO
           keep_order: KeepOrderOption = False, run: RunFlags, plot: PlotOption = None, report: OutputFlags) -> None:
     """Estimate a training run's checkpoints on common latents: entropy by step, each change tested."""
     from genentropy_cli.cli import plotting
-    from genentropy_cli.jobs.track import checkpoint_step, order_by_step, track_checkpoints
+    from genentropy_cli.jobs.track import Checkpoint, checkpoint_step, order_by_step, track_stream
+    from genentropy_cli.run.files import input_file
 
     sink = Sink.of(report)
     options = estimate_options(run, scale)
     paths = expand_checkpoints(checkpoints)
     if len(paths) < 2:
         raise InputError(f"track needs at least two checkpoints, got {len(paths)}")
+    check_paths(paths, source, report, options, {"--plot": plot})  # every output, before any work
     if plot:
-        plotting.check_plot_target(plot)  # before the estimate, not after it
-    loaded = [open_model(source, path, sink.warn) for path in paths]
-    found = [checkpoint_step(item.path, item.metadata, item.loaded.spec) for item in loaded]
+        plotting.check_plot_target(plot)
+    for path in paths:
+        input_file(path, "checkpoint")  # each one readable before the first is estimated
+    found = [checkpoint_step(path) or recorded_step(source, path, sink.warn) for path in paths]
     order = order_by_step(paths, found, keep_order)
-    loaded, found = [loaded[index] for index in order], [found[index] for index in order]
+    paths, found = [paths[index] for index in order], [found[index] for index in order]
     steps = [item[0] if item else position + 1 for position, item in enumerate(found)]
     step_sources = [item[1] if item else "order given" for item in found]
+
+    def open_checkpoint(index: int) -> Checkpoint:  # one at a time: the previous one is gone by now
+        item = open_model(source, paths[index], sink.warn)
+        return Checkpoint(item.decoder, item.latent, item.label, item.describe())
+
     with sink.progress("tracking", options.scales) as progress:
-        result = track_checkpoints([item.decoder for item in loaded], [item.latent for item in loaded], steps,
-                                   names=checkpoint_names([item.path for item in loaded]), options=options,
-                                   step_sources=step_sources, progress=progress, log=sink.warn)
-    for summary, item in zip(result.comparison.models, loaded):
-        summary.info.update(item.describe())
+        result = track_stream(open_checkpoint, len(paths), steps, checkpoint_names(paths), options=options,
+                              step_sources=step_sources, progress=progress, log=sink.warn)
     for message in result.comparison.warnings:
         sink.warn(message)
+    if result.partial:
+        sink.warn(f"interrupted: the result is PARTIAL ({len(result.steps)} of {len(paths)} checkpoints, the last "
+                  f"one on {result.comparison.models[-1].estimates[0].num_samples} samples)")
     if plot and sink.speaks:
-        plot_track(result, plot)
+        try:
+            plot_track(result, plot)
+        except OSError as error:  # the track is done: its result is still shown, and the exit status says 1
+            sink.lost(f"could not write the plot {plot} ({error.strerror or error}); the result follows")
     sink.emit(result.to_dict(), lambda: [track_table(result, index) for index in range(len(options.scales))])
     sink.exit_if_partial(result)
+
+
+def recorded_step(source: ModelFlags, path: str, warn: Callable[[str], None]) -> tuple[int, str] | None:
+    """The step a checkpoint whose name has none records (its metadata or spec): the file is
+    opened for it alone and let go."""
+    from genentropy_cli.jobs.track import checkpoint_step
+
+    item = open_model(source, path, warn)
+    return checkpoint_step(item.path, item.metadata, item.loaded.spec)
 
 
 def track_table(result: TrackResult, scale_index: int = 0) -> Table:

@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import os
 import time
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
 
@@ -364,8 +365,9 @@ def run_loop(make_workload: Callable[[torch.device], Workload], options: Estimat
     group = join_process_group(torch_device, options.distributed)
     try:
         # batches reuse freed memory instead of page-faulting it in again (allocator.py)
-        with strict_float32(), reusing_freed_memory(), \
-                graceful_interrupts(options.handle_signals, hooks.notify) as interrupt:
+        signals = nullcontext(hooks.interrupt) if hooks.interrupt is not None else \
+            graceful_interrupts(options.handle_signals, hooks.notify)
+        with strict_float32(), reusing_freed_memory(), signals as interrupt:
             started = time.perf_counter()
             workload = make_workload(torch_device)
             return BatchLoop(workload, options, hooks, group, interrupt, started).execute()
