@@ -4,8 +4,9 @@
 
 The signal is real (os.kill on our own pid, from inside the run), which makes the point of
 interruption deterministic: after batch K has been computed. ``SIGNAL*2`` sends it, then hangs
-in that batch (a decoder that never returns) until the same signal comes again half a second
-later: the second signal must abort at once. Used by test_resume.py.
+in that batch (a decoder that never returns) until the same signal comes again (sent by another
+thread as soon as the first was handled, no fixed delay): the second signal must abort at once.
+Used by test_resume.py.
 """
 
 from __future__ import annotations
@@ -34,8 +35,8 @@ def signalling_after(compute, signal_name: str, after_batches: int):
         calls[0] += 1
         if calls[0] == after_batches:
             os.kill(os.getpid(), signum)
-            if times == "2":
-                threading.Timer(0.5, os.kill, (os.getpid(), signum)).start()
+            if times == "2":  # the first signal's handler has run (os.kill on ourselves): send the second now
+                threading.Thread(target=os.kill, args=(os.getpid(), signum)).start()
                 time.sleep(HANG_SECONDS)  # hung: only an abort gets out of here in time
         return terms
 
