@@ -29,6 +29,7 @@ from genentropy_cli.cli.options import (
 from genentropy_cli.cli.output import Sink
 from genentropy_cli.defaults import CONFIDENCE_Z_95
 from genentropy_cli.errors import InputError
+from genentropy_cli.run.files import same_file
 
 if TYPE_CHECKING:  # the jobs layer imports torch: the command imports it when it runs
     from genentropy_cli.jobs.track import TrackResult
@@ -56,6 +57,10 @@ def expand_checkpoints(patterns: list[str]) -> list[str]:
     repeated = sorted({path for path in paths if paths.count(path) > 1})
     if repeated:
         raise InputError(f"{repeated[0]} is given more than once; name each checkpoint once")
+    for index, path in enumerate(paths):  # one file under two names (a link, ./a and a)
+        twin = next((other for other in paths[:index] if Path(other).exists() and same_file(path, other)), None)
+        if twin is not None:
+            raise InputError(f"{path} and {twin} are the same file; name each checkpoint once")
     return paths
 
 

@@ -152,6 +152,15 @@ def _class_count_hint(decoder: Any) -> str:
     return "K"
 
 
+NO_LABEL_ERRORS: tuple[tuple[str, ...], ...] = (
+    ("positional argument", "were given"),  # Python: forward(z) called with (z, y)
+    ("unexpected keyword argument",),
+    ("expected at most", "but received"),  # TorchScript
+    ("Keyword argument", "unknown"),
+)
+"""What a decoder's error says when it was given a label it has no parameter for."""
+
+
 def _label_failure(decoder: Any, latent: LatentSpec, device: torch.device, dtype: torch.dtype,
                    error: Exception) -> InputError | None:
     """Why a decoder bound to a class fails, where the label is to blame: the other label format
@@ -164,6 +173,10 @@ def _label_failure(decoder: Any, latent: LatentSpec, device: torch.device, dtype
         return None
     spec, label = decoder.spec, decoder.label
     reason = _reason(error)
+    text = str(error)
+    if any(all(part in text for part in parts) for parts in NO_LABEL_ERRORS):
+        return InputError(f"the decoder takes no class label ({reason}): it is unconditional; leave out "
+                          "--num-classes and the other label options (or the label entry of its spec)")
     for other in LABEL_FORMATS:
         if other != spec.format and _runs_in(ClassBoundDecoder(decoder.decoder, replace(spec, format=other), label),
                                              latent, device, dtype):

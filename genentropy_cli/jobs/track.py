@@ -268,6 +268,11 @@ def _run_checkpoint(state: _TrackState, checkpoint: Checkpoint, name: str, optio
     previous checkpoint over the samples finite in both."""
     spec = make_latent_spec(checkpoint.latent)
     label = None if checkpoint.label is None else as_label_spec(checkpoint.label)
+    if state.summaries and ("label" in state.summaries[0].info) != (label is not None):
+        first = state.summaries[0].name
+        raise InputError(f"{name} is {'' if label is not None else 'not '}conditional and {first} is "
+                         f"{'not ' if label is not None else ''}: track needs every checkpoint conditional (H(X|Y) is "
+                         "tracked) or none")
     seed = latent_seeds([*state.specs, spec], options.seed)[-1]
     num_scales = len(options.scales)
     pieces: list[np.ndarray] = []
