@@ -25,6 +25,7 @@ from genentropy_cli.core.significance import (
 from genentropy_cli.core.stats import RunningMoments
 from genentropy_cli.defaults import COMPARE_SIGNIFICANCE_LEVEL
 from genentropy_cli.errors import EstimationError
+from genentropy_cli.run.rows import never_finite_note
 
 __all__ = ["INDEPENDENT_SEED_OFFSET", "PairDifference", "column_group", "latent_seeds", "pair_differences",
            "require_two_samples", "same_latents"]
@@ -116,14 +117,7 @@ def require_two_samples(outcome: Any, what: str, action: str = "nothing to estim
     (NaN where no sample was used) is shown and the command exits 130, as for one decoder."""
     if outcome.moments.count >= 2 or outcome.partial:
         return
-    names = outcome.workload.names
-    never = [name for name, summary in zip(names, outcome.summary.models)
-             if summary.count == 0 and summary.num_nonfinite > 0]
-    cause = ""
-    if never:
-        shown = ", ".join(never[:5]) + (f" and {len(never) - 5} more" if len(never) > 5 else "")
-        cause = (f": every sample of {shown} was non-finite; leave {'it' if len(never) == 1 else 'them'} out "
-                 "(--classes for a class) or check the decoder there")
+    cause = never_finite_note(outcome.summary, outcome.workload.names)
     raise EstimationError(f"fewer than two samples were finite for every {what}; {action}{cause}")
 
 

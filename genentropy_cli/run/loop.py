@@ -48,7 +48,7 @@ from genentropy_cli.run.memory import FirstBatchCalibration, device_name, peak_m
 from genentropy_cli.run.options import EstimateOptions
 from genentropy_cli.run.per_sample import PerSampleWriter, output_files
 from genentropy_cli.run.precision import PrecisionProbe, dtype_name, probe_warning
-from genentropy_cli.run.rows import PairedSummary, SampleSummary
+from genentropy_cli.run.rows import PairedSummary, SampleSummary, never_finite_note
 from genentropy_cli.run.stopping import STOP_INTERRUPTED, STOP_NUM_SAMPLES, STOP_TARGET_STDERR
 from genentropy_cli.run.trace import trace_first_batch
 from genentropy_cli.run.workload import Workload
@@ -297,7 +297,8 @@ class BatchLoop:
             moments, summary = ledger.prefix, ledger.summary
             reason = STOP_TARGET_STDERR if ledger.stop_at is not None else STOP_NUM_SAMPLES
             if moments.count == 0:
-                raise EstimationError("no finite samples were left to estimate from")
+                raise EstimationError("no finite samples were left to estimate from"
+                                      + never_finite_note(ledger.summary, self.workload.names))
         stderr = np.full(moments.mean.shape, np.nan) if moments.count < 2 else moments.stderr
         reports = []
         for index, member in enumerate(self.workload.members):
