@@ -30,12 +30,12 @@ import torch
 from test_cli import assert_one_line_error
 from test_hostile_input import unwritable_folder
 
-from genentropy_cli import compare_models, estimate_entropy
+from genentropy_cli import estimate_entropy
 from genentropy_cli.core.labels import LabelSpec
 from genentropy_cli.core.latents import make_latent_spec
 from genentropy_cli.core.references import ConditionalLinearDecoder
 from genentropy_cli.errors import InputError
-from genentropy_cli.jobs.track import Checkpoint, track_checkpoints, track_stream
+from genentropy_cli.jobs.track import Checkpoint, track_stream
 from genentropy_cli.models.loading import save_torchscript
 from genentropy_cli.models.specs import build_from_spec, save_safetensors
 from genentropy_cli.run.options import EstimateOptions
@@ -76,10 +76,6 @@ def files(tmp_path_factory) -> dict[str, Path]:
                                                         latent=make_latent_spec(3), label=LabelSpec(5))
     paths["nan_class"] = save_torchscript(NanForClassOne(), folder / "nan_class.pt", latent=make_latent_spec(3),
                                           label=LabelSpec(3))
-    paths["nan_some_class"] = save_torchscript(NanWhereForClassOne(11, 0), folder / "nan_some.pt",
-                                               latent=make_latent_spec(3), label=LabelSpec(3))
-    paths["finite_class"] = save_torchscript(EmbeddingDecoder(), folder / "finite.pt", latent=make_latent_spec(3),
-                                             label=LabelSpec(3))
     return paths
 
 
@@ -119,26 +115,6 @@ class NanForClassOne(torch.nn.Module):
     def forward(self, z: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         out = self.fc(z)
         return torch.where((y == 1).unsqueeze(1), out * float("nan"), out)
-
-
-class NanWhere(torch.nn.Module):
-    """tanh(W z + b), NaN where z[coordinate] > 1 (for ``label``'s class only, if given: then of (z, y))."""
-
-    def __init__(self, seed: int, coordinate: int):
-        super().__init__()
-        torch.manual_seed(seed)
-        self.coordinate = coordinate
-        self.fc = torch.nn.Linear(3, 6)
-
-    def forward(self, z: torch.Tensor) -> torch.Tensor:
-        out = torch.tanh(self.fc(z))
-        return torch.where((z[:, self.coordinate] > 1.0).unsqueeze(1), out * float("nan"), out)
-
-
-class NanWhereForClassOne(NanWhere):
-    def forward(self, z: torch.Tensor, y: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
-        out = torch.tanh(self.fc(z) + y.unsqueeze(1).to(z.dtype))
-        return torch.where(((z[:, self.coordinate] > 1.0) & (y == 1)).unsqueeze(1), out * float("nan"), out)
 
 
 class UnlabelledConditional(torch.nn.Module):
@@ -188,26 +164,6 @@ def partial_result(completed: subprocess.CompletedProcess) -> dict:
 
 
 # --------------------------------------------------------------------------- streaming track
-
-
-@pytest.mark.parametrize("scales", [[1e-2], [1e-1, 1e-4]])
-def test_streamed_track_equals_the_all_at_once_comparison(scales):
-    """The old track (compare over consecutive pairs, every model in one run) is the reference."""
-    decoders = [mlp(seed) for seed in (1, 2, 3, 4)]
-    options = EstimateOptions(scales=scales, num_samples=300, dtype="float64", device="cpu", seed=5)
-    streamed = track_checkpoints(decoders, [3] * 4, [10, 20, 30, 40], names=list("abcd"), options=options)
-    together = compare_models(decoders, [3] * 4, list("abcd"), options=options, pairs=[(1, 0), (2, 1), (3, 2)])
-    for ours, theirs in zip(streamed.comparison.models, together.models):
-        for mine, reference in zip(ours.estimates, theirs.estimates):
-            assert mine.entropy == pytest.approx(reference.entropy, rel=1e-12, abs=1e-12)
-            assert mine.stderr == pytest.approx(reference.stderr, rel=1e-10)
-        assert ours.ranks == theirs.ranks
-    assert len(streamed.comparison.pairs) == len(together.pairs) == 3 * len(scales)
-    for ours, theirs in zip(streamed.comparison.pairs, together.pairs):
-        assert (ours.first, ours.second, ours.scale) == (theirs.first, theirs.second, theirs.scale)
-        assert ours.difference == pytest.approx(theirs.difference, abs=1e-11)
-        assert ours.paired_stderr == pytest.approx(theirs.paired_stderr, rel=1e-9)
-        assert ours.p_holm == pytest.approx(theirs.p_holm, rel=1e-9, abs=1e-300)
 
 
 def test_at_most_one_checkpoint_is_alive_at_a_time():
@@ -422,18 +378,6 @@ def test_ctrl_c_while_the_command_line_is_built_ends_quietly(files):
     assert completed.stdout == ""
 
 
-def test_ctrl_c_after_the_result_is_shown_prints_no_traceback(files):
-    """An interrupt during the interpreter's shutdown (an exit handler) once the result is out."""
-    script = ("import atexit, os, signal, sys\natexit.register(lambda: os.kill(os.getpid(), signal.SIGINT))\n"
-              "import genentropy_cli.__main__ as entry\n"
-              f"sys.argv = ['genentropy', 'estimate', {str(files['step1'])!r}, '-n', '20', '--json', '-q']\n"
-              "entry.main()\n")
-    completed = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300,
-                               env=dict(os.environ, PYTHONPATH=str(ROOT)))
-    assert completed.returncode == 0 and completed.stderr == "", completed.stderr
-    assert strict_json(completed.stdout)["command"] == "estimate"
-
-
 # --------------------------------------------------------------------------- messages
 
 
@@ -503,46 +447,6 @@ def test_skip_nonfinite_in_a_conditional_comparison_names_the_model_and_class(ru
     copy.write_bytes(Path(files["nan_class"]).read_bytes())
     result = run_cli("compare", files["nan_class"], copy, "-n", "40", "--skip-nonfinite", "--dtype", "float64")
     assert_one_line_error(result, "nan_class/y=1", "copy/y=1", exit_code=1)
-
-
-def test_per_class_bookkeeping_in_a_conditional_comparison_is_each_models_own(run_cli, files):
-    """Non-finite counts and precision probes of the second model's classes are its own, not the
-    first model's (a per-class index off by the model's offset survived the whole suite)."""
-    from genentropy_cli.core.latents import LatentStream
-
-    arguments = ("-n", "400", "--skip-nonfinite", "--json", "-q", "--probe-samples", "64")
-    compared = run_cli("compare", files["finite_class"], files["nan_some_class"], *arguments)
-    assert compared.exit_code == 0, compared.stderr
-    first, second = compared.json()["models"]
-    latents = LatentStream(make_latent_spec(3), 0).range(0, 400)
-    expected = int((latents[:, 0] > 1.0).sum())  # class 1 of the second model is NaN exactly there
-    assert 0 < expected < 400
-    assert [item["num_nonfinite"] for item in first["classes"]] == [0, 0, 0]
-    assert [item["num_nonfinite"] for item in second["classes"]] == [0, expected, 0]
-    for model, path in ((first, files["finite_class"]), (second, files["nan_some_class"])):
-        alone = run_cli("estimate", path, *arguments).json()
-        for ours, theirs in zip(model["classes"], alone["classes"]):
-            assert ours["precision_probe"]["difference"] == pytest.approx(theirs["precision_probe"]["difference"],
-                                                                         rel=1e-6, abs=1e-12)
-    assert first["classes"][0]["precision_probe"]["difference"] != pytest.approx(
-        second["classes"][0]["precision_probe"]["difference"], rel=1e-3)  # the two models' probes differ
-
-
-def test_track_with_skip_nonfinite_pairs_the_samples_finite_in_both():
-    """Checkpoint 1 is NaN where z0 > 1, checkpoint 2 where z1 > 1: the change uses the samples
-    finite in both, as the all-at-once comparison (which drops a sample non-finite for either) did."""
-    decoders = [NanWhere(1, 0), NanWhere(2, 1)]
-    options = EstimateOptions(scales=[1e-2], num_samples=600, dtype="float64", device="cpu", skip_nonfinite=True)
-    streamed = track_checkpoints(decoders, [3, 3], [1, 2], names=["a", "b"], options=options)
-    together = compare_models(decoders, [3, 3], ["a", "b"], options=options, pairs=[(1, 0)])
-    ours, theirs = streamed.changes()[0], together.pairs[0]
-    assert ours.difference == pytest.approx(theirs.difference, abs=1e-11)
-    assert ours.paired_stderr == pytest.approx(theirs.paired_stderr, rel=1e-9)
-    assert streamed.comparison.diagnostics["change_samples"] == [together.settings["num_used"]]
-    for model, decoder in zip(streamed.comparison.models, decoders):  # each checkpoint: its own finite samples
-        alone = estimate_entropy(decoder, 3, options=options)
-        assert model.estimates[0].entropy == pytest.approx(alone.estimates[0].entropy, rel=1e-12)
-        assert model.num_nonfinite == alone.num_nonfinite > 0
 
 
 @pytest.mark.parametrize("where", ["buffer", "parameter"])
