@@ -16,6 +16,7 @@ from typing import Any
 from genentropy_cli.version import __version__
 
 _PUBLIC: dict[str, str] = {
+    "Checkpoint": "jobs.track",
     "ComparisonResult": "jobs.compare",
     "ConditionalComparison": "jobs.conditional_compare",
     "ConditionalExtremes": "jobs.samples",
@@ -44,6 +45,7 @@ _PUBLIC: dict[str, str] = {
     "summary_writer": "jobs.metric",
     "sweep_scale": "jobs.sweep",
     "track_checkpoints": "jobs.track",
+    "track_stream": "jobs.track",
     "write_scalars": "jobs.metric",
 }
 """Every public name but ``__version__`` -> the module (under the package) that defines it."""
