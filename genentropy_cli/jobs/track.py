@@ -49,6 +49,7 @@ from genentropy_cli.run.checkpoint import check_same_settings, load_checkpoint, 
 from genentropy_cli.run.files import check_output_targets
 from genentropy_cli.run.hooks import LogCallback, ProgressCallback, RunHooks, warn_to_python
 from genentropy_cli.run.interrupts import graceful_interrupts
+from genentropy_cli.run.loop import shared_process_group
 from genentropy_cli.run.options import EstimateOptions, options_from
 from genentropy_cli.run.results import ScaleEstimate
 from genentropy_cli.run.stopping import STOP_INTERRUPTED
@@ -238,7 +239,7 @@ def track_stream(
     identity = {"command": "track", "names": list(names), "steps": list(steps), **options.checkpoint_settings()}
     state = _resume(options.checkpoint, identity, len(options.scales), notify)
     started = time.perf_counter()
-    with graceful_interrupts(options.handle_signals, notify) as interrupt:
+    with shared_process_group(options) as group, graceful_interrupts(options.handle_signals, notify) as interrupt:
         for index in range(len(state.summaries), count):
             checkpoint = open_checkpoint(index) if not interrupt.requested else None
             if checkpoint is None or interrupt.requested:  # stopped while it loaded: it is not estimated
@@ -249,7 +250,8 @@ def track_stream(
             del checkpoint  # gone before the next one opens
             if state.partial:
                 break
-            _save(options.checkpoint, identity, state, time.perf_counter() - started, notify)
+            if group.is_main:
+                _save(options.checkpoint, identity, state, time.perf_counter() - started, notify)
     state.elapsed += time.perf_counter() - started
     return _track_result(state, list(steps), names, step_sources, options)
 

@@ -16,9 +16,9 @@ from __future__ import annotations
 import json
 import os
 import time
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -53,7 +53,7 @@ from genentropy_cli.run.stopping import STOP_INTERRUPTED, STOP_NUM_SAMPLES, STOP
 from genentropy_cli.run.trace import trace_first_batch
 from genentropy_cli.run.workload import Workload
 
-__all__ = ["BatchLoop", "LoopOutcome", "run_loop"]
+__all__ = ["BatchLoop", "LoopOutcome", "rank_torch_device", "run_loop", "shared_process_group"]
 
 
 @dataclass
@@ -353,16 +353,32 @@ class BatchLoop:
         }
 
 
+def rank_torch_device(options: EstimateOptions) -> torch.device:
+    """This process's device: ``options.device``, under torchrun the one of its local rank."""
+    wanted = options.device
+    if options.distributed is not False and launched_by_torchrun():
+        wanted = rank_device(str(options.device), int(os.environ.get("LOCAL_RANK", "0")))
+    return resolve_device(wanted)
+
+
+@contextmanager
+def shared_process_group(options: EstimateOptions) -> Iterator[ProcessGroup]:
+    """One process group for several runs one after another (``track``'s checkpoints): joined
+    once (under torchrun), each run joins it as an initialised group, closed after the last."""
+    group = join_process_group(rank_torch_device(options), options.distributed)
+    try:
+        yield group
+    finally:
+        group.close()
+
+
 def run_loop(make_workload: Callable[[torch.device], Workload], options: EstimateOptions,
              hooks: RunHooks) -> LoopOutcome:
     """Join the process group (under torchrun), build the workload on this rank's device and
     run it, with TF32 off, freed memory kept for reuse and signals handled. The checkpoint and
     per-sample paths are checked first: no work is done that could not be saved."""
     check_output_targets({"--checkpoint": options.checkpoint, **output_files(options.per_sample)})
-    wanted = options.device
-    if options.distributed is not False and launched_by_torchrun():
-        wanted = rank_device(str(options.device), int(os.environ.get("LOCAL_RANK", "0")))
-    torch_device = resolve_device(wanted)
+    torch_device = rank_torch_device(options)
     group = join_process_group(torch_device, options.distributed)
     try:
         # batches reuse freed memory instead of page-faulting it in again (allocator.py)
