@@ -11,6 +11,7 @@ module loads torch ends the program with "interrupted" instead of a traceback.
 from genentropy_cli.version import __version__
 
 _PUBLIC: dict[str, str] = {
+    "Checkpoint": "jobs.track",
     "ComparisonResult": "jobs.compare",
     "ConditionalComparison": "jobs.conditional_compare",
     "ConditionalExtremes": "jobs.samples",
@@ -47,6 +48,7 @@ _PUBLIC: dict[str, str] = {
     "sweep_scale": "jobs.sweep",
     "track_checkpoints": "jobs.track",
     "track_files": "jobs.files",
+    "track_stream": "jobs.track",
     "write_scalars": "jobs.metric",
 }
 """Every public name but ``__version__`` -> the module (under the package) that defines it."""

@@ -9,7 +9,12 @@ A Ctrl-C while anything loads ends it at once with "interrupted" and status 130,
 """
 
 import os
+import signal
 import sys
+
+from genentropy_cli.errors import caused_by_interrupt, end_at_once_when_interrupted_while_importing
+
+end_at_once_when_interrupted_while_importing()  # first thing: the rest of start-up is imports
 
 
 def _drop_working_directory() -> None:
@@ -17,21 +22,32 @@ def _drop_working_directory() -> None:
         del sys.path[0]
 
 
+def _interrupted() -> None:
+    sys.stderr.write("interrupted\n")
+    raise SystemExit(130) from None
+
+
 def main() -> None:
-    """Console-script entry point."""
-    _drop_working_directory()
-    from genentropy_cli.errors import caused_by_interrupt, end_at_once_when_interrupted_while_importing
-
+    """Console-script entry point. A Ctrl-C at any moment of start-up (the imports, building the
+    command line) ends with "interrupted" and status 130, never a traceback; inside a command
+    ``cli.guard`` and the run loop take over. Once the command has returned (its result shown)
+    the process only exits: a Ctrl-C then is ignored rather than reported from the interpreter's
+    shutdown."""
     end_at_once_when_interrupted_while_importing()
-
+    _drop_working_directory()
     try:
         from genentropy_cli.cli.app import main as run_app
+
+        run_app()
+    except SystemExit:
+        raise
     except BaseException as error:  # a Ctrl-C inside an import may come wrapped in another error
         if not caused_by_interrupt(error):
             raise
-        sys.stderr.write("interrupted\n")
-        raise SystemExit(130) from None
-    run_app()
+        _interrupted()
+    finally:
+        if sys.exc_info()[0] in (None, SystemExit):
+            signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 if __name__ == "__main__":

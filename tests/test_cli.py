@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import zipfile
@@ -181,3 +182,15 @@ def test_nonfinite_sample_fails_with_status_1_and_skip_reports_count(run_cli, tm
     assert document["num_nonfinite"] > 0
     assert document["estimates"][0]["num_samples"] == 1000 - document["num_nonfinite"]
     assert "skipped" in skipped.stderr
+
+
+def test_ctrl_c_after_the_result_is_shown_prints_no_traceback():
+    """A Ctrl-C during the interpreter's shutdown (an exit handler), once the result is out: ignored."""
+    script = ("import atexit, os, signal, sys\natexit.register(lambda: os.kill(os.getpid(), signal.SIGINT))\n"
+              "import genentropy_cli.__main__ as entry\n"
+              f"sys.argv = ['genentropy', 'estimate', {str(HALF_SPHERE)!r}, '-n', '20', '--json', '-q', '--dtype', 'float64']\n"
+              "entry.main()\n")
+    completed = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300,
+                               env=dict(os.environ, PYTHONPATH=str(ROOT)))
+    assert completed.returncode == 0 and completed.stderr == "", completed.stderr
+    assert json.loads(completed.stdout)["command"] == "estimate"

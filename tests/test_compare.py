@@ -279,3 +279,179 @@ def test_columns_sets_the_table_width_when_given(run_cli, linear_files, monkeypa
     monkeypatch.delenv("COLUMNS")
     wide = run_cli("compare", *linear_files, "-n", "300", "--quiet")
     assert "wide - narrow" in wide.stdout and max(len(line) for line in wide.stdout.splitlines()) > 60
+
+
+# --------------------------------------------------------------------------- track and conditional bookkeeping
+
+
+class NanWhere(torch.nn.Module):
+    """tanh(W z + b), NaN where z[coordinate] > 1 (with a label: for class 1 only, of (z, y))."""
+
+    def __init__(self, seed: int, coordinate: int):
+        super().__init__()
+        torch.manual_seed(seed)
+        self.coordinate = coordinate
+        self.fc = torch.nn.Linear(3, 6)
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        out = torch.tanh(self.fc(z))
+        return torch.where((z[:, self.coordinate] > 1.0).unsqueeze(1), out * float("nan"), out)
+
+
+class NanWhereForClassOne(NanWhere):
+    def forward(self, z: torch.Tensor, y: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        out = torch.tanh(self.fc(z) + y.unsqueeze(1).to(z.dtype))
+        return torch.where(((z[:, self.coordinate] > 1.0) & (y == 1)).unsqueeze(1), out * float("nan"), out)
+
+
+class Tanh(torch.nn.Module):
+    """tanh(W z + b) of seed ``seed``; with ``label``: of (z, y), y shifting the pre-activation."""
+
+    def __init__(self, seed: int, label: bool = False):
+        super().__init__()
+        torch.manual_seed(seed)
+        self.label = label
+        self.fc = torch.nn.Linear(3, 6)
+
+    def forward(self, z: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
+        if self.label:
+            return torch.tanh(self.fc(z) + 0.3 * y.unsqueeze(1).to(z.dtype))
+        return torch.tanh(self.fc(z))
+
+
+def track_options(**changes):
+    from genentropy_cli.run.options import EstimateOptions
+
+    return EstimateOptions(**{"scales": [1e-2], "num_samples": 300, "dtype": "float64", "device": "cpu", "seed": 5,
+                              **changes})
+
+
+@pytest.mark.parametrize("scales", [[1e-2], [1e-1, 1e-4]])
+def test_streamed_track_equals_the_all_at_once_comparison(scales):
+    """track streams its checkpoints; compare over the consecutive pairs (every model in one run,
+    what track was) is the reference: entropies, changes, paired errors, Holm's p."""
+    from genentropy_cli.jobs.track import track_checkpoints
+
+    decoders = [Tanh(seed) for seed in (1, 2, 3, 4)]
+    options = track_options(scales=scales)
+    streamed = track_checkpoints(decoders, [3] * 4, [10, 20, 30, 40], names=list("abcd"), options=options)
+    together = compare_models(decoders, [3] * 4, list("abcd"), options=options, pairs=[(1, 0), (2, 1), (3, 2)])
+    for ours, theirs in zip(streamed.comparison.models, together.models):
+        for mine, reference in zip(ours.estimates, theirs.estimates):
+            assert mine.entropy == pytest.approx(reference.entropy, rel=1e-12, abs=1e-12)
+            assert mine.stderr == pytest.approx(reference.stderr, rel=1e-10)
+        assert ours.ranks == theirs.ranks
+    assert len(streamed.comparison.pairs) == len(together.pairs) == 3 * len(scales)
+    for ours, theirs in zip(streamed.comparison.pairs, together.pairs):
+        assert (ours.first, ours.second, ours.scale) == (theirs.first, theirs.second, theirs.scale)
+        assert ours.difference == pytest.approx(theirs.difference, abs=1e-11)
+        assert ours.paired_stderr == pytest.approx(theirs.paired_stderr, rel=1e-9)
+        assert ours.p_holm == pytest.approx(theirs.p_holm, rel=1e-9, abs=1e-300)
+
+
+def test_track_with_skip_nonfinite_pairs_the_samples_finite_in_both():
+    """Checkpoint 1 is NaN where z0 > 1, checkpoint 2 where z1 > 1: the change uses the samples
+    finite in both, as the all-at-once comparison (which drops a sample non-finite for either) does;
+    each checkpoint's own estimate drops only its own."""
+    from genentropy_cli.jobs.track import track_checkpoints
+
+    decoders = [NanWhere(1, 0), NanWhere(2, 1)]
+    options = track_options(num_samples=600, skip_nonfinite=True)
+    streamed = track_checkpoints(decoders, [3, 3], [1, 2], names=["a", "b"], options=options)
+    together = compare_models(decoders, [3, 3], ["a", "b"], options=options, pairs=[(1, 0)])
+    ours, theirs = streamed.changes()[0], together.pairs[0]
+    assert ours.difference == pytest.approx(theirs.difference, abs=1e-11)
+    assert ours.paired_stderr == pytest.approx(theirs.paired_stderr, rel=1e-9)
+    assert streamed.comparison.diagnostics["change_samples"] == [together.settings["num_used"]]
+    for model, decoder in zip(streamed.comparison.models, decoders):
+        alone = estimate_entropy(decoder, 3, options=options)
+        assert model.estimates[0].entropy == pytest.approx(alone.estimates[0].entropy, rel=1e-12)
+        assert model.num_nonfinite == alone.num_nonfinite > 0
+
+
+def test_track_with_a_target_stderr_pairs_the_samples_both_checkpoints_used():
+    """Checkpoints stop at different N (each as ``estimate`` alone): the change pairs the first
+    min(N) samples, equal to the comparison of those samples."""
+    from genentropy_cli.jobs.track import track_checkpoints
+
+    decoders = [Tanh(1), ElementwiseExp()]
+    options = track_options(num_samples=4000, target_stderr=0.04, min_samples=50)
+    streamed = track_checkpoints(decoders, [3, 3], [1, 2], options=options)
+    used = [estimate_entropy(decoder, 3, options=options).estimates[0].num_samples for decoder in decoders]
+    assert [model.estimates[0].num_samples for model in streamed.comparison.models] == used and used[0] != used[1]
+    reference = compare_models(decoders, [3, 3], options=track_options(num_samples=min(used)), pairs=[(1, 0)])
+    assert streamed.comparison.diagnostics["change_samples"] == [min(used)]
+    assert streamed.changes()[0].paired_stderr == pytest.approx(reference.pairs[0].paired_stderr, rel=1e-9)
+    assert streamed.changes()[0].difference == pytest.approx(reference.pairs[0].difference, abs=1e-11)
+
+
+def test_track_tracks_conditional_decoders_by_their_conditional_entropy():
+    from genentropy_cli.core.labels import LabelSpec
+    from genentropy_cli.jobs.track import track_checkpoints
+
+    decoders = [Tanh(1, label=True), Tanh(2, label=True)]
+    options = track_options()
+    result = track_checkpoints(decoders, [3, 3], [1, 2], options=options, labels=LabelSpec(3, weights=(1, 2, 1)))
+    for model, decoder in zip(result.comparison.models, decoders):
+        alone = estimate_entropy(decoder, 3, labels=LabelSpec(3, weights=(1, 2, 1)), options=options)
+        assert model.estimates[0].entropy == pytest.approx(alone.conditional[0].entropy, rel=1e-12)
+        assert [item["label"] for item in model.info["classes"]] == [0, 1, 2]
+    change = result.changes()[0]
+    assert change.difference == pytest.approx(
+        result.comparison.models[1].estimates[0].entropy - result.comparison.models[0].estimates[0].entropy, abs=1e-10)
+
+
+def test_a_resumed_track_estimates_only_the_checkpoints_not_finished(tmp_path):
+    from genentropy_cli.jobs.track import Checkpoint, track_stream
+
+    opened: list[int] = []
+    decoders = [Tanh(seed) for seed in (1, 2, 3)]
+
+    def open_checkpoint(index: int) -> Checkpoint:
+        opened.append(index)
+        return Checkpoint(decoders[index], 3)
+
+    options = track_options(checkpoint=str(tmp_path / "track.ckpt"))
+    first = track_stream(open_checkpoint, 3, [1, 2, 3], ["a", "b", "c"], options=options)
+    again = track_stream(open_checkpoint, 3, [1, 2, 3], ["a", "b", "c"], options=options)
+    assert opened == [0, 1, 2] and again.comparison.diagnostics["resumed_checkpoints"] == 3
+    assert [pair.to_dict(again.comparison.names) for pair in again.comparison.pairs] == \
+        [pair.to_dict(first.comparison.names) for pair in first.comparison.pairs]
+
+
+def test_per_class_bookkeeping_in_a_conditional_comparison_is_each_models_own():
+    """Non-finite counts and precision probes of the second model's classes are its own, not the
+    first model's (a per-class index off by the model's offset survived the whole suite)."""
+    from genentropy_cli.core.labels import LabelSpec
+    from genentropy_cli.core.latents import LatentStream
+
+    decoders = [Tanh(4, label=True), NanWhereForClassOne(11, 0)]
+    options = track_options(num_samples=400, dtype="float32", probe_samples=64, skip_nonfinite=True)
+    compared = compare_models(decoders, [3, 3], ["a", "b"], options=options, labels=LabelSpec(3))
+    expected = int((LatentStream(make_latent_spec(3), 5).range(0, 400)[:, 0] > 1.0).sum())
+    assert 0 < expected < 400  # class 1 of the second model is NaN exactly there
+    first, second = compared.models
+    assert [item.num_nonfinite for item in first.classes] == [0, 0, 0]
+    assert [item.num_nonfinite for item in second.classes] == [0, expected, 0]
+    for model, decoder in zip(compared.models, decoders):
+        alone = estimate_entropy(decoder, 3, labels=LabelSpec(3), options=options)
+        for ours, theirs in zip(model.classes, alone.classes):
+            assert ours.precision_probe["difference"] == pytest.approx(theirs.precision_probe["difference"],
+                                                                      rel=1e-6, abs=1e-12)
+    assert first.classes[0].precision_probe["difference"] != pytest.approx(
+        second.classes[0].precision_probe["difference"], rel=1e-3)
+
+
+def test_a_conditional_run_stopped_before_its_first_sample_is_a_partial_result():
+    """A stop asked before any sample (Ctrl-C during the set-up) gives the partial result, NaN
+    where no sample was used, not an error."""
+    from genentropy_cli.core.labels import LabelSpec
+    from genentropy_cli.jobs.estimate import run_estimate
+    from genentropy_cli.run.hooks import RunHooks
+    from genentropy_cli.run.interrupts import InterruptFlag
+
+    stopped = InterruptFlag(requested=True)
+    result = run_estimate(Tanh(1, label=True), make_latent_spec(3), LabelSpec(3), track_options(),
+                          RunHooks(interrupt=stopped))
+    assert result.partial and result.stop_reason == "interrupted"
+    assert math.isnan(result.conditional[0].entropy) and result.conditional[0].num_samples == 0

@@ -453,3 +453,20 @@ def test_bind_class_and_label_spec_refuse_nonsense():
     with pytest.raises(InputError):
         LabelSpec(3, weights=[0, 0, 1], classes=[0, 1])
     assert LabelSpec(3, weights=[0, 1, 1]).probabilities == (0.0, 0.5, 0.5)
+
+
+def test_labels_in_the_wrong_format_or_a_failing_class_are_named_as_such():
+    """Not "latent size does not fit": the label format that runs, or the class that fails."""
+    with pytest.raises(InputError, match="fails with index labels .* pass --label-format onehot"):
+        estimate_entropy(KeywordDecoder(), 3, labels=LabelSpec(3, "index", "c"), n_samples=20)
+
+    class ThreeClasses(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.embedding = torch.nn.Embedding(3, 3)
+
+        def forward(self, z: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+            return torch.cat([z + self.embedding(y), z], 1)
+
+    with pytest.raises(InputError, match=r"fails for class 3 .* runs for class 0: check --num-classes \(4 given\)"):
+        estimate_entropy(ThreeClasses(), 3, labels=4, n_samples=20)

@@ -101,6 +101,7 @@ def test_a_track_checkpoint_resumes_track_and_not_compare(run_cli, checkpoints, 
     again = run_cli("track", *checkpoints, *COMMON, "--json", "--checkpoint", saved)
     assert again.exit_code == 0, again.stderr
     assert again.json()["changes"] == first.json()["changes"]
-    assert again.json()["diagnostics"]["resumed_from_samples"] == 120
+    assert again.json()["diagnostics"]["resumed_checkpoints"] == 3  # every checkpoint was done: none is rerun
+    assert again.json()["diagnostics"]["checkpoints_estimated"] == 0
     other = run_cli("compare", *checkpoints, *COMMON, "--checkpoint", saved)
     assert other.exit_code == 2 and "Traceback" not in other.stderr

@@ -1,10 +1,15 @@
 """``genentropy track``: the checkpoints of a training run on common latents, entropy by step,
-every change between consecutive checkpoints with its paired standard error and significance."""
+every change between consecutive checkpoints with its paired standard error and significance.
+
+The checkpoints are opened one at a time, in step order (``jobs.track.track_stream``); every
+output (``--output``, ``--plot``, ``--checkpoint``) is checked before the first is estimated, as
+every command does."""
 
 from __future__ import annotations
 
+import glob
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any, List
+from typing import TYPE_CHECKING, Annotated, Any, Callable, List
 
 import typer
 from rich import box
@@ -18,10 +23,14 @@ from genentropy_cli.cli.options import (
     PlotOption,
     RunFlags,
     ScaleOption,
+    check_paths,
     estimate_options,
+    open_model,
 )
 from genentropy_cli.cli.output import Sink
 from genentropy_cli.defaults import CONFIDENCE_Z_95
+from genentropy_cli.errors import InputError
+from genentropy_cli.run.files import same_file
 
 if TYPE_CHECKING:  # the jobs layer imports torch: the command imports it when it runs
     from genentropy_cli.jobs.track import TrackResult
@@ -31,27 +40,89 @@ CheckpointsArgument = Annotated[List[str], typer.Argument(
          "ordered by the step in their names or metadata.", show_default=False)]
 KeepOrderOption = Annotated[bool, typer.Option(
     "--keep-order", help="Keep the checkpoints in the order given instead of sorting them by step.")]
+GLOB_CHARACTERS = "*?["
+
+
+def expand_checkpoints(patterns: list[str]) -> list[str]:
+    """Every path, each glob pattern replaced by its matches (sorted); a pattern matching nothing
+    is an error, and so is a file named twice."""
+    paths: list[str] = []
+    for pattern in patterns:
+        if any(character in pattern for character in GLOB_CHARACTERS) and not Path(pattern).exists():
+            matches = sorted(glob.glob(pattern))
+            if not matches:
+                raise InputError(f"no checkpoint matches {pattern!r}")
+            paths.extend(matches)
+        else:
+            paths.append(pattern)
+    repeated = sorted({path for path in paths if paths.count(path) > 1})
+    if repeated:
+        raise InputError(f"{repeated[0]} is given more than once; name each checkpoint once")
+    for index, path in enumerate(paths):  # one file under two names (a link, ./a and a)
+        twin = next((other for other in paths[:index] if Path(other).exists() and same_file(path, other)), None)
+        if twin is not None:
+            raise InputError(f"{path} and {twin} are the same file; name each checkpoint once")
+    return paths
+
+
+def checkpoint_names(paths: list[str]) -> list[str]:
+    """File names without the folder (with it where two names repeat)."""
+    names = [Path(path).name for path in paths]
+    return names if len(set(names)) == len(names) else list(paths)
+
+
 @command
 def track(checkpoints: CheckpointsArgument, *, source: ModelFlags, scale: ScaleOption = None,
           keep_order: KeepOrderOption = False, run: RunFlags, plot: PlotOption = None, report: OutputFlags) -> None:
     """Estimate a training run's checkpoints on common latents: entropy by step, each change tested."""
     from genentropy_cli.cli import plotting
-    from genentropy_cli.jobs.files import track_files
+    from genentropy_cli.jobs.track import Checkpoint, checkpoint_step, order_by_step, track_stream
+    from genentropy_cli.run.files import input_file
 
     sink = Sink.of(report)
     options = estimate_options(run, scale)
+    paths = expand_checkpoints(checkpoints)
+    if len(paths) < 2:
+        raise InputError(f"track needs at least two checkpoints, got {len(paths)}")
+    check_paths(paths, source, report, options, {"--plot": plot})  # every output, before any work
     if plot:
-        plotting.check_plot_target(plot)  # before the estimate, not after it
+        plotting.check_plot_target(plot)
+    for path in paths:
+        input_file(path, "checkpoint")  # each one readable before the first is estimated
+    found = [checkpoint_step(path) or recorded_step(source, path, sink.warn) for path in paths]
+    order = order_by_step(paths, found, keep_order)
+    paths, found = [paths[index] for index in order], [found[index] for index in order]
+    steps = [item[0] if item else position + 1 for position, item in enumerate(found)]
+    step_sources = [item[1] if item else "order given" for item in found]
+
+    def open_checkpoint(index: int) -> Checkpoint:  # one at a time: the previous one is gone by now
+        item = open_model(source, paths[index], sink.warn, sink.info)
+        return Checkpoint(item.decoder, item.latent, item.label, item.describe())
+
     with sink.progress("tracking", options.scales) as progress:
-        result = track_files(checkpoints, keep_order=keep_order, options=options, progress=progress, log=sink.warn,
-                             **source.model_fields())
+        result = track_stream(open_checkpoint, len(paths), steps, checkpoint_names(paths), options=options,
+                              step_sources=step_sources, progress=progress, log=sink.warn)
     for message in result.comparison.warnings:
         sink.warn(message)
+    if result.partial:
+        sink.warn(f"interrupted: the result is PARTIAL ({len(result.steps)} of {len(paths)} checkpoints, the last "
+                  f"one on {result.comparison.models[-1].estimates[0].num_samples} samples)")
     if plot and sink.speaks:
-        plot_track(result, plot)
-        sink.info(f"wrote plot to {plot}")
+        try:
+            plot_track(result, plot)
+        except OSError as error:  # the track is done: its result is still shown, and the exit status says 1
+            sink.lost(f"could not write the plot {plot} ({error.strerror or error}); the result follows")
     sink.emit(result.to_dict(), lambda: [track_table(result, index) for index in range(len(options.scales))])
     sink.exit_if_partial(result)
+
+
+def recorded_step(source: ModelFlags, path: str, warn: Callable[[str], None]) -> tuple[int, str] | None:
+    """The step a checkpoint whose name has none records (its metadata or spec): the file is
+    opened for it alone and let go."""
+    from genentropy_cli.jobs.track import checkpoint_step
+
+    item = open_model(source, path, warn)
+    return checkpoint_step(item.path, item.metadata, item.loaded.spec)
 
 
 def track_table(result: TrackResult, scale_index: int = 0) -> Table:

@@ -116,12 +116,88 @@ def private_copy(decoder: Any, device: torch.device, dtype: torch.dtype) -> tupl
     else:
         raise InputError(f"the decoder must be a torch.nn.Module or a callable, got {type(decoder).__name__}")
     if isinstance(module, torch.nn.Module):
+        _refuse_meta_tensors(module)
         module = module.eval()
         for parameter in module.parameters():
             parameter.requires_grad_(False)
         module = module.to(device=device, dtype=dtype)
     return module, torchscript
 
+
+
+TORCHSCRIPT_PREAMBLE = "The following operation failed in the TorchScript interpreter"
+
+
+def _reason(error: Exception) -> str:
+    """The line of a decoder's error that says what failed (TorchScript's is its last line)."""
+    lines = [line.strip() for line in str(error).strip().splitlines() if line.strip()]
+    if lines and lines[0].startswith(TORCHSCRIPT_PREAMBLE):
+        return lines[-1]
+    return first_line(error)
+
+
+def _refuse_meta_tensors(module: torch.nn.Module) -> None:
+    """A parameter or buffer on the meta device has a shape and no values (a model built under
+    ``torch.device("meta")`` whose weights were never loaded): nothing can be computed from it."""
+    for kind, tensors in (("parameter", module.named_parameters()), ("buffer", module.named_buffers())):
+        for name, tensor in tensors:
+            if tensor.is_meta:
+                raise InputError(f"the decoder's {kind} {name} is on the meta device (a shape without values): load "
+                                 "its weights first (load_state_dict(..., assign=True), or to_empty() then load)")
+
+
+CLASS_COUNT_ATTRIBUTES = ("num_classes", "n_classes", "num_labels", "n_labels", "num_class", "n_class")
+"""Attributes a conditional module commonly keeps its class count in (the hint for --num-classes)."""
+
+
+def _class_count_hint(decoder: Any) -> str:
+    """``K`` where the decoder (or a module inside it) records its number of classes, else ``K``."""
+    modules = decoder.modules() if isinstance(decoder, torch.nn.Module) else [decoder]
+    for module in modules:
+        for name in CLASS_COUNT_ATTRIBUTES:
+            value = getattr(module, name, None)
+            if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+                return str(value)
+    return "K"
+
+
+NO_LABEL_ERRORS: tuple[tuple[str, ...], ...] = (
+    ("positional argument", "were given"),  # Python: forward(z) called with (z, y)
+    ("unexpected keyword argument",),
+    ("expected at most", "but received"),  # TorchScript
+    ("Keyword argument", "unknown"),
+)
+"""What a decoder's error says when it was given a label it has no parameter for."""
+
+
+def _label_failure(decoder: Any, latent: LatentSpec, device: torch.device, dtype: torch.dtype,
+                   error: Exception) -> InputError | None:
+    """Why a decoder bound to a class fails, where the label is to blame: the other label format
+    runs (labels in the wrong format), or another class runs (this class is the problem)."""
+    from dataclasses import replace
+
+    from genentropy_cli.core.labels import LABEL_FORMATS, ClassBoundDecoder
+
+    if not isinstance(decoder, ClassBoundDecoder):
+        return None
+    spec, label = decoder.spec, decoder.label
+    reason = _reason(error)
+    text = str(error)
+    if any(all(part in text for part in parts) for parts in NO_LABEL_ERRORS):
+        return InputError(f"the decoder takes no class label ({reason}): it is unconditional; leave out "
+                          "--num-classes and the other label options (or the label entry of its spec)")
+    for other in LABEL_FORMATS:
+        if other != spec.format and _runs_in(ClassBoundDecoder(decoder.decoder, replace(spec, format=other), label),
+                                             latent, device, dtype):
+            return InputError(f"the decoder fails with {spec.format} labels ({reason}) but runs with {other} labels: "
+                              f"pass --label-format {other}")
+    others = [candidate for candidate in (0, spec.num_classes - 1, label - 1, label + 1)
+              if candidate != label and 0 <= candidate < spec.num_classes]
+    for candidate in dict.fromkeys(others):
+        if _runs_in(ClassBoundDecoder(decoder.decoder, spec, candidate), latent, device, dtype):
+            return InputError(f"the decoder fails for class {label} ({reason}) but runs for class {candidate}: check "
+                              f"--num-classes ({spec.num_classes} given), or leave class {label} out with --classes")
+    return None
 
 
 def _runs_in(decoder: Any, latent: LatentSpec, device: torch.device, dtype: torch.dtype) -> bool:
@@ -137,20 +213,26 @@ def _runs_in(decoder: Any, latent: LatentSpec, device: torch.device, dtype: torc
 
 def _probe_failure(decoder: Any, latent: LatentSpec, device: torch.device, dtype: torch.dtype,
                    error: Exception) -> InputError:
-    """Why the decoder failed on two latents: its dtype, where a copy in another dtype runs (a
-    decoder that fails in every dtype is given a latent it does not take)."""
+    """Why the decoder failed on two latents: its label (the other format, or another class, runs:
+    ``_label_failure``), its dtype (a copy in another dtype runs), else the latent it is given
+    (with a hint for a class label it was not given, and its class count where it records one)."""
     shape = "x".join(str(size) for size in latent.shape)
     name = str(dtype).removeprefix("torch.")
+    blamed = _label_failure(decoder, latent, device, dtype, error)
+    if blamed is not None:
+        return blamed
     for other in (torch.float32, torch.float64):
         if other != dtype and _runs_in(decoder, latent, device, other):
             other_name = str(other).removeprefix("torch.")
-            return InputError(f"the decoder fails in {name} ({first_line(error)}) but runs in {other_name}: "
+            return InputError(f"the decoder fails in {name} ({_reason(error)}) but runs in {other_name}: "
                               f"pass --dtype {other_name}")
-    hint = ("; if it takes a class label, give --num-classes K (and --label-arg NAME for a keyword)"
-            if "missing" in str(error) and "argument" in str(error) else "")
+    if "missing" in str(error) and "argument" in str(error):  # forward(z, y) called with z alone
+        return InputError(f"the decoder takes more inputs than the latent ({_reason(error)}): if it takes a class "
+                          f"label, give --num-classes {_class_count_hint(decoder)} (and --label-arg NAME for a "
+                          "keyword); else wrap it so that it takes the latent alone")
     return InputError(
-        f"latent size {shape} does not fit the decoder ({first_line(error)}); "
-        f"set --latent-dim or --latent-shape to what the decoder takes{hint}"
+        f"latent size {shape} does not fit the decoder ({_reason(error)}); "
+        "set --latent-dim or --latent-shape to what the decoder takes"
     )
 
 

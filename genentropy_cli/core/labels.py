@@ -117,8 +117,9 @@ class LabelSpec:
         if self.weights is None:
             return tuple(1.0 / len(self.chosen) for _ in self.chosen)
         weights = self._chosen_weights(self.weights)
-        total = math.fsum(weights)
-        return tuple(weight / total for weight in weights)
+        largest = max(weights)  # scaled by the largest first: weights near 1e308 sum without overflow
+        total = math.fsum(weight / largest for weight in weights)
+        return tuple((weight / largest) / total for weight in weights)
 
     def label_entropy(self) -> float:
         """H(Y) = -sum_y p(y) log p(y) over the chosen classes (nats; 0 log 0 = 0)."""

@@ -29,9 +29,16 @@ from genentropy_cli.core.significance import rank_descending
 from genentropy_cli.core.stats import RunningMoments
 from genentropy_cli.defaults import COMPARE_SIGNIFICANCE_LEVEL
 from genentropy_cli.envelope import envelope
-from genentropy_cli.errors import EstimationError, InputError
+from genentropy_cli.errors import InputError
 from genentropy_cli.jobs.conditional_compare import ConditionalComparison, compare_conditional
-from genentropy_cli.jobs.pairs import PairDifference, column_group, latent_seeds, pair_differences, same_latents
+from genentropy_cli.jobs.pairs import (
+    PairDifference,
+    column_group,
+    latent_seeds,
+    pair_differences,
+    require_two_samples,
+    same_latents,
+)
 from genentropy_cli.run.hooks import LogCallback, ProgressCallback, RunHooks
 from genentropy_cli.run.loop import LoopOutcome, run_loop
 from genentropy_cli.run.options import EstimateOptions, options_from
@@ -211,8 +218,7 @@ def comparison_result(outcome: LoopOutcome, specs: Sequence[LatentSpec], seeds: 
     workload, total, summary = outcome.workload, outcome.moments, outcome.summary
     names, scale_values, pairs = workload.names, workload.scales, list(workload.pairs)
     num_models, num_scales = len(workload.members), len(scale_values)
-    if total.count < 2:
-        raise EstimationError("fewer than two samples were finite for every model; nothing to compare")
+    require_two_samples(outcome, "model", "nothing to compare")
 
     def column_moments(column: int) -> RunningMoments:
         return column_group(total, column, num_scales)

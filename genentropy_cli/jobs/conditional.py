@@ -36,8 +36,8 @@ from genentropy_cli.core.latents import LatentSpec, distribution_label
 from genentropy_cli.core.significance import rank_descending
 from genentropy_cli.defaults import CONDITIONAL_MAX_PAIRED_CLASSES
 from genentropy_cli.envelope import envelope
-from genentropy_cli.errors import EstimationError, InputError
-from genentropy_cli.jobs.pairs import PairDifference, column_group, pair_differences
+from genentropy_cli.errors import InputError
+from genentropy_cli.jobs.pairs import PairDifference, column_group, pair_differences, require_two_samples
 from genentropy_cli.run.loop import LoopOutcome
 from genentropy_cli.run.options import EstimateOptions
 from genentropy_cli.run.results import DecoderRunRecord, ScaleEstimate, estimates_from_moments
@@ -239,8 +239,7 @@ def conditional_result(outcome: LoopOutcome, label: LabelSpec, warnings: list[st
     """Classes, class pairs and H(X|Y) from the loop's moments (columns laid out by ``conditional_workload``)."""
     workload, total, summary = outcome.workload, outcome.moments, outcome.summary
     scales, count, pairs = workload.scales, len(workload.members), list(workload.pairs)
-    if total.count < 2:
-        raise EstimationError("fewer than two samples were finite for every class; nothing to estimate from")
+    require_two_samples(outcome, "class")
     classes = class_estimates(outcome, label)
     differences = pair_differences(classes, pairs, [True] * len(pairs),
                                    [column_group(total, count + index, len(scales)) for index in range(len(pairs))],

@@ -23,7 +23,7 @@ from genentropy_cli.core.latents import LatentSpec, distribution_label
 from genentropy_cli.core.significance import rank_descending
 from genentropy_cli.defaults import COMPARE_SIGNIFICANCE_LEVEL
 from genentropy_cli.envelope import envelope
-from genentropy_cli.errors import EstimationError, InputError
+from genentropy_cli.errors import InputError
 from genentropy_cli.jobs.conditional import (
     ClassEstimate,
     MixtureBounds,
@@ -33,7 +33,14 @@ from genentropy_cli.jobs.conditional import (
     class_members,
     run_diagnostics,
 )
-from genentropy_cli.jobs.pairs import PairDifference, column_group, latent_seeds, pair_differences, same_latents
+from genentropy_cli.jobs.pairs import (
+    PairDifference,
+    column_group,
+    latent_seeds,
+    pair_differences,
+    require_two_samples,
+    same_latents,
+)
 from genentropy_cli.run.hooks import RunHooks
 from genentropy_cli.run.loop import LoopOutcome, run_loop
 from genentropy_cli.run.options import EstimateOptions
@@ -157,8 +164,7 @@ def _comparison(outcome: LoopOutcome, names: Sequence[str], labels: list[LabelSp
                 seeds: Sequence[int], shared: list[bool], warnings: list[str],
                 shared_latents: bool) -> ConditionalComparison:
     workload, total = outcome.workload, outcome.moments
-    if total.count < 2:
-        raise EstimationError("fewer than two samples were finite for every model and class; nothing to compare")
+    require_two_samples(outcome, "model and class", "nothing to compare")
     scales, count, classes = workload.scales, len(names), len(labels[0].chosen)
     members, pairs = count * classes, list(workload.pairs)
     models = [ConditionalModel(

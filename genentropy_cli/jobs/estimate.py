@@ -20,7 +20,7 @@ from genentropy_cli.run.options import EstimateOptions, options_from
 from genentropy_cli.run.results import EntropyResult, estimates_from_moments
 from genentropy_cli.run.workload import DecoderWork, Workload
 
-__all__ = ["entropy_result", "estimate_entropy"]
+__all__ = ["entropy_result", "estimate_entropy", "run_estimate"]
 
 
 def estimate_entropy(
@@ -78,18 +78,23 @@ def estimate_entropy(
     else:
         spec = make_latent_spec(latent)
     hooks = RunHooks(progress=progress, log=log, on_batch=on_batch, on_rows=on_rows)
-    if labels is not None:
-        if on_batch is not None:
+    return run_estimate(decoder, spec, None if labels is None else as_label_spec(labels), run_options, hooks,
+                        every_eigenvalue=every_eigenvalue)
+
+
+def run_estimate(decoder: Any, spec: LatentSpec, label: LabelSpec | None, options: EstimateOptions,
+                 hooks: RunHooks, every_eigenvalue: bool = False) -> EntropyResult | ConditionalResult:
+    """One decoder's run (``estimate_entropy`` after its arguments are read; ``track`` runs each
+    checkpoint through it): every chosen class of a conditional decoder, else the decoder alone."""
+    if label is not None:
+        if hooks.on_batch is not None:
             raise InputError("on_batch sees one decoder's batches; a conditional run has one per class: use on_rows")
-        label = as_label_spec(labels)
-        notes = check_conditional_run(label, run_options)
-        outcome = run_loop(lambda device: conditional_workload(decoder, spec, label, run_options, device,
-                                                               every_eigenvalue=every_eigenvalue),
-                           run_options, hooks)
+        notes = check_conditional_run(label, options)
+        outcome = run_loop(lambda device: conditional_workload(decoder, spec, label, options, device,
+                                                               every_eigenvalue=every_eigenvalue), options, hooks)
         return conditional_result(outcome, label, notes)
-    outcome = run_loop(lambda device: Workload([DecoderWork.prepare(decoder, spec, run_options.seed, run_options, device)],
-                                               run_options.scales, every_eigenvalue=every_eigenvalue),
-                       run_options, hooks)
+    outcome = run_loop(lambda device: Workload([DecoderWork.prepare(decoder, spec, options.seed, options, device)],
+                                               options.scales, every_eigenvalue=every_eigenvalue), options, hooks)
     return entropy_result(outcome)
 
 

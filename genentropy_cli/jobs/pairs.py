@@ -24,9 +24,11 @@ from genentropy_cli.core.significance import (
 )
 from genentropy_cli.core.stats import RunningMoments
 from genentropy_cli.defaults import COMPARE_SIGNIFICANCE_LEVEL
+from genentropy_cli.errors import EstimationError
+from genentropy_cli.run.rows import never_finite_note
 
 __all__ = ["INDEPENDENT_SEED_OFFSET", "PairDifference", "column_group", "latent_seeds", "pair_differences",
-           "same_latents"]
+           "require_two_samples", "same_latents"]
 
 
 def _spec_key(spec: LatentSpec) -> tuple:
@@ -106,6 +108,17 @@ class PairDifference:
             "mark": self.mark,
         }
 
+
+
+def require_two_samples(outcome: Any, what: str, action: str = "nothing to estimate from") -> None:
+    """Refuse a finished run left with fewer than two samples finite for every member (a model, a
+    class), naming the members that were never finite (``--skip-nonfinite`` drops a sample
+    non-finite for one member for all). An interrupted run is not refused: its partial result
+    (NaN where no sample was used) is shown and the command exits 130, as for one decoder."""
+    if outcome.moments.count >= 2 or outcome.partial:
+        return
+    cause = never_finite_note(outcome.summary, outcome.workload.names)
+    raise EstimationError(f"fewer than two samples were finite for every {what}; {action}{cause}")
 
 
 def column_group(total: RunningMoments, group: int, num_scales: int) -> RunningMoments:

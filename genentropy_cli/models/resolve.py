@@ -19,10 +19,23 @@ from typing import Any, Mapping, Sequence
 
 from genentropy_cli.core.labels import LabelSpec
 from genentropy_cli.core.latents import LatentSpec, parse_latent_shape
+from genentropy_cli.errors import InputError
 from genentropy_cli.models.calls import CallAdapter, resolve_call
 from genentropy_cli.models.labels import resolve_label_spec
 from genentropy_cli.models.loading import LoadedModel, load_model, resolve_latent_spec
 from genentropy_cli.models.transforms import OutputTransform, parse_output_range, parse_output_select
+
+
+def _refuse_class_choices_without_a_label(loaded: LoadedModel, options: "ModelOptions") -> None:
+    """``--classes`` or ``--class-weights`` for a model that declares no class label anywhere and
+    is given no label flag: it is not conditional, which is what the user needs to hear."""
+    chosen = [flag for flag, value in (("--classes", options.classes), ("--class-weights", options.class_weights))
+              if value is not None]
+    declared = any(key.startswith("label_") and value is not None for key, value in loaded.metadata.items())
+    given = (options.num_classes, options.label_format, options.label_arg)
+    if chosen and not declared and all(value is None for value in given):
+        raise InputError(f"{chosen[0]} is for a conditional model, but {loaded.path} is unconditional (it declares no "
+                         f"class label): leave {chosen[0]} out, or give --num-classes K if its decoder does take one")
 
 
 @dataclass
@@ -170,6 +183,7 @@ def resolve_model(options: ModelOptions) -> ResolvedModel:
         loaded, options.latent_dim, tuple(shape) if shape is not None else None, options.latent_distribution)
     transform, transform_origin = _resolve_transform(loaded, options.output_range, options.output_select)
     loaded.warnings.extend(contradiction_warnings(loaded, latent, options))
+    _refuse_class_choices_without_a_label(loaded, options)
     label, label_origin = resolve_label_spec(loaded, num_classes=options.num_classes, label_format=options.label_format,
                                              label_arg=options.label_arg, class_weights=options.class_weights,
                                              classes=options.classes)

@@ -10,6 +10,7 @@ import numpy as np
 import torch
 
 from genentropy_cli.core.terms import SampleTerms
+from genentropy_cli.run.interrupts import InterruptFlag
 
 ProgressCallback = Callable[[int, int, Sequence[float]], None]
 """progress(samples_done, samples_total, running_entropy_per_scale). A callback may also have a
@@ -38,6 +39,9 @@ class RunHooks:
     log: LogCallback | None = None
     on_batch: BatchCallback | None = None
     on_rows: RowsCallback | None = None
+    interrupt: InterruptFlag | None = None
+    """A stop flag shared by several runs (``track``'s checkpoints, one after another): the run
+    reads it instead of installing handlers of its own, so a Ctrl-C between two runs is not lost."""
 
     @property
     def notify(self) -> LogCallback:

@@ -17,8 +17,9 @@ import json
 import math
 import os
 import time
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -51,12 +52,12 @@ from genentropy_cli.run.options import EstimateOptions
 from genentropy_cli.run.per_sample import PerSampleWriter, output_files
 from genentropy_cli.run.planning import run_time_note
 from genentropy_cli.run.precision import PrecisionProbe, dtype_name, probe_warning
-from genentropy_cli.run.rows import PairedSummary, SampleSummary
+from genentropy_cli.run.rows import PairedSummary, SampleSummary, never_finite_note
 from genentropy_cli.run.stopping import STOP_INTERRUPTED, STOP_NUM_SAMPLES, STOP_TARGET_STDERR
 from genentropy_cli.run.trace import trace_first_batch
 from genentropy_cli.run.workload import Workload
 
-__all__ = ["BatchLoop", "LoopOutcome", "run_loop"]
+__all__ = ["BatchLoop", "LoopOutcome", "rank_torch_device", "run_loop", "shared_process_group"]
 
 
 @dataclass
@@ -340,7 +341,8 @@ class BatchLoop:
             moments, summary = ledger.prefix, ledger.summary
             reason = STOP_TARGET_STDERR if ledger.stop_at is not None else STOP_NUM_SAMPLES
             if moments.count == 0:
-                raise EstimationError("no finite samples were left to estimate from")
+                raise EstimationError("no finite samples were left to estimate from"
+                                      + never_finite_note(ledger.summary, self.workload.names))
         stderr = np.full(moments.mean.shape, np.nan) if moments.count < 2 else moments.stderr
         reports = []
         for index, member in enumerate(self.workload.members):
@@ -404,21 +406,38 @@ def announce_stage(hooks: RunHooks, stage: str) -> None:
         stage_callback(stage)
 
 
+def rank_torch_device(options: EstimateOptions) -> torch.device:
+    """This process's device: ``options.device``, under torchrun the one of its local rank."""
+    wanted = options.device
+    if options.distributed is not False and launched_by_torchrun():
+        wanted = rank_device(str(options.device), int(os.environ.get("LOCAL_RANK", "0")))
+    return resolve_device(wanted)
+
+
+@contextmanager
+def shared_process_group(options: EstimateOptions) -> Iterator[ProcessGroup]:
+    """One process group for several runs one after another (``track``'s checkpoints): joined
+    once (under torchrun), each run joins it as an initialised group, closed after the last."""
+    group = join_process_group(rank_torch_device(options), options.distributed)
+    try:
+        yield group
+    finally:
+        group.close()
+
+
 def run_loop(make_workload: Callable[[torch.device], Workload], options: EstimateOptions,
              hooks: RunHooks) -> LoopOutcome:
     """Join the process group (under torchrun), build the workload on this rank's device and
     run it, with TF32 off, freed memory kept for reuse and signals handled. The checkpoint and
     per-sample paths are checked first: no work is done that could not be saved."""
     check_output_targets({"--checkpoint": options.checkpoint, **output_files(options.per_sample)})
-    wanted = options.device
-    if options.distributed is not False and launched_by_torchrun():
-        wanted = rank_device(str(options.device), int(os.environ.get("LOCAL_RANK", "0")))
-    torch_device = resolve_device(wanted)
+    torch_device = rank_torch_device(options)
     group = join_process_group(torch_device, options.distributed)
     try:
         # batches reuse freed memory instead of page-faulting it in again (allocator.py)
-        with strict_float32(), reusing_freed_memory(), \
-                graceful_interrupts(options.handle_signals, hooks.notify) as interrupt:
+        signals = nullcontext(hooks.interrupt) if hooks.interrupt is not None else \
+            graceful_interrupts(options.handle_signals, hooks.notify)
+        with strict_float32(), reusing_freed_memory(), signals as interrupt:
             started = time.perf_counter()
             announce_stage(hooks, "checking the decoder")  # the Jacobian method's probe, row independence
             workload = make_workload(torch_device)

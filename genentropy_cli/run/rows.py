@@ -22,7 +22,7 @@ import numpy as np
 from genentropy_cli.core.logdet import collapsed_directions
 from genentropy_cli.core.stats import LogHistogram
 
-__all__ = ["PairedRows", "PairedSummary", "SampleRows", "SampleSummary", "RecordField"]
+__all__ = ["PairedRows", "PairedSummary", "SampleRows", "SampleSummary", "RecordField", "never_finite_note"]
 
 RecordField = tuple[str, str, bool]
 """(name, numpy dtype, per scale) of one per-sample output column."""
@@ -273,6 +273,17 @@ class PairedRows:
                    tuple(tuple(float(weight) for weight in weights) for weights in combinations))
 
 
+def never_finite_note(summary: "SampleSummary | PairedSummary", names: Sequence[str]) -> str:
+    """``: every sample of y=1 was non-finite; leave it out ...`` for the members never finite (a
+    sample non-finite for one member is dropped for all), else nothing."""
+    never = summary.never_finite(names) if isinstance(summary, PairedSummary) else []
+    if not never:
+        return ""
+    shown = ", ".join(never[:5]) + (f" and {len(never) - 5} more" if len(never) > 5 else "")
+    return (f": every sample of {shown} was non-finite; leave {'it' if len(never) == 1 else 'them'} out "
+            "(--classes for a class) or check the decoder there")
+
+
 @dataclass
 class PairedSummary:
     """Each model's ``SampleSummary`` (over the samples finite for it), and the samples dropped
@@ -287,6 +298,10 @@ class PairedSummary:
         for summary, model_rows in zip(self.models, rows.models):
             summary.add(model_rows, first_index)
         count_samples(self, rows.finite, first_index)
+
+    def never_finite(self, names: Sequence[str]) -> list[str]:
+        """The models (classes) of ``names`` none of whose samples was finite."""
+        return [name for name, summary in zip(names, self.models) if summary.count == 0 and summary.num_nonfinite > 0]
 
     def copy(self) -> "PairedSummary":
         return PairedSummary([summary.copy() for summary in self.models], self.count, self.num_nonfinite,
