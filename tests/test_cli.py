@@ -105,7 +105,7 @@ def test_missing_file(run_cli, tmp_path):
 
 
 def test_directory(run_cli, tmp_path):
-    assert_one_line_error(run_cli("estimate", tmp_path, "--latent-dim", "2"), "is a directory")
+    assert_one_line_error(run_cli("estimate", tmp_path, "--latent-dim", "2"), "is a folder genentropy cannot load")
 
 
 def test_text_file(run_cli, tmp_path):
