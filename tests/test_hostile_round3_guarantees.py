@@ -193,10 +193,10 @@ def test_the_cli_opens_each_checkpoint_once_and_lets_it_go(run_cli, files, monke
     opened, alive = [], []
     real = track_module.open_model
 
-    def watched(source, path, warn):
+    def watched(source, path, warn, note=None):
         gc.collect()
         alive.append(sum(ref() is not None for ref in opened))
-        item = real(source, path, warn)
+        item = real(source, path, warn, note)
         opened.append(weakref.ref(item.decoder))
         return item
 

@@ -48,6 +48,11 @@ CASES = {  # every op of PARTIALS, with stacked, broadcast, masked, scalar and i
 }
 
 
+PRODUCT_RULE_CASES = {"mul-both-stacked", "mul-square"}
+"""A product of two stacked operands has a closed-form rule of its own (stacked_rules: d(ab) =
+a db + b da, BigGAN's conditional batch norm), which runs before the pointwise partials."""
+
+
 def _reference(decoder, latents: torch.Tensor) -> torch.Tensor:
     """(d, B, D) by reverse mode, one sample at a time."""
     rows = [torch.autograd.functional.jacobian(lambda v: decoder(v[None])[0], z) for z in latents]
@@ -78,7 +83,8 @@ def test_closed_form_partials_match_reverse_mode(name, monkeypatch):
             columns, outputs = stacked_jacobian(flat_decoder(decoder, (2,)), latents, chunk, with_outputs=True)
         torch.testing.assert_close(columns, expected, rtol=1e-12, atol=1e-14)
         torch.testing.assert_close(outputs, decoder(latents), rtol=1e-13, atol=1e-15)
-    assert name.split("-")[0] in used  # the case reached the closed form, not jvp
+    if name not in PRODUCT_RULE_CASES:
+        assert name.split("-")[0] in used  # the case reached the closed form, not jvp
 
 
 def test_float32_stays_float32():

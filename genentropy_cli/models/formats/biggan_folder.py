@@ -30,7 +30,7 @@ def load_biggan(source: ModelSource, request: LoadRequest) -> LoadedModel:
     weights = folder / BIGGAN_WEIGHTS
     if not weights.is_file():
         raise InputError(f"{folder} holds a BigGAN config.json but no {BIGGAN_WEIGHTS} beside it")
-    biggan = import_optional("pytorch_pretrained_biggan", "biggan", f"{folder} (a BigGAN)")
+    biggan = import_optional("pytorch_pretrained_biggan", "pip install 'genentropy[biggan]'", f"{folder} (a BigGAN)")
     try:
         config = biggan.BigGANConfig.from_dict(read_config(folder))
         model = biggan.BigGAN(config)

@@ -55,7 +55,7 @@ def load_diffusers(source: ModelSource, request: LoadRequest) -> LoadedModel:
     if not (folder / DIFFUSERS_WEIGHTS).is_file():
         raise InputError(f"{folder} has no {DIFFUSERS_WEIGHTS} (genentropy reads diffusers weights from safetensors "
                          "only, never a pickle): re-save it with save_pretrained(..., safe_serialization=True)")
-    diffusers = import_optional("diffusers", "diffusers", f"{folder} (a diffusers {class_name or 'model'})")
+    diffusers = import_optional("diffusers", "pip install 'genentropy[diffusers]'", f"{folder} (a diffusers {class_name or 'model'})")
     model_class = getattr(diffusers, class_name, None)
     if model_class is None or not hasattr(model_class, "from_pretrained"):
         raise InputError(f"{folder}: its config.json names {class_name!r}, which is not a diffusers model class "

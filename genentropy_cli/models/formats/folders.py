@@ -36,10 +36,9 @@ def read_config(folder: Path, quiet: bool = False) -> dict | None:
     return config
 
 
-def import_optional(module: str, extra: str, what: str) -> Any:
-    """``import module``, or a one-line refusal naming the extra that installs it."""
+def import_optional(module: str, install: str, what: str) -> Any:
+    """``import module``, or a one-line refusal saying how to ``install`` it."""
     try:
         return __import__(module)
     except ImportError:
-        raise InputError(f"{what} needs the {extra} extra: pip install 'genentropy[{extra}]' "
-                         f"(or pip install {extra})") from None
+        raise InputError(f"{what} needs {module}: {install}") from None
