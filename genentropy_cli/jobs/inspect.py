@@ -40,6 +40,7 @@ from genentropy_cli.envelope import envelope
 from genentropy_cli.errors import InputError
 from genentropy_cli.models.loading import FORMATS_RUNNING_CODE
 from genentropy_cli.models.resolve import ResolvedModel
+from genentropy_cli.run.compute import plan_for
 from genentropy_cli.run.planning import predicted_seconds_per_sample, run_time_note
 
 GRAM_TIMING_BYTES = 64 * 1024**2
@@ -117,10 +118,14 @@ def inspect_model(resolved: ResolvedModel, device: str = "auto", dtype: str = "f
     decoder = resolved.decoder if label is None else bind_class(resolved.decoder, label, probe_class)
     with strict_float32():
         prepared = prepare_decoder(decoder, latent, torch_device, torch_dtype)
+        batch, chunk = plan_for(prepared)  # as a run plans it: a large decoder's Jacobian in chunks
+        step = max(1, min(INSPECT_PROBE_BATCH, batch))
         terms = SampleTerms.concat([  # a few latents at a time: the memory of one call stays small
-            compute_sample_terms(prepared, stream.range(start, min(probe_latents, start + INSPECT_PROBE_BATCH)), [scale])
-            for start in range(0, probe_latents, INSPECT_PROBE_BATCH)])
-        per_sample = forward_seconds_per_sample(prepared, stream.range(0, timing_batch))
+            compute_sample_terms(prepared, stream.range(start, min(probe_latents, start + step)), [scale],
+                                 tangent_chunk=chunk)
+            for start in range(0, probe_latents, step)])
+        timing_rows = max(1, min(timing_batch, batch * (chunk + 1)))
+        per_sample = forward_seconds_per_sample(prepared, stream.range(0, timing_rows))
         with prepared.context(method="forward-mode"):
             collapse = radial_collapse(prepared.flat(), stream.range(0, probe_latents).to(
                 device=torch_device, dtype=torch_dtype))
@@ -143,7 +148,7 @@ def inspect_model(resolved: ResolvedModel, device: str = "auto", dtype: str = "f
         "parameters": parameter_summary(resolved.loaded.decoder),
         "forward_seconds_per_sample": per_sample,
         "predicted_run_time": run_time_prediction(predicted, 1 if label is None else len(label.chosen)),
-        "timing": {"batch": timing_batch, "repeats": INSPECT_TIMING_REPEATS, "device": str(torch_device),
+        "timing": {"batch": timing_rows, "repeats": INSPECT_TIMING_REPEATS, "device": str(torch_device),
                    "dtype": str(torch_dtype).removeprefix("torch.")},
         "jacobian_probe": {
             "num_latents": probe_latents,
