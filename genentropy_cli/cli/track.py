@@ -7,7 +7,6 @@ every command does."""
 
 from __future__ import annotations
 
-import glob
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, Callable, List
 
@@ -30,7 +29,6 @@ from genentropy_cli.cli.options import (
 from genentropy_cli.cli.output import Sink
 from genentropy_cli.defaults import CONFIDENCE_Z_95
 from genentropy_cli.errors import InputError
-from genentropy_cli.run.files import same_file
 
 if TYPE_CHECKING:  # the jobs layer imports torch: the command imports it when it runs
     from genentropy_cli.jobs.track import TrackResult
@@ -40,42 +38,12 @@ CheckpointsArgument = Annotated[List[str], typer.Argument(
          "ordered by the step in their names or metadata.", show_default=False)]
 KeepOrderOption = Annotated[bool, typer.Option(
     "--keep-order", help="Keep the checkpoints in the order given instead of sorting them by step.")]
-GLOB_CHARACTERS = "*?["
-
-
-def expand_checkpoints(patterns: list[str]) -> list[str]:
-    """Every path, each glob pattern replaced by its matches (sorted); a pattern matching nothing
-    is an error, and so is a file named twice."""
-    paths: list[str] = []
-    for pattern in patterns:
-        if any(character in pattern for character in GLOB_CHARACTERS) and not Path(pattern).exists():
-            matches = sorted(glob.glob(pattern))
-            if not matches:
-                raise InputError(f"no checkpoint matches {pattern!r}")
-            paths.extend(matches)
-        else:
-            paths.append(pattern)
-    repeated = sorted({path for path in paths if paths.count(path) > 1})
-    if repeated:
-        raise InputError(f"{repeated[0]} is given more than once; name each checkpoint once")
-    for index, path in enumerate(paths):  # one file under two names (a link, ./a and a)
-        twin = next((other for other in paths[:index] if Path(other).exists() and same_file(path, other)), None)
-        if twin is not None:
-            raise InputError(f"{path} and {twin} are the same file; name each checkpoint once")
-    return paths
-
-
-def checkpoint_names(paths: list[str]) -> list[str]:
-    """File names without the folder (with it where two names repeat)."""
-    names = [Path(path).name for path in paths]
-    return names if len(set(names)) == len(names) else list(paths)
-
-
 @command
 def track(checkpoints: CheckpointsArgument, *, source: ModelFlags, scale: ScaleOption = None,
           keep_order: KeepOrderOption = False, run: RunFlags, plot: PlotOption = None, report: OutputFlags) -> None:
     """Estimate a training run's checkpoints on common latents: entropy by step, each change tested."""
     from genentropy_cli.cli import plotting
+    from genentropy_cli.jobs.files import checkpoint_names, expand_checkpoints
     from genentropy_cli.jobs.track import Checkpoint, checkpoint_step, order_by_step, track_stream
     from genentropy_cli.run.files import input_file
 

@@ -34,6 +34,7 @@ from genentropy_cli.defaults import (
 )
 from genentropy_cli.errors import InputError
 from genentropy_cli.models.resolve import ModelOptions, ResolvedModel, resolve_model
+from genentropy_cli.run.files import same_file
 from genentropy_cli.run.hooks import LogCallback, ProgressCallback
 from genentropy_cli.run.options import API_ALIASES, OPTION_NAMES, EstimateOptions, options_from
 
@@ -176,6 +177,10 @@ def expand_checkpoints(patterns: Sequence[str | Path]) -> list[str]:
     repeated = sorted({path for path in paths if paths.count(path) > 1})
     if repeated:
         raise InputError(f"{repeated[0]} is given more than once; name each checkpoint once")
+    for index, path in enumerate(paths):  # one file under two names (a link, ./a and a)
+        twin = next((other for other in paths[:index] if Path(other).exists() and same_file(path, other)), None)
+        if twin is not None:
+            raise InputError(f"{path} and {twin} are the same file; name each checkpoint once")
     return paths
 
 
