@@ -50,9 +50,9 @@ def stylegan(loaded: LoadedModel) -> bool:
     else:
         entries[f"{KWARG_PREFIX}c"] = None
     loaded.layer_under(entries, origin)
-    if loaded.metadata.get(f"{KWARG_PREFIX}noise_mode") == "const":
-        loaded.notes.append("StyleGAN's noise inputs held constant (noise_mode=const): the entropy is that of the "
-                            "map from z alone (docs/models.md, 'StyleGAN's noise inputs')")
+    loaded.call_notes["noise_mode"] = ("const", "StyleGAN's noise inputs held constant (noise_mode=const): the "
+                                       "entropy is that of the map from z alone (docs/models.md, 'StyleGAN's "
+                                       "noise inputs')")
     return True
 
 

@@ -35,6 +35,9 @@ class LoadedModel:
     notes: list[str] = field(default_factory=list)
     convention: str | None = None
     """The family whose conventions were recognised (``conventions.py``), e.g. ``stylegan``."""
+    call_notes: dict = field(default_factory=dict)
+    """Notes that hold only if a call keyword ends up with a value: ``{name: (value, note)}``;
+    ``resolve.py`` adds each to ``notes`` once flags have had their say."""
 
     def describe(self) -> dict:
         description = {"path": self.path, "format": self.format}

@@ -189,5 +189,8 @@ def resolve_model(options: ModelOptions) -> ResolvedModel:
                                              classes=options.classes)
     call, call_origin = resolve_call(loaded.metadata, loaded.origins, loaded.decoder, options.method,
                                      options.call_kwargs, loaded.path)
+    keywords = dict(call.kwargs)
+    loaded.notes.extend(note for name, (value, note) in loaded.call_notes.items()
+                        if name in keywords and keywords[name] == value and note not in loaded.notes)
     return ResolvedModel(loaded, latent, latent_origin, transform, transform_origin, label, label_origin, call,
                          call_origin)

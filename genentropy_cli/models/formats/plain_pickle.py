@@ -12,7 +12,7 @@ from pathlib import Path
 
 from genentropy_cli.errors import InputError, first_line
 from genentropy_cli.models.formats import LoadRequest, ModelFormat, ModelSource, register_format
-from genentropy_cli.models.formats.torch_save import loaded_from_content
+from genentropy_cli.models.formats.torch_save import loaded_from_content, looks_like_torch_save
 from genentropy_cli.models.loaded import LoadedModel
 from genentropy_cli.models.pickles import UnimportableClass, renaming_pickle, unimportable_advice
 from genentropy_cli.models.usercode import import_paths
@@ -30,7 +30,8 @@ NVLABS_HINT = ("an NVlabs StyleGAN snapshot: its modules carry their own source 
 
 
 def looks_like_plain_pickle(source: ModelSource) -> bool:
-    return source.zip_leaves is None and source.head(1) == PICKLE_PROTOCOL_MARK
+    """A pickle that is not torch.save's legacy format (whatever order the formats are asked in)."""
+    return source.zip_leaves is None and source.head(1) == PICKLE_PROTOCOL_MARK and not looks_like_torch_save(source)
 
 
 def pickle_globals(file: Path, limit: int = MAX_SCANNED_OPCODES) -> list[str]:
