@@ -13,7 +13,7 @@ import torch
 
 from genentropy_cli.core import logdet
 from genentropy_cli.core.logdet import Workspace, batched_eigvalsh, gram_eigenvalues, gram_matrices
-from genentropy_cli.defaults import EIGVALSH_THREAD_MIN_WORK, TRANSPOSED_GRAM_MAX_DIM
+from genentropy_cli.defaults import EIGVALSH_THREAD_MIN_WORK, SYMMETRIC_GRAM_MIN_DIM, TRANSPOSED_GRAM_MAX_DIM
 from genentropy_cli.run.allocator import OPT_OUT_VARIABLE
 
 
@@ -29,6 +29,36 @@ def test_gram_matrices_either_layout_any_slab(dim, slab_bytes):
     gram = gram_matrices(columns, slab_bytes, Workspace())
     torch.testing.assert_close(gram, exact_gram(columns), rtol=1e-14, atol=1e-13)
     assert torch.equal(gram, gram.transpose(1, 2)) or torch.allclose(gram, gram.transpose(1, 2), rtol=1e-15)
+
+
+@pytest.mark.parametrize("dim", [SYMMETRIC_GRAM_MIN_DIM, SYMMETRIC_GRAM_MIN_DIM + 1, 301])
+def test_symmetric_blocks_give_the_product(dim):
+    """From SYMMETRIC_GRAM_MIN_DIM on a CPU forms J^T J by blocks above the diagonal, mirrored:
+    the same entries as one product (odd sizes split unevenly), exactly symmetric."""
+    columns = torch.randn(dim, 3, 150, generator=torch.Generator().manual_seed(dim))
+    gram = gram_matrices(columns, workspace=Workspace())
+    torch.testing.assert_close(gram, exact_gram(columns), rtol=1e-13, atol=1e-12)
+    assert torch.equal(gram, gram.transpose(1, 2))
+    out = torch.full((3, dim, dim), float("nan"), dtype=torch.float64)
+    logdet.symmetric_gram_into(columns.double().permute(1, 0, 2), out)  # every entry written
+    torch.testing.assert_close(out, exact_gram(columns), rtol=1e-13, atol=1e-12)
+
+
+def test_torch_kernels_run_on_threads_that_end(monkeypatch):
+    """Eigenvalues by torch's solver split over threads that end with the call: a live OpenMP
+    team per pool thread throttles every team's waiting (logdet._run_parts)."""
+    import threading
+
+    workers: list[threading.Thread] = []
+    original = logdet._eigvalsh_into
+    monkeypatch.setattr(logdet, "_eigvalsh_into",
+                        lambda *args: (workers.append(threading.current_thread()), original(*args)))
+    dim = 80  # above NUMPY_EIGVALSH_MAX_DIM: torch's solver
+    gram = exact_gram(torch.randn(dim, 4, 100, generator=torch.Generator().manual_seed(0)))
+    torch.set_num_threads(2)  # the conftest fixture restores the session's count
+    batched_eigvalsh(gram)
+    assert len(workers) == 2 and threading.main_thread() not in workers  # two parts, off the main thread
+    assert not any(worker.is_alive() for worker in workers)
 
 
 def test_the_two_layouts_agree(monkeypatch):

@@ -20,11 +20,17 @@ from genentropy_cli import estimate_entropy
 from genentropy_cli.core.logdet import (
     LogDetTally,
     cholesky_half_log_det,
+    cholesky_in_place,
     eigenvalue_subsample,
     gram_log_determinants,
     log_det_path,
 )
-from genentropy_cli.defaults import CHOLESKY_MAX_SCALES, CHOLESKY_MIN_DIM, EIGENVALUE_SUBSAMPLE_STRIDE
+from genentropy_cli.defaults import (
+    CHOLESKY_LEAF_DIM,
+    CHOLESKY_MAX_SCALES,
+    CHOLESKY_MIN_DIM,
+    EIGENVALUE_SUBSAMPLE_STRIDE,
+)
 from genentropy_cli.run.planning import batch_peak_bytes, plan_batch
 
 UNIT_ROUNDOFF = 2.0**-53
@@ -284,3 +290,29 @@ def test_a_checkpoint_whose_log_det_counters_cannot_come_from_a_run_is_refused(c
     change(meta)
     with pytest.raises(ValueError, match=message):
         ledger().restore(meta, arrays)
+
+
+@pytest.mark.parametrize("dim", [CHOLESKY_LEAF_DIM + 1, 2 * CHOLESKY_LEAF_DIM, 301])
+def test_the_blocked_factor_is_lapacks_factor(dim):
+    """2 x 2 blocks down to CHOLESKY_LEAF_DIM give the factor one potrf gives (odd sizes split
+    unevenly), reading the lower triangle only."""
+    generator = torch.Generator().manual_seed(dim)
+    jacobian = torch.randn(dim + 40, dim, generator=generator, dtype=torch.float64)
+    matrices = torch.stack([jacobian.T @ jacobian, jacobian.T @ jacobian + torch.eye(dim, dtype=torch.float64)])
+    factor = matrices.tril()  # the upper triangle is never read
+    exists = cholesky_in_place(factor)
+    torch.testing.assert_close(factor.tril(), torch.linalg.cholesky(matrices), rtol=1e-10, atol=1e-10)
+    assert exists.tolist() == [True, True]
+
+
+def test_a_block_that_is_not_positive_definite_is_reported():
+    """Positive definite leading block, indefinite Schur complement: the factor does not exist,
+    and cholesky_half_log_det marks the sample failed rather than giving a number."""
+    dim = 3 * CHOLESKY_LEAF_DIM
+    healthy = torch.eye(dim, dtype=torch.float64)
+    broken = torch.eye(dim, dtype=torch.float64)
+    broken[-1, -1] = -1.0
+    values, succeeded = cholesky_half_log_det(torch.stack([healthy, broken]), [1e-3])
+    assert succeeded.tolist() == [True, False]
+    assert values[0, 0].item() == pytest.approx(0.5 * dim * math.log(1 + 1e-6), rel=1e-12)
+    assert not cholesky_in_place(broken.unsqueeze(0)).item()
