@@ -10,6 +10,7 @@ from genentropy_cli.cli.guard import command
 from genentropy_cli.cli.options import (
     RUN_DEFAULTS,
     DeviceFlags,
+    MaxMemoryOption,
     ModelArgument,
     ModelFlags,
     OutputFlags,
@@ -26,7 +27,8 @@ RankScaleOption = Annotated[float, typer.Option("--scale", "-s", help="Scale s a
 
 @command
 def inspect(model: ModelArgument, *, source: ModelFlags, probe_latents: ProbeLatentsOption = INSPECT_PROBE_LATENTS,
-            scale: RankScaleOption = RUN_DEFAULTS["scales"][0], machine: DeviceFlags, report: OutputFlags) -> None:
+            scale: RankScaleOption = RUN_DEFAULTS["scales"][0], max_memory: MaxMemoryOption = RUN_DEFAULTS["max_memory"],
+            machine: DeviceFlags, report: OutputFlags) -> None:
     """Describe a model: format, parameters, latent spec and its source, output, speed, Jacobian probe;
     for a checkpoint also the sub-models it holds, with the --select flag and spec lines for each."""
     from genentropy_cli.cli import reporting
@@ -47,7 +49,8 @@ def inspect(model: ModelArgument, *, source: ModelFlags, probe_latents: ProbeLat
         sink.emit(document, lambda: reporting.checkpoint_tables(document["checkpoint"], model))
         return
     document = inspect_model(resolved, device=machine.device, dtype=machine.dtype, probe_latents=probe_latents,
-                             scale=validate_scales([scale])[0], seed=machine.seed, checkpoint=contents)
+                             scale=validate_scales([scale])[0], seed=machine.seed, checkpoint=contents,
+                             max_memory=max_memory)
     if document["predicted_run_time"]["note"]:  # a default-length run would be long: what would take a minute
         sink.info(f"estimate with the default -n: {document['predicted_run_time']['note']}")
     several = contents is not None and (len(contents["candidates"]) > 1 or contents["other_entries"])

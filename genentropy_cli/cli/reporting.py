@@ -277,8 +277,10 @@ def inspect_table(report: dict) -> Table:
         ("forward time", f"{report['forward_seconds_per_sample'] * 1e6:,.1f} us/sample "
                          f"({report['timing']['device']}, {report['timing']['dtype']}, batch {report['timing']['batch']})"),
         *([(f"predicted time for {report['predicted_run_time']['num_samples']:,} samples",
-            f"about {format_duration(report['predicted_run_time']['seconds'])} on this machine")]
+            f"about {format_duration(report['predicted_run_time']['seconds'])} on this machine "
+            f"({report['predicted_run_time']['seconds_per_sample']:.3g} s/sample)")]
           if report.get("predicted_run_time") else []),
+        *([("plan", _plan_label(report["plan"]))] if report.get("plan") else []),
         ("singular values", f"{probe['smallest_singular_value']:.3g} to {probe['largest_singular_value']:.3g} "
                             f"over {probe['num_latents']} latents"),
         (f"rank at s = {probe['scale']:g}", f"{min(ranks)} to {max(ranks)} of d = {probe['latent_dim']}"),
@@ -286,6 +288,13 @@ def inspect_table(report: dict) -> Table:
           if (probe.get("always_collapsed") or {}).get("radial") else []),
     ]
     return _field_table(f"Model {model['path']}", rows)
+
+
+def _plan_label(plan: dict) -> str:
+    """'batch 1, tangent chunk 12 (within --max-memory 8.0 GB)': the probes' plan, a run's."""
+    within = (f"within --max-memory {format_bytes(plan['max_memory'])}" if plan.get("max_memory")
+              else "default memory budget")
+    return f"batch {plan['batch_size']}, tangent chunk {plan['tangent_chunk']} ({within})"
 
 
 def checkpoint_tables(contents: dict, path: str) -> list[Table]:

@@ -46,7 +46,7 @@ MODEL_OPTION_NAMES: tuple[str, ...] = tuple(item.name for item in dataclasses.fi
 """The model options every file function takes (the CLI's model options, ``--config`` aside)."""
 RUN_OPTION_NAMES: tuple[str, ...] = (*OPTION_NAMES, *API_ALIASES)
 """The run options (``EstimateOptions``' fields and ``n_samples``)."""
-INSPECT_RUN_OPTIONS: tuple[str, ...] = ("device", "dtype", "seed")
+INSPECT_RUN_OPTIONS: tuple[str, ...] = ("device", "dtype", "seed", "max_memory")
 """The run options ``inspect`` has (it probes a few latents; it runs no batch loop)."""
 GLOB_CHARACTERS = "*?["
 

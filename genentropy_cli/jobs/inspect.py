@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import math
 import time
-from typing import Any
+from typing import Any, Sequence
 
 import torch
 
@@ -24,12 +24,13 @@ from genentropy_cli.core.device import resolve_device, resolve_dtype, strict_flo
 from genentropy_cli.core.invariance import radial_collapse
 from genentropy_cli.core.labels import bind_class
 from genentropy_cli.core.latents import LatentStream, distribution_label
-from genentropy_cli.core.logdet import batched_eigvalsh, gram_matrices
+from genentropy_cli.core.logdet import batched_eigvalsh, cholesky_half_log_det, gram_matrices, log_det_path
 from genentropy_cli.core.terms import SampleTerms, compute_sample_terms
 from genentropy_cli.defaults import (
     DEFAULT_NUM_SAMPLES,
     DEFAULT_SCALES,
     DEFAULT_SEED,
+    EIGENVALUE_SUBSAMPLE_STRIDE,
     INSPECT_MAX_PROBE_LATENTS,
     INSPECT_PROBE_BATCH,
     INSPECT_PROBE_LATENTS,
@@ -41,7 +42,7 @@ from genentropy_cli.errors import InputError
 from genentropy_cli.models.loading import FORMATS_RUNNING_CODE
 from genentropy_cli.models.resolve import ResolvedModel
 from genentropy_cli.run.compute import plan_for
-from genentropy_cli.run.planning import predicted_seconds_per_sample, run_time_note
+from genentropy_cli.run.planning import parse_memory_size, predicted_seconds_per_sample, run_time_note
 
 GRAM_TIMING_BYTES = 64 * 1024**2
 """At most this many bytes of random Jacobian columns are timed for the Gram step's cost; a larger
@@ -73,19 +74,26 @@ def forward_seconds_per_sample(prepared, latents: torch.Tensor, repeats: int = I
 
 
 def gram_seconds_per_sample(dim: int, output_dim: int, dtype: torch.dtype, device: torch.device,
-                            samples: int = 4) -> float:
-    """One sample's float64 Gram step (J^T J, its eigenvalues) as a run does it, timed on random
-    columns: J^T J costs d^2 D, linear in D, so an output over ``GRAM_TIMING_BYTES`` is timed on a
-    slice and scaled; the eigenvalues (d^3) are timed as they are."""
+                            samples: int = 4, scales: Sequence[float] = DEFAULT_SCALES) -> float:
+    """One sample's float64 Gram step (J^T J and its log-determinants on the path a run at
+    ``scales`` takes, ``logdet.log_det_path``), timed on random columns: J^T J costs d^2 D, linear
+    in D, so an output over ``GRAM_TIMING_BYTES`` is timed on a slice and scaled; the
+    log-determinants (d^3) are timed as they are: the eigenvalues of every sample, or a Cholesky
+    factorisation per scale and the eigenvalues of one sample in ``EIGENVALUE_SUBSAMPLE_STRIDE``."""
     width = max(1, min(output_dim, GRAM_TIMING_BYTES // max(1, dim * samples * 8)))
     columns = torch.randn(dim, samples, width, dtype=dtype, device=device)
     gram_matrices(columns)  # warm-up (thread pool, workspaces)
     started = time.perf_counter()
-    gram = gram_matrices(columns)
+    gram = gram_matrices(columns).cpu()
     product = time.perf_counter() - started
+    gram += dim * torch.eye(dim, dtype=gram.dtype)  # positive definite, as J^T J + s^2 I is
     started = time.perf_counter()
     batched_eigvalsh(gram)
     eigen = time.perf_counter() - started
+    if log_det_path(dim, scales) == "cholesky":
+        started = time.perf_counter()
+        cholesky_half_log_det(gram, scales)
+        eigen = time.perf_counter() - started + eigen / EIGENVALUE_SUBSAMPLE_STRIDE
     return (product * output_dim / width + eigen) / samples
 
 
@@ -104,8 +112,10 @@ def checkpoint_report(contents: dict, error: Exception) -> dict:
 def inspect_model(resolved: ResolvedModel, device: str = "auto", dtype: str = "float32",
                   probe_latents: int = INSPECT_PROBE_LATENTS, scale: float = DEFAULT_SCALES[0],
                   seed: int = DEFAULT_SEED, timing_batch: int = INSPECT_TIMING_BATCH,
-                  checkpoint: dict | None = None) -> dict:
-    """The inspect report as a JSON-ready dict (``checkpoint``: the file's contents, if a checkpoint)."""
+                  checkpoint: dict | None = None, max_memory: int | str | None = None) -> dict:
+    """The inspect report as a JSON-ready dict (``checkpoint``: the file's contents, if a checkpoint).
+    ``max_memory`` (bytes or "8GB"): plan the probes' batches and tangent chunks, and the speed
+    measured for the prediction, as a run under ``--max-memory`` would."""
     if isinstance(probe_latents, bool) or not isinstance(probe_latents, int) \
             or not 0 < probe_latents <= INSPECT_MAX_PROBE_LATENTS:
         raise InputError(f"--probe-latents must be from 1 to {INSPECT_MAX_PROBE_LATENTS} (inspect looks at a few "
@@ -118,7 +128,8 @@ def inspect_model(resolved: ResolvedModel, device: str = "auto", dtype: str = "f
     decoder = resolved.decoder if label is None else bind_class(resolved.decoder, label, probe_class)
     with strict_float32():
         prepared = prepare_decoder(decoder, latent, torch_device, torch_dtype)
-        batch, chunk = plan_for(prepared)  # as a run plans it: a large decoder's Jacobian in chunks
+        memory = None if max_memory is None else parse_memory_size(max_memory)
+        batch, chunk = plan_for(prepared, memory)  # as a run plans it: a large decoder's Jacobian in chunks
         step = max(1, min(INSPECT_PROBE_BATCH, batch))
         terms = SampleTerms.concat([  # a few latents at a time: the memory of one call stays small
             compute_sample_terms(prepared, stream.range(start, min(probe_latents, start + step)), [scale],
@@ -150,6 +161,7 @@ def inspect_model(resolved: ResolvedModel, device: str = "auto", dtype: str = "f
         "predicted_run_time": run_time_prediction(predicted, 1 if label is None else len(label.chosen)),
         "timing": {"batch": timing_rows, "repeats": INSPECT_TIMING_REPEATS, "device": str(torch_device),
                    "dtype": str(torch_dtype).removeprefix("torch.")},
+        "plan": {"batch_size": batch, "tangent_chunk": chunk, "max_memory": memory},
         "jacobian_probe": {
             "num_latents": probe_latents,
             "seed": seed,
