@@ -249,6 +249,33 @@ def test_in_place_product_of_a_tensor_with_itself():
     torch.testing.assert_close(stacked_jacobian(squared_in_place, latents, 3), expected, rtol=1e-12, atol=1e-14)
 
 
+def test_matrix_products_give_the_primal_rows_of_a_plain_forward_pass_bit_for_bit():
+    """addmm (nn.Linear) and mm (a bias-free one) compute the primal rows apart from the tangent
+    rows: a GEMM over all (k + 1) B rows rounds them otherwise than a forward pass of B rows."""
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Linear(8, 8), torch.nn.LeakyReLU(0.2), torch.nn.Linear(8, 8, bias=False),
+                              torch.nn.LeakyReLU(0.2), torch.nn.Linear(8, 5)).requires_grad_(False)
+    latents = torch.randn(2, 8)
+    _, outputs = stacked_jacobian(net, latents, with_outputs=True, max_columns=8)
+    assert torch.equal(outputs, net(latents))
+
+
+def test_engine_chooses_stacked_where_a_relu_input_is_zero_up_to_round_off_at_the_probe():
+    """Leaky-ReLU inputs 0 up to round-off at the engine's probe latents (a few of the millions in
+    NVlabs' StyleGAN2 at 256 px are): the stacked primal must be the plain forward pass's bit for
+    bit, else round-off puts an input on the kink's other side, a one-sided derivative reverse
+    mode does not take, and the probe check refuses exact rules."""
+    torch.manual_seed(0)
+    spec = make_latent_spec((8,))
+    net = torch.nn.Sequential(torch.nn.Linear(8, 8), torch.nn.LeakyReLU(0.2), torch.nn.Linear(8, 16))
+    probe = LatentStream(spec, seed=0).range(0, 2).float()  # the engine's probe (decoder._probe_latents)
+    units, rows = torch.arange(8), torch.arange(8) % 2
+    with torch.no_grad():
+        net[0].bias.copy_(-F.linear(probe, net[0].weight)[rows, units])  # unit j at the kink for probe row j % 2
+    prepared = prepare_decoder(net, spec, torch.device("cpu"), torch.float32)
+    assert prepared.jacobian_method == "stacked", prepared.method_note
+
+
 def test_engine_chooses_stacked_and_its_terms_equal_the_vmap_terms():
     module, shape = decoders()["dcgan"]
     spec = make_latent_spec(shape)
