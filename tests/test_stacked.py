@@ -444,3 +444,25 @@ def test_a_rule_that_crashes_makes_the_engine_fall_back_and_say_why(monkeypatch)
     prepared = prepare_decoder(MLPDecoder(4, 8, hidden=(6,)), make_latent_spec(4), torch.device("cpu"), torch.float64)
     assert prepared.jacobian_method == "vmap"
     assert prepared.method_note == "stacked method failed: tuple index out of range"
+
+
+def test_the_probe_check_sees_the_primal_rows_of_a_plain_forward_pass_bit_for_bit():
+    """With exact_primal (the engine's probe check) a convolution's bias and an eval-mode batch
+    norm give the primal rows the decoder's own ops give, bit for bit; without it the bias is
+    added apart, which may round otherwise (the Jacobian is the same either way)."""
+    from genentropy_cli.core.stacked import stacked_jacobian_profiled
+
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Unflatten(1, (4, 2, 2)), torch.nn.Conv2d(4, 6, 2, padding=1),
+                              torch.nn.BatchNorm2d(6), torch.nn.LeakyReLU(0.2), torch.nn.Conv2d(6, 3, 3),
+                              torch.nn.Flatten()).eval().requires_grad_(False)
+    net[2].running_mean.uniform_(-1, 1)
+    net[2].running_var.uniform_(0.5, 2)
+    latents = torch.randn(3, 16)
+    exact, outputs, _ = stacked_jacobian_profiled(net, latents, max_columns=5, exact_primal=True)
+    assert torch.equal(outputs, net(latents))
+    plain, _, _ = stacked_jacobian_profiled(net, latents, max_columns=5)
+    torch.testing.assert_close(exact, plain, rtol=1e-6, atol=1e-6)
+    expected = torch.func.jacrev(lambda z: net(z.unsqueeze(0)).squeeze(0))
+    reference = torch.stack([expected(z) for z in latents]).permute(2, 0, 1)[:5]
+    torch.testing.assert_close(exact, reference, rtol=1e-5, atol=1e-5)

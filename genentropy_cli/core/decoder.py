@@ -347,7 +347,8 @@ def _choose_jacobian_method(prepared: PreparedDecoder) -> str:
     tolerance = stacked_tolerance(prepared.dtype)
     with prepared.context(method="stacked"):
         try:
-            stacked, _, row_bytes = stacked_jacobian_profiled(flat, probe, columns, max_columns=columns)
+            stacked, _, row_bytes = stacked_jacobian_profiled(flat, probe, columns, max_columns=columns,
+                                                              exact_primal=True)
         except UnsupportedOperation as error:
             stacked, prepared.method_note = None, f"stacked method unavailable: {error}"
         except Exception as error:  # e.g. a decoder that refuses (k + 1) B rows: torch.func still may run

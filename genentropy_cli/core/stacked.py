@@ -45,7 +45,11 @@ without it, as with the weak dictionary this replaces; the tag keeps nothing ali
 class StackedRows(TorchDispatchMode):
     """Dispatch mode that runs a decoder on stacked rows with the rules of the module doc.
 
-    ``primal_rows`` (B) and ``slots`` (k) fix the layout N = (k + 1) B. ``peak_row_bytes``
+    ``primal_rows`` (B) and ``slots`` (k) fix the layout N = (k + 1) B. ``exact_primal``: rules
+    whose primal rows may round otherwise than the op as the decoder calls it (a convolution's bias
+    added apart, batch norm as scale and shift) recompute them by that op, so that they are a plain
+    forward pass's bit for bit (the probe check: a ReLU input within round-off of 0 must take the
+    reference's side of the kink). ``peak_row_bytes``
     records, per stacked row, the largest bytes one op held (inputs plus output): the
     activation footprint ``planning`` sizes batches with.
     """
@@ -56,10 +60,11 @@ class StackedRows(TorchDispatchMode):
         the wrapper's first call imports torch._dynamo (seconds of start-up)."""
         return False
 
-    def __init__(self, primal_rows: int, slots: int):
+    def __init__(self, primal_rows: int, slots: int, exact_primal: bool = False):
         super().__init__()
         self.primal_rows = primal_rows
         self.slots = slots
+        self.exact_primal = exact_primal
         self.rows = primal_rows * (slots + 1)
         self._token = object()  # tags this call's stacked tensors (``_TAG`` attribute: cheaper than a weak dict)
         self.peak_row_bytes = 0
@@ -179,8 +184,10 @@ def stacked_jacobian_profiled(
     latents: torch.Tensor,
     tangent_chunk: int | None = None,
     max_columns: int | None = None,
+    exact_primal: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor, int]:
-    """``stacked_jacobian`` with outputs, plus the largest bytes per stacked row one op held."""
+    """``stacked_jacobian`` with outputs, plus the largest bytes per stacked row one op held
+    (``exact_primal``: see ``StackedRows``)."""
     batch, dim = latents.shape
     wanted = dim if max_columns is None else max(1, min(int(max_columns), dim))
     chunk = wanted if tangent_chunk is None else max(1, min(int(tangent_chunk), wanted))
@@ -192,7 +199,7 @@ def stacked_jacobian_profiled(
         rows[:batch] = latents
         slots = rows[batch:].view(count, batch, dim)
         slots[torch.arange(count, device=latents.device), :, first + torch.arange(count, device=latents.device)] = 1
-        mode = StackedRows(batch, count)
+        mode = StackedRows(batch, count, exact_primal)
         try:
             with torch.no_grad(), mode:
                 mode.mark(rows)

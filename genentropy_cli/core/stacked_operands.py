@@ -118,6 +118,7 @@ class StackedMode(Protocol):
 
     primal_rows: int
     slots: int
+    exact_primal: bool  # recompute primal rows that may round otherwise by the op as called
 
     def mark(self, tensor: torch.Tensor, lead: int = 0) -> torch.Tensor:
         """Tag an op's output as stacked (it must carry a multiple of N rows along dim ``lead``)."""
