@@ -63,16 +63,20 @@ def test_inspect_plans_within_max_memory_as_a_run_does(run_cli, monkeypatch):
     """--max-memory (CLI and API) plans the probes, and the speed behind the prediction, as a run
     under that cap: a tight cap gives a smaller tangent chunk than d."""
     from genentropy_cli import inspect_file
+    from genentropy_cli.jobs.inspect import PREDICTION_BASES
     from genentropy_cli.run import compute
 
     path = SAMPLES / "dcgan_tiny.safetensors"  # d = 100; one sample at chunk 1 needs about 14 MiB
     roomy = run_cli("inspect", path, "--probe-latents", "1", "--max-memory", "64GB", "--json").json()
     assert roomy["plan"] == {"batch_size": roomy["plan"]["batch_size"], "tangent_chunk": 100, "max_memory": 64 * 10**9}
     monkeypatch.setattr(compute, "memory_in_use", lambda device: 0)  # the cap, not this process's size
-    tight = inspect_file(path, probe_latents=1, max_memory="16MiB")
+    tight = inspect_file(path, probe_latents=3, max_memory="16MiB")
     assert tight["plan"]["max_memory"] == 16 * 2**20 and tight["plan"]["batch_size"] == 1
     assert 1 <= tight["plan"]["tangent_chunk"] < 100
+    # three probes at the run's batch (1) and chunk: the prediction is their time, the first call a warm-up
     assert tight["predicted_run_time"]["seconds_per_sample"] > 0
+    assert tight["predicted_run_time"]["basis"] == PREDICTION_BASES["probes"]
+    assert roomy["predicted_run_time"]["basis"] == PREDICTION_BASES["forward"]  # one probe call: no timing
     monkeypatch.undo()
     table = run_cli("inspect", path, "--probe-latents", "1")
     assert "default memory budget" in table.stdout

@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 
 import pytest
+import torch
 from longrun_support import linear_decoder
 
 from genentropy_cli import estimate_entropy
@@ -84,3 +85,30 @@ def test_unsupported_dtype_lists_the_choices(run_cli, tmp_path):
     result = run_cli("estimate", model, "--dtype", "int8")
     assert result.exit_code == 2
     assert "float64, float32, bfloat16, float16" in result.stderr
+
+
+class Float32Only(torch.nn.Module):
+    """A decoder whose code asserts float32 (as NVlabs' StyleGAN does of its resampling filter)."""
+
+    def __init__(self):
+        super().__init__()
+        self.linear = torch.nn.Linear(3, 4)
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        assert z.dtype == torch.float32, "float32 only"
+        return self.linear(z)
+
+
+def test_a_float32_only_decoder_skips_the_probe_before_computing_its_samples(monkeypatch):
+    """No float64 copy runs, so nothing could be compared: the probe samples are not computed for
+    nothing (each of them is computed once, by the run), and the report says why."""
+    from genentropy_cli.run import precision
+
+    calls: list[int] = []
+    original = precision.compute_sample_terms
+    monkeypatch.setattr(precision, "compute_sample_terms",
+                        lambda prepared, latents, *args: (calls.append(len(latents)), original(prepared, latents, *args))[1])
+    result = estimate_entropy(Float32Only(), 3, scales=[1e-2], n_samples=200, dtype="float32")
+    assert calls == []
+    assert result.precision_probe["skipped"].startswith("the decoder runs only in float32, not in float64")
+    assert "(float32 only)" in result.precision_probe["skipped"] and math.isfinite(result.estimates[0].entropy)

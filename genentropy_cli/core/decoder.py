@@ -38,6 +38,7 @@ __all__ = [
     "jacobians_agree",
     "prepare_decoder",
     "private_copy",
+    "runs_in",
     "stacked_tolerance",
 ]
 
@@ -187,21 +188,22 @@ def _label_failure(decoder: Any, latent: LatentSpec, device: torch.device, dtype
         return InputError(f"the decoder takes no class label ({reason}): it is unconditional; leave out "
                           "--num-classes and the other label options (or the label entry of its spec)")
     for other in LABEL_FORMATS:
-        if other != spec.format and _runs_in(ClassBoundDecoder(decoder.decoder, replace(spec, format=other), label),
+        if other != spec.format and runs_in(ClassBoundDecoder(decoder.decoder, replace(spec, format=other), label),
                                              latent, device, dtype):
             return InputError(f"the decoder fails with {spec.format} labels ({reason}) but runs with {other} labels: "
                               f"pass --label-format {other}")
     others = [candidate for candidate in (0, spec.num_classes - 1, label - 1, label + 1)
               if candidate != label and 0 <= candidate < spec.num_classes]
     for candidate in dict.fromkeys(others):
-        if _runs_in(ClassBoundDecoder(decoder.decoder, spec, candidate), latent, device, dtype):
+        if runs_in(ClassBoundDecoder(decoder.decoder, spec, candidate), latent, device, dtype):
             return InputError(f"the decoder fails for class {label} ({reason}) but runs for class {candidate}: check "
                               f"--num-classes ({spec.num_classes} given), or leave class {label} out with --classes")
     return None
 
 
-def _runs_in(decoder: Any, latent: LatentSpec, device: torch.device, dtype: torch.dtype) -> bool:
-    """Whether a copy of the decoder in ``dtype`` runs on two zero latents."""
+def runs_in(decoder: Any, latent: LatentSpec, device: torch.device, dtype: torch.dtype) -> bool:
+    """Whether a copy of the decoder in ``dtype`` runs on two zero latents (one forward pass; the
+    copy is freed on return)."""
     try:
         module, torchscript = private_copy(decoder, device, dtype)
         with torch.no_grad(), (torchscript_safe() if torchscript else nullcontext()):
@@ -222,7 +224,7 @@ def _probe_failure(decoder: Any, latent: LatentSpec, device: torch.device, dtype
     if blamed is not None:
         return blamed
     for other in (torch.float32, torch.float64):
-        if other != dtype and _runs_in(decoder, latent, device, other):
+        if other != dtype and runs_in(decoder, latent, device, other):
             other_name = str(other).removeprefix("torch.")
             return InputError(f"the decoder fails in {name} ({_reason(error)}) but runs in {other_name}: "
                               f"pass --dtype {other_name}")

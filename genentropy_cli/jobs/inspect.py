@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import math
 import time
-from typing import Any, Sequence
+from typing import Any, NamedTuple, Sequence
 
 import torch
 
@@ -73,8 +73,16 @@ def forward_seconds_per_sample(prepared, latents: torch.Tensor, repeats: int = I
     return best / latents.shape[0]
 
 
+class GramSeconds(NamedTuple):
+    """One sample's float64 Gram step: on the log-det path a run takes, and with the eigenvalues
+    of every sample (what inspect's own probes compute)."""
+
+    run: float
+    every_eigenvalue: float
+
+
 def gram_seconds_per_sample(dim: int, output_dim: int, dtype: torch.dtype, device: torch.device,
-                            samples: int = 4, scales: Sequence[float] = DEFAULT_SCALES) -> float:
+                            samples: int = 4, scales: Sequence[float] = DEFAULT_SCALES) -> GramSeconds:
     """One sample's float64 Gram step (J^T J and its log-determinants on the path a run at
     ``scales`` takes, ``logdet.log_det_path``), timed on random columns: J^T J costs d^2 D, linear
     in D, so an output over ``GRAM_TIMING_BYTES`` is timed on a slice and scaled; the
@@ -90,11 +98,34 @@ def gram_seconds_per_sample(dim: int, output_dim: int, dtype: torch.dtype, devic
     started = time.perf_counter()
     batched_eigvalsh(gram)
     eigen = time.perf_counter() - started
+    log_det = eigen
     if log_det_path(dim, scales) == "cholesky":
         started = time.perf_counter()
         cholesky_half_log_det(gram, scales)
-        eigen = time.perf_counter() - started + eigen / EIGENVALUE_SUBSAMPLE_STRIDE
-    return (product * output_dim / width + eigen) / samples
+        log_det = time.perf_counter() - started + eigen / EIGENVALUE_SUBSAMPLE_STRIDE
+    product = product * output_dim / width
+    return GramSeconds((product + log_det) / samples, (product + eigen) / samples)
+
+
+def probe_terms(prepared, stream: LatentStream, count: int, step: int, scale: float,
+                chunk: int) -> tuple[SampleTerms, float | None]:
+    """The first ``count`` latents' terms (every eigenvalue), ``step`` at a time, and the median
+    seconds per sample of the calls after the first (a warm-up); None with a single call."""
+    parts, seconds = [], []
+    for start in range(0, count, step):
+        latents = stream.range(start, min(count, start + step))
+        started = time.perf_counter()
+        parts.append(compute_sample_terms(prepared, latents, [scale], tangent_chunk=chunk))
+        seconds.append((time.perf_counter() - started) / len(latents))
+    later = sorted(seconds[1:])
+    return SampleTerms.concat(parts), (later[len(later) // 2] if later else None)
+
+
+PREDICTION_BASES = {
+    "probes": "the probe latents' Jacobians, computed at the run's batch size and tangent chunk",
+    "forward": "the forward time x (d + 1) rows x the Jacobian method's cost factor, plus the Gram step",
+}
+"""What inspect's predicted time per sample rests on (``predicted_run_time.basis``)."""
 
 
 def run_time_prediction(seconds_per_sample: float, passes: int, num_samples: int = DEFAULT_NUM_SAMPLES) -> dict:
@@ -130,18 +161,19 @@ def inspect_model(resolved: ResolvedModel, device: str = "auto", dtype: str = "f
         prepared = prepare_decoder(decoder, latent, torch_device, torch_dtype)
         memory = None if max_memory is None else parse_memory_size(max_memory)
         batch, chunk = plan_for(prepared, memory)  # as a run plans it: a large decoder's Jacobian in chunks
-        step = max(1, min(INSPECT_PROBE_BATCH, batch))
-        terms = SampleTerms.concat([  # a few latents at a time: the memory of one call stays small
-            compute_sample_terms(prepared, stream.range(start, min(probe_latents, start + step)), [scale],
-                                 tangent_chunk=chunk)
-            for start in range(0, probe_latents, step)])
+        step = max(1, min(INSPECT_PROBE_BATCH, batch))  # a few latents at a time: one call's memory stays small
+        terms, probe_seconds = probe_terms(prepared, stream, probe_latents, step, scale, chunk)
         timing_rows = max(1, min(timing_batch, batch * (chunk + 1)))
         per_sample = forward_seconds_per_sample(prepared, stream.range(0, timing_rows))
         with prepared.context(method="forward-mode"):
             collapse = radial_collapse(prepared.flat(), stream.range(0, probe_latents).to(
                 device=torch_device, dtype=torch_dtype))
         gram = gram_seconds_per_sample(latent.dim, prepared.output_dim, prepared.dtype, prepared.device)
-    predicted = predicted_seconds_per_sample(per_sample, latent.dim, prepared.jacobian_method, gram)
+    if step == batch and probe_seconds is not None:  # the probes ran as a run's batches: their time is a run's
+        predicted, basis = max(gram.run, probe_seconds - gram.every_eigenvalue + gram.run), "probes"
+    else:
+        predicted, basis = predicted_seconds_per_sample(per_sample, latent.dim, prepared.jacobian_method,
+                                                        gram.run), "forward"
     singular_values = terms.eigenvalues.clamp_min(0.0).sqrt()  # (k, d), ascending
     ranks = (singular_values > scale).sum(dim=1).tolist()
     spec = resolved.loaded.spec or {}
@@ -158,7 +190,8 @@ def inspect_model(resolved: ResolvedModel, device: str = "auto", dtype: str = "f
         },
         "parameters": parameter_summary(resolved.loaded.decoder),
         "forward_seconds_per_sample": per_sample,
-        "predicted_run_time": run_time_prediction(predicted, 1 if label is None else len(label.chosen)),
+        "predicted_run_time": {**run_time_prediction(predicted, 1 if label is None else len(label.chosen)),
+                               "basis": PREDICTION_BASES[basis]},
         "timing": {"batch": timing_rows, "repeats": INSPECT_TIMING_REPEATS, "device": str(torch_device),
                    "dtype": str(torch_dtype).removeprefix("torch.")},
         "plan": {"batch_size": batch, "tangent_chunk": chunk, "max_memory": memory},

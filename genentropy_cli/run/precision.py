@@ -19,7 +19,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 import torch
 
-from genentropy_cli.core.decoder import PreparedDecoder, prepare_decoder
+from genentropy_cli.core.decoder import PreparedDecoder, prepare_decoder, runs_in
 from genentropy_cli.core.logdet import eigenvalue_subsample
 from genentropy_cli.core.terms import compute_sample_terms
 from genentropy_cli.defaults import PRECISION_PROBE_THRESHOLD, SUPPORTED_DTYPES
@@ -148,6 +148,9 @@ def measure_precision(decoder: Any, prepared: PreparedDecoder, latents: torch.Te
         parts += [compute(start, min(count, start + step)) for start in range(first, count, step)]
         return np.concatenate(parts)
 
+    if not any(runs_in(decoder, prepared.latent, prepared.device, getattr(torch, reference))
+               for reference in references):  # nothing to compare with: no sample is computed for nothing
+        return _cannot_run(decoder, prepared, dtype, references[0], int(latents.shape[0]))
     try:
         low = terms(prepared, batch_size, tangent_chunk)
     except RuntimeError as error:
@@ -159,10 +162,7 @@ def measure_precision(decoder: Any, prepared: PreparedDecoder, latents: torch.Te
         try:
             precise = prepare_decoder(decoder, prepared.latent, prepared.device, getattr(torch, reference))
         except InputError as error:  # e.g. a float32-only export: the check cannot run, the estimate can
-            why = str(error).split(" but runs in")[0].removeprefix(f"the decoder fails in {reference} ")
-            return PrecisionProbe(dtype, int(latents.shape[0]),
-                                  skipped=f"the decoder runs only in {str(dtype).removeprefix('torch.')}, not in "
-                                          f"{reference} {why}: the estimate stands, unchecked against {reference}")
+            return _unchecked(dtype, reference, error, int(latents.shape[0]))
         try:
             batch, chunk = plan(precise) if plan is not None else (batch_size, tangent_chunk)
         except InputError as error:  # the memory cap leaves no room for the copy's batch
@@ -179,6 +179,25 @@ def measure_precision(decoder: Any, prepared: PreparedDecoder, latents: torch.Te
         del precise
         probe.comparisons.append(ProbeComparison.from_differences(reference, low - high))
     return probe
+
+
+def _unchecked(dtype: str, reference: str, error: InputError, count: int) -> PrecisionProbe:
+    """The probe skipped because the decoder cannot be prepared in ``reference`` (``error`` says why)."""
+    why = str(error).split(" but runs in")[0].removeprefix(f"the decoder fails in {reference} ")
+    return PrecisionProbe(dtype, count, skipped=f"the decoder runs only in {str(dtype).removeprefix('torch.')}, not in "
+                                                f"{reference} {why}: the estimate stands, unchecked against {reference}")
+
+
+def _cannot_run(decoder: Any, prepared: PreparedDecoder, dtype: str, reference: str, count: int) -> PrecisionProbe:
+    """Why no copy in a more precise dtype runs (``reference``'s failure), found before the probe
+    samples are computed: with nothing to compare them with, they would be computed for nothing
+    (a StyleGAN2 at 256 px: 20 samples of a 20-sample run, twice the run's time)."""
+    try:
+        prepare_decoder(decoder, prepared.latent, prepared.device, getattr(torch, reference))
+    except InputError as error:
+        return _unchecked(dtype, reference, error, count)
+    return PrecisionProbe(dtype, count, skipped=f"the decoder does not run in {reference}: the estimate stands, "
+                                                f"unchecked against {reference}")
 
 
 def _in_stderr(difference: Sequence[float], stderr: Sequence[float]) -> list[float]:
