@@ -485,7 +485,7 @@ def latents_section(dims: list[int], output_dim: int, device: torch.device, roun
             Alternative("Gram step alone", lambda: gram_matrices(columns, workspace=prepared.workspace), batch,
                         "the engine's: float64 copy + symmetric blocks (gram_matrices)"),
             Alternative("Cholesky alone", lambda: cholesky_half_log_det(gram, SCALE), batch,
-                        f"{len(SCALE)} scale(s), split over the threads"),
+                        f"{len(SCALE)} scale(s), by 2 x 2 blocks (cholesky_half_log_det)"),
             Alternative("eigenvalues alone", lambda: batched_eigvalsh(gram), batch, "split over the threads"),
         ]
         with strict_float32():
