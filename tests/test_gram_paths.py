@@ -205,8 +205,8 @@ def test_numpy_kernels_release_the_gil(name):
 def test_the_pool_is_what_splits_a_large_batch(monkeypatch):
     """With two threads and enough work the numpy arrangement runs its parts on the pool."""
     parts: list[int] = []
-    original = logdet._run_parts
-    monkeypatch.setattr(logdet, "_run_parts", lambda task, batch, count, **kwargs: (parts.append(count),
+    original = logdet.run_parts
+    monkeypatch.setattr(logdet, "run_parts", lambda task, batch, count, **kwargs: (parts.append(count),
                                                                                     original(task, batch, count, **kwargs)))
     torch.set_num_threads(2)  # the conftest fixture restores the session's count
     gram_eigenvalues(torch.randn(16, 2 * GRAM_THREAD_MIN_WORK // (16 * 16 * 800) + 2, 784), arrangement="numpy")

@@ -11,7 +11,7 @@ import textwrap
 import pytest
 import torch
 
-from genentropy_cli.core import logdet
+from genentropy_cli.core import logdet, threads
 from genentropy_cli.core.logdet import Workspace, batched_eigvalsh, gram_eigenvalues, gram_matrices
 from genentropy_cli.defaults import EIGVALSH_THREAD_MIN_WORK, SYMMETRIC_GRAM_MIN_DIM, TRANSPOSED_GRAM_MAX_DIM
 from genentropy_cli.run.allocator import OPT_OUT_VARIABLE
@@ -46,7 +46,7 @@ def test_symmetric_blocks_give_the_product(dim):
 
 def test_torch_kernels_run_on_threads_that_end(monkeypatch):
     """Eigenvalues by torch's solver split over threads that end with the call: a live OpenMP
-    team per pool thread throttles every team's waiting (logdet._run_parts)."""
+    team per pool thread throttles every team's waiting (threads.run_parts)."""
     import threading
 
     workers: list[threading.Thread] = []
@@ -186,7 +186,7 @@ def relative_to_largest(eigenvalues: torch.Tensor) -> torch.Tensor:
 def _child_pool_and_eigenvalues(gram: torch.Tensor) -> tuple[bool, torch.Tensor]:
     """In the forked child: the eigenvalues, and whether the pool used is the child's own."""
     eigenvalues = batched_eigvalsh(gram)
-    pool = logdet._POOL
+    pool = threads._POOL
     return pool is not None and pool[0] == os.getpid(), eigenvalues
 
 
@@ -200,9 +200,9 @@ def test_threaded_eigenvalues_work_in_a_forked_child():
     batch = 2 * EIGVALSH_THREAD_MIN_WORK // dim**3
     gram = exact_gram(torch.randn(dim, batch, 12, generator=torch.Generator().manual_seed(4)))
     expected = relative_to_largest(torch.linalg.eigvalsh(gram))
-    logdet._POOL = None
+    threads._POOL = None
     parent = batched_eigvalsh(gram)
-    assert logdet._POOL is not None and logdet._POOL[0] == os.getpid()  # the pool ran
+    assert threads._POOL is not None and threads._POOL[0] == os.getpid()  # the pool ran
     # split or not, LAPACK decomposes each matrix alike; round-off of float64 relative to the
     # largest eigenvalue (1e-12: ~1e4 eps) is all that may differ (MKL may take another path)
     torch.testing.assert_close(relative_to_largest(parent), expected, rtol=0, atol=1e-12)

@@ -13,17 +13,16 @@
 from __future__ import annotations
 
 import math
-import os
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Callable, Sequence
+from typing import Sequence
 
 import numpy as np
 import torch
 from numpy import linalg as numpy_linalg  # numpy 2 imports linalg on first use: here, not mid-run (Ctrl-C, threads)
 
+from genentropy_cli.core.cholesky import cholesky_half_log_det, cholesky_in_place
+from genentropy_cli.core.threads import run_parts, split_parts
 from genentropy_cli.defaults import (
-    CHOLESKY_LEAF_DIM,
     CHOLESKY_MAX_SCALES,
     CHOLESKY_MIN_DIM,
     CPU_GRAM_SLAB_BYTES,
@@ -161,45 +160,6 @@ def gram_matrices(jacobian_columns: torch.Tensor, slab_bytes: int | None = None,
     return gram
 
 
-# ----------------------------------------------------------------------------- threads
-
-_POOL: tuple[int, int, ThreadPoolExecutor] | None = None
-"""(process id, workers, pool): a forked child has none of its parent's threads, so it makes its own."""
-
-
-def _split_parts(batch: int, work: int, min_work: int) -> int:
-    """Parts to split a CPU batch into: one per intra-op thread when there is enough work."""
-    parts = min(torch.get_num_threads(), batch)
-    return parts if parts >= 2 and work >= min_work else 1
-
-
-def _run_parts(task: Callable[[int, int, int], None], batch: int, parts: int, torch_kernels: bool = False) -> None:
-    """task(first, last, part) on ``parts`` consecutive shares of the batch, on the pool's threads
-    when there are several (the numpy and torch kernels called release the GIL).
-
-    ``torch_kernels``: the task calls torch's (OpenMP) kernels, so it runs on threads made for
-    this call and ended with it. An OpenMP team lives as long as the thread that opened it, and
-    while the pool's teams live libgomp throttles the waiting of every team on the machine (more
-    threads than cores): the main thread's next eigvalsh at d = 512 ran 5x slower, and stayed
-    slower until those threads ended (numpy's OpenBLAS keeps its own threads, so the pool serves it)."""
-    global _POOL
-    bounds = [batch * part // parts for part in range(parts + 1)]
-    if parts == 1:
-        task(0, batch, 0)
-        return
-    shares = list(enumerate(zip(bounds, bounds[1:])))
-    if torch_kernels:
-        with ThreadPoolExecutor(parts, thread_name_prefix="genentropy-torch") as pool:
-            for future in [pool.submit(task, first, last, part) for part, (first, last) in shares]:
-                future.result()
-        return
-    threads = torch.get_num_threads()
-    if _POOL is None or _POOL[:2] != (os.getpid(), threads):
-        _POOL = (os.getpid(), threads, ThreadPoolExecutor(threads, thread_name_prefix="genentropy-gram"))
-    for future in [_POOL[2].submit(task, first, last, part) for part, (first, last) in shares]:
-        future.result()
-
-
 # ----------------------------------------------------------------------------- eigenvalues
 
 
@@ -238,7 +198,7 @@ def batched_eigvalsh(gram: torch.Tensor, solver: str | None = None) -> torch.Ten
     def decompose(first: int, last: int, part: int) -> None:
         _eigvalsh_into(gram[first:last], eigenvalues[first:last], solver)
 
-    _run_parts(decompose, batch, _split_parts(batch, batch * dim**3, EIGVALSH_THREAD_MIN_WORK), torch_kernels=solver == "torch")
+    run_parts(decompose, batch, split_parts(batch, batch * dim**3, EIGVALSH_THREAD_MIN_WORK), torch_kernels=solver == "torch")
     return eigenvalues
 
 
@@ -304,7 +264,7 @@ def _numpy_spectrum(columns: torch.Tensor, slab_bytes: int | None, workspace: Wo
     buffer, its Gram matrices and their eigenvalues."""
     dim, batch, output_dim = columns.shape
     step = max(1, min(batch, (slab_bytes or NUMPY_GRAM_SLAB_BYTES) // max(1, dim * output_dim * 8)))
-    parts = _split_parts(batch, batch * dim * dim * (output_dim + dim), GRAM_THREAD_MIN_WORK)
+    parts = split_parts(batch, batch * dim * dim * (output_dim + dim), GRAM_THREAD_MIN_WORK)
     buffers = [workspace.take((step, dim, output_dim), columns.device, part) for part in range(parts)]
     gram = torch.empty((batch, dim, dim), dtype=torch.float64)
     eigenvalues = torch.empty((batch, dim), dtype=torch.float64)
@@ -314,7 +274,7 @@ def _numpy_spectrum(columns: torch.Tensor, slab_bytes: int | None, workspace: Wo
         _numpy_gram_into(columns, gram, first, last, buffers[part])
         _eigvalsh_into(gram[first:last], eigenvalues[first:last], solver)
 
-    _run_parts(compute, batch, parts, torch_kernels=columns.dtype not in (torch.float32, torch.float64))
+    run_parts(compute, batch, parts, torch_kernels=columns.dtype not in (torch.float32, torch.float64))
     return eigenvalues
 
 
@@ -393,60 +353,6 @@ class GramLogDet:
     has_eigenvalues: torch.Tensor  # (B,) bool
     clipped_count: int
     tally: LogDetTally
-
-
-def cholesky_in_place(matrices: torch.Tensor) -> torch.Tensor:
-    """Overwrite the lower triangle of each SPD matrix of a float64 stack (b, n, n) with its
-    Cholesky factor L; return (b,) bool, True where it exists (LAPACK's info == 0 for every
-    block). Above ``CHOLESKY_LEAF_DIM`` by 2 x 2 blocks: with A = [[P, Q^T], [Q, R]],
-    L = [[L_P, 0], [X^T, L_S]] where L_P = chol(P), X = L_P^-1 Q^T and L_S = chol(R - X^T X),
-    recursively: the same factor as one potrf, in a triangular solve and a matrix product that
-    BLAS runs near its peak (MKL's potrf took 1.8x as long at n = 512, defaults.py). Reads the
-    lower triangle only; the strict upper triangle is left unspecified. Extra memory: the solve's
-    (b, n/2, n/2)."""
-    size = matrices.shape[-1]
-    if size <= CHOLESKY_LEAF_DIM:
-        factor, info = torch.linalg.cholesky_ex(matrices)
-        matrices.copy_(factor)
-        return info == 0
-    half = size // 2
-    top_exists = cholesky_in_place(matrices[:, :half, :half])
-    solved = torch.linalg.solve_triangular(matrices[:, :half, :half], matrices[:, half:, :half].transpose(1, 2),
-                                           upper=False)
-    matrices[:, half:, :half] = solved.transpose(1, 2)
-    matrices[:, half:, half:].baddbmm_(solved.transpose(1, 2), solved, alpha=-1)
-    del solved
-    return top_exists & cholesky_in_place(matrices[:, half:, half:])
-
-
-def cholesky_half_log_det(gram: torch.Tensor, scales: Sequence[float]) -> tuple[torch.Tensor, torch.Tensor]:
-    """sum_j log L_jj = 1/2 log det(G + s^2 I) for CPU float64 G (B, d, d) and every scale, by
-    ``cholesky_in_place`` (LAPACK's potrf on blocks of at most ``CHOLESKY_LEAF_DIM``); and (B,) bool,
-    True where every scale's factorisation succeeded and gave a finite value. Up to
-    ``CHOLESKY_LEAF_DIM`` a batch with enough work is split over the intra-op threads, as
-    ``batched_eigvalsh``; larger matrices run on the calling thread, where BLAS threads the blocks'
-    products (torch's kernels run from the pool's threads left later calls on the main thread up to
-    5x slower here, as their threads compete for the cores). The shifted copy, factorised in
-    place, and the blocks' solve (at most 1.25 B d^2 floats) are freed on return, not kept in a ``Workspace``: the memory plan counts them
-    in the Gram step only (``planning.batch_peak_bytes``), not beside the next batch's decoder calls."""
-    batch, dim = gram.shape[0], gram.shape[-1]
-    result = gram.new_empty((batch, len(scales)))
-    succeeded = torch.ones(batch, dtype=torch.bool)
-
-    def factorise(first: int, last: int, part: int) -> None:
-        shifted = torch.empty_like(gram[first:last])
-        for column, scale in enumerate(scales):
-            shifted.copy_(gram[first:last])
-            shifted.diagonal(dim1=-2, dim2=-1).add_(float(scale) ** 2)
-            exists = cholesky_in_place(shifted)
-            values = shifted.diagonal(dim1=-2, dim2=-1).log().sum(dim=-1)
-            result[first:last, column] = values
-            succeeded[first:last] &= exists & torch.isfinite(values)
-
-    small = dim <= CHOLESKY_LEAF_DIM
-    _run_parts(factorise, batch, _split_parts(batch, batch * dim**3, EIGVALSH_THREAD_MIN_WORK) if small else 1,
-               torch_kernels=True)
-    return result, succeeded
 
 
 def gram_log_determinants(jacobian_columns: torch.Tensor, scales: Sequence[float],

@@ -47,9 +47,10 @@ class StackedRows(TorchDispatchMode):
 
     ``primal_rows`` (B) and ``slots`` (k) fix the layout N = (k + 1) B. ``exact_primal``: rules
     whose primal rows may round otherwise than the op as the decoder calls it (a convolution's bias
-    added apart, batch norm as scale and shift) recompute them by that op, so that they are a plain
-    forward pass's bit for bit (the probe check: a ReLU input within round-off of 0 must take the
-    reference's side of the kink). ``peak_row_bytes``
+    added apart, batch norm as scale and shift) compute every row as in a run, then overwrite the
+    primal rows by that op, so that they are a plain forward pass's bit for bit while the tangent
+    rows stay a run's (the probe check: a ReLU input within round-off of 0 must take the
+    reference's side of the kink, and the check must still see the run's rules). ``peak_row_bytes``
     records, per stacked row, the largest bytes one op held (inputs plus output): the
     activation footprint ``planning`` sizes batches with.
     """

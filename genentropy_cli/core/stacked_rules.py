@@ -194,10 +194,9 @@ def _convolution(mode, func, args, kwargs):
         raise UnsupportedOperation("convolution of a tensor whose batch dimension was moved")
     weight, bias = args[1], args[2]
     out = mode.mark(func(source, weight, None, *args[3:], **kwargs))
-    if mode.exact_primal:  # the bias inside the kernel, as the decoder's call adds it
+    _add_bias(out, bias, mode.primal_rows * mode.multiplicity(out))
+    if mode.exact_primal:  # the tangent rows as a run has them; the primal rows with the bias inside the kernel
         mode.primal(out).copy_(func(mode.primal(source), weight, bias, *args[3:], **kwargs))
-    else:
-        _add_bias(out, bias, mode.primal_rows * mode.multiplicity(out))
     return out
 
 
