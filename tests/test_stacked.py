@@ -453,12 +453,12 @@ def test_the_probe_check_sees_the_primal_rows_of_a_plain_forward_pass_bit_for_bi
     from genentropy_cli.core.stacked import stacked_jacobian_profiled
 
     torch.manual_seed(0)
-    net = torch.nn.Sequential(torch.nn.Unflatten(1, (4, 2, 2)), torch.nn.Conv2d(4, 6, 2, padding=1),
+    net = torch.nn.Sequential(torch.nn.Unflatten(1, (32, 8, 8)), torch.nn.Conv2d(32, 6, 3, padding=1),
                               torch.nn.BatchNorm2d(6), torch.nn.LeakyReLU(0.2), torch.nn.Conv2d(6, 3, 3),
-                              torch.nn.Flatten()).eval().requires_grad_(False)
+                              torch.nn.Flatten()).eval().requires_grad_(False)  # 32 channels: the bias rounds apart
     net[2].running_mean.uniform_(-1, 1)
     net[2].running_var.uniform_(0.5, 2)
-    latents = torch.randn(3, 16)
+    latents = torch.randn(3, 32 * 8 * 8)
     exact, outputs, _ = stacked_jacobian_profiled(net, latents, max_columns=5, exact_primal=True)
     assert torch.equal(outputs, net(latents))
     plain, _, _ = stacked_jacobian_profiled(net, latents, max_columns=5)
