@@ -9,6 +9,7 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
+from test_stacked_norms import Head  # a linear map of the latent to a shape, then a body
 from torch import nn
 from torch.utils._python_dispatch import TorchDispatchMode
 
@@ -22,19 +23,6 @@ def per_sample_reverse(flat_fn, latents: torch.Tensor) -> torch.Tensor:
     """(d, B, D): each sample's Jacobian by reverse mode alone (one backward pass per output)."""
     rows = [torch.autograd.functional.jacobian(lambda v: flat_fn(v[None])[0], z) for z in latents]
     return torch.stack(rows).permute(2, 0, 1)
-
-
-class Lifted(nn.Module):
-    """A linear map of the latent to ``shape`` per sample, then ``body``, flattened."""
-
-    def __init__(self, latent_dim: int, shape: tuple[int, ...], body):
-        super().__init__()
-        self.shape = shape
-        self.fc = nn.Linear(latent_dim, int(torch.tensor(shape).prod()))
-        self.body = body
-
-    def forward(self, z: torch.Tensor) -> torch.Tensor:
-        return self.body(self.fc(z).view(-1, *self.shape)).flatten(1)
 
 
 def tiled(x: torch.Tensor) -> torch.Tensor:
@@ -139,18 +127,18 @@ class Attention(nn.Module):
 
 
 CASES = {
-    "repeat": lambda: Lifted(5, (6,), tiled),
-    "constant-pad": lambda: Lifted(5, (2, 3, 2), padded),
-    "constant-pad-folded": lambda: Lifted(5, (2, 3, 2), folded_padded),
-    "vector-norm": lambda: Lifted(5, (6,), normalised),
-    "product-of-stacked": lambda: Lifted(5, (15,), conditional_norm),
-    "written-constant": lambda: Lifted(5, (4,), rotation_matrices),
-    "bmm-broadcast-grid": lambda: Lifted(5, (8,), fourier_features),
-    "attention": lambda: Lifted(6, (5, 4), Attention()),
-    "attention-bool-mask": lambda: Lifted(6, (5, 4), Attention(mask="bool")),
-    "attention-float-mask-scale": lambda: Lifted(6, (5, 4), Attention(mask="float", scale=0.3)),
-    "attention-causal": lambda: Lifted(6, (5, 4), Attention(causal=True)),
-    "attention-fixed-key-value": lambda: Lifted(6, (5, 4), Attention(fixed_context=True)),
+    "repeat": lambda: Head(5, (6,), tiled),
+    "constant-pad": lambda: Head(5, (2, 3, 2), padded),
+    "constant-pad-folded": lambda: Head(5, (2, 3, 2), folded_padded),
+    "vector-norm": lambda: Head(5, (6,), normalised),
+    "product-of-stacked": lambda: Head(5, (15,), conditional_norm),
+    "written-constant": lambda: Head(5, (4,), rotation_matrices),
+    "bmm-broadcast-grid": lambda: Head(5, (8,), fourier_features),
+    "attention": lambda: Head(6, (5, 4), Attention()),
+    "attention-bool-mask": lambda: Head(6, (5, 4), Attention(mask="bool")),
+    "attention-float-mask-scale": lambda: Head(6, (5, 4), Attention(mask="float", scale=0.3)),
+    "attention-causal": lambda: Head(6, (5, 4), Attention(causal=True)),
+    "attention-fixed-key-value": lambda: Head(6, (5, 4), Attention(fixed_context=True)),
 }
 
 
